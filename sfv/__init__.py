@@ -1,0 +1,30 @@
+"""sfv: SF-V one-step video generation from Stable Video Diffusion (latent adversarial fine-tuning).
+
+Public entry points:
+    SVDTeacher   - the Stable Video Diffusion wrapper (load, precondition, condition, sample, decode)
+    SFVGenerator - the one-step generator initialised from the teacher UNet
+    SFVPipeline  - drop-in replacement for diffusers' StableVideoDiffusionPipeline (1 step, no CFG)
+"""
+
+__version__ = "0.1.0"
+
+from sfv.errors import InputError, ModelLoadError, SFVError  # noqa: E402
+
+__all__ = ["SFVError", "InputError", "ModelLoadError", "SVDTeacher", "SFVGenerator", "SFVPipeline"]
+
+
+def __getattr__(name):
+    # Heavy imports (torch, diffusers) only when a model class is asked for, so `sfv --help` is quick.
+    if name == "SVDTeacher":
+        from sfv.teacher import SVDTeacher
+
+        return SVDTeacher
+    if name == "SFVGenerator":
+        from sfv.generator import SFVGenerator
+
+        return SFVGenerator
+    if name == "SFVPipeline":
+        from sfv.pipeline import SFVPipeline
+
+        return SFVPipeline
+    raise AttributeError(f"module 'sfv' has no attribute {name!r}")

@@ -1,0 +1,17 @@
+"""Exceptions sfv raises for problems a user can fix. Each message says what is wrong and how to fix it.
+
+The CLI turns any `SFVError` into one line on stderr and exit code 2; anything else is a bug and keeps
+its traceback.
+"""
+
+
+class SFVError(Exception):
+    """Base class: a problem with the user's input, files or environment (not a bug in sfv)."""
+
+
+class ModelLoadError(SFVError):
+    """A model folder or hub id is missing, incomplete or cannot be loaded."""
+
+
+class InputError(SFVError):
+    """An argument or input file is invalid (image, size, frame count, dtype, device, output path)."""

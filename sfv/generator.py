@@ -1,0 +1,93 @@
+"""SF-V's one-step generator G (§3.2): the full teacher UNet, copied and fully fine-tuned.
+
+    G(x_t, σ_t, c) = c_skip(σ_t)·x_t + c_out(σ_t)·F_θ(c_in(σ_t)·x_t, c_noise(σ_t), c)     (teacher's preconditioning)
+
+Training inputs x_t = x0 + σ_t·ε with σ_t uniform over the top T_g − 1 levels of a T_g = 4 Karras grid
+(≈ {700, 70.5, 2.27} on SVD's range); inference is one pass at σ_max from pure noise, without CFG.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+from diffusers import UNetSpatioTemporalConditionModel
+from safetensors.torch import load_file
+
+from sfv.errors import ModelLoadError
+from sfv.noise import generator_sigma_levels
+from sfv.teacher import SVDCondition, SVDTeacher, svd_denoise
+
+
+class SFVGenerator(torch.nn.Module):
+    """A trainable SVD-layout UNet behind the teacher's preconditioning: forward(x_t, σ, cond) -> x0."""
+
+    def __init__(self, unet: UNetSpatioTemporalConditionModel, sigma_min: float = 0.002, sigma_max: float = 700.0, t_g: int = 4):
+        super().__init__()
+        self.unet = unet
+        self.sigma_min, self.sigma_max, self.t_g = float(sigma_min), float(sigma_max), int(t_g)
+
+    @classmethod
+    def from_teacher(cls, teacher: SVDTeacher, t_g: int = 4) -> "SFVGenerator":
+        """G initialised as an independent copy of the teacher UNet (the teacher stays frozen and untouched)."""
+        unet = copy.deepcopy(teacher.unet)
+        unet.requires_grad_(True)
+        unet.train()
+        return cls(unet, teacher.sigma_min, teacher.sigma_max, t_g)
+
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor | float, cond: SVDCondition) -> torch.Tensor:
+        """x_t: [B, F, C, h, w] = x0 + σ·ε; sigma: scalar or [B] -> predicted x0 [B, F, C, h, w] (float32)."""
+        return svd_denoise(self.unet, x_t, sigma, cond)
+
+    def sigma_levels(self) -> torch.Tensor:
+        """The training levels {σ_1 .. σ_{T_g−1}}: top T_g − 1 of a T_g-level Karras grid, descending."""
+        return generator_sigma_levels(self.t_g, self.sigma_min, self.sigma_max)
+
+    def sample_sigma(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """σ_t ~ uniform over the training levels, one per video: [B]."""
+        levels = self.sigma_levels()
+        return levels[torch.randint(len(levels), (batch_size,), generator=generator)]
+
+    @torch.no_grad()
+    def generate(
+        self, teacher: SVDTeacher, cond: SVDCondition, num_frames: int, height: int, width: int, generator=None, latents=None
+    ) -> torch.Tensor:
+        """One step from pure noise at σ_max, no CFG: x0 latents [B, F, C, h, w] (decode with teacher.decode)."""
+        return teacher.sample(
+            cond, num_frames, height, width, num_inference_steps=1, max_guidance_scale=1.0,
+            generator=generator, latents=latents, unet=self.unet,
+        )
+
+    # -- weights (safetensors only) ---------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """A diffusers UNet folder (config.json + diffusion_pytorch_model.safetensors)."""
+        self.unet.save_pretrained(path, safe_serialization=True)
+
+    @classmethod
+    def load_unet(cls, path: str | os.PathLike, teacher: SVDTeacher) -> UNetSpatioTemporalConditionModel:
+        """Student UNet weights from a diffusers UNet folder, a folder holding `unet/`, or a .safetensors
+        state dict (keys as in the UNet, optionally prefixed `unet.`) loaded into the teacher's architecture."""
+        path = Path(path)
+        if path.is_dir():
+            folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
+            if not (folder / "config.json").is_file() or not (folder / "diffusion_pytorch_model.safetensors").is_file():
+                raise ModelLoadError(
+                    f"generator folder '{path}' has no UNet: expected config.json and diffusion_pytorch_model.safetensors "
+                    "(as written by SFVGenerator.save_pretrained) or a unet/ subfolder"
+                )
+            return UNetSpatioTemporalConditionModel.from_pretrained(folder, use_safetensors=True)
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise ModelLoadError(f"generator '{path}' is neither a UNet folder nor an existing .safetensors file")
+        state = load_file(path)
+        state = {k.removeprefix("unet."): v for k, v in state.items()}
+        unet = copy.deepcopy(teacher.unet)
+        missing, unexpected = unet.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"generator weights '{path}' do not fit the teacher's UNet: {len(missing)} missing "
+                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+                "export with the teacher the generator was trained from"
+            )
+        return unet

@@ -1,0 +1,128 @@
+"""SFVPipeline: a drop-in replacement for diffusers' StableVideoDiffusionPipeline that runs the one-step student.
+
+    from sfv import SFVPipeline                       # was: from diffusers import StableVideoDiffusionPipeline
+    pipe = SFVPipeline.from_pretrained("exported-sfv")  # was: StableVideoDiffusionPipeline.from_pretrained(...)
+    frames = pipe(image, decode_chunk_size=8).frames[0]
+
+Same call signature and output type; the defaults are SF-V's inference: one UNet pass at σ_max from pure
+noise, no classifier-free guidance (UNet batch = number of videos, no unconditional branch).
+
+`export_pipeline` writes the student as a plain diffusers folder: the student UNet in SVD layout plus the
+teacher's VAE, image encoder, feature extractor and scheduler. The stock pipeline then reproduces
+SFVPipeline's frames with `num_inference_steps=1, max_guidance_scale=1.0` (tests/test_pipeline.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import StableVideoDiffusionPipelineOutput
+
+import sfv
+from sfv.errors import InputError
+from sfv.teacher import SVDTeacher, check_video_size
+
+EXPORT_INFO = "sfv.json"
+
+
+class SFVPipeline(DiffusionPipeline):
+    """One-step image-to-video with an SF-V student (components exactly as StableVideoDiffusionPipeline's)."""
+
+    model_cpu_offload_seq = "image_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, vae: AutoencoderKLTemporalDecoder, image_encoder, unet: UNetSpatioTemporalConditionModel,
+                 scheduler: EulerDiscreteScheduler, feature_extractor):
+        super().__init__()
+        self.register_modules(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        height: int = 576,
+        width: int = 1024,
+        num_frames: int | None = None,
+        num_inference_steps: int = 1,
+        sigmas: list[float] | None = None,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 1.0,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        decode_chunk_size: int | None = None,
+        num_videos_per_prompt: int | None = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        return_dict: bool = True,
+    ):
+        """Generate videos from conditioning image(s); arguments as StableVideoDiffusionPipeline.__call__.
+
+        Returns StableVideoDiffusionPipelineOutput(frames=...) (or the frames alone with return_dict=False):
+        'pil' lists of frames, 'np' [B, F, H, W, 3], 'pt' [B, F, 3, H, W] in [0, 1], or 'latent'.
+        """
+        svd = SVDTeacher.from_pipeline(self)
+        num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
+        check_video_size(height, width, num_frames, svd.size_multiple)
+        cond = svd.encode_condition(
+            image, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt or 1, generator
+        )
+
+        def on_step(i: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            if callback_on_step_end is None:
+                return x
+            kwargs = {k: x for k in callback_on_step_end_tensor_inputs if k == "latents"}
+            return callback_on_step_end(self, i, 0.25 * sigma.log(), kwargs).pop("latents", x)
+
+        steps = len(sigmas) - 1 if sigmas is not None else num_inference_steps
+        with self.progress_bar(total=steps) as bar:
+            latents = svd.sample(
+                cond, num_frames, height, width, num_inference_steps, sigmas, min_guidance_scale, max_guidance_scale,
+                generator, latents, callback=on_step, progress=bar.update,
+            )
+        frames = latents if output_type == "latent" else svd.postprocess(svd.decode(latents, decode_chunk_size), output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return frames
+        return StableVideoDiffusionPipelineOutput(frames=frames)
+
+
+def export_pipeline(
+    unet: UNetSpatioTemporalConditionModel, teacher: SVDTeacher, out_dir: str | os.PathLike, info: dict | None = None
+) -> Path:
+    """Write the drop-in diffusers folder for a student UNet, atomically (temp folder + rename).
+
+    Contents: model_index.json (StableVideoDiffusionPipeline, so stock diffusers loads it), unet/ (the student),
+    vae/, image_encoder/, feature_extractor/, scheduler/ (the teacher's; its 1-step Karras schedule is σ_max),
+    and sfv.json (how to sample it and where it came from). Weights are safetensors.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"export folder '{out}' already exists and is not empty; choose a new folder or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        teacher.to_pipeline(unet=unet).save_pretrained(tmp, safe_serialization=True)
+        meta = {
+            "sfv_version": sfv.__version__,
+            "pipeline": "SFVPipeline",
+            "sampling": {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": teacher.sigma_max},
+            **(info or {}),
+        }
+        (tmp / EXPORT_INFO).write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,525 @@
+"""Stable Video Diffusion (image-to-video) as sfv's teacher — the only module that knows SVD's specifics.
+
+Everything else in sfv talks to SVD through one contract (EDM / k-diffusion style):
+
+    denoise(x, sigma, cond) -> x0          x: noisy latents [B, F, C, h, w], x = x0 + sigma * eps
+
+What that hides (SFV_METHOD.md, "Teacher"):
+  * preconditioning `VScalingWithEDMcNoise` (EDM with sigma_data = 1 and a v-sign):
+        c_skip = 1/(σ²+1),  c_out = −σ/√(σ²+1),  c_in = 1/√(σ²+1),  c_noise = ¼·ln σ
+        x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond)
+  * conditioning: CLIP image embedding (sequence length 1), the *unscaled* VAE mode of the
+    noise-augmented first frame concatenated to every frame on the channel dim (dim 2 of
+    [B, F, C, h, w]), and added_time_ids = [fps − 1, motion_bucket_id, noise_aug_strength];
+  * classifier-free guidance with a per-frame scale ramp (negative = zeros), applied to the
+    network output in one doubled UNet batch, exactly as diffusers' pipeline does.
+
+The multi-step sampler below reproduces `diffusers.StableVideoDiffusionPipeline` frame for frame for the
+same seed (tests/test_teacher_parity.py): same RNG draw order, same floating-point form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    EulerDiscreteScheduler,
+    StableVideoDiffusionPipeline,
+    UNetSpatioTemporalConditionModel,
+)
+
+# The antialiased resize the stock pipeline applies before CLIP. It is module-private in diffusers; we use
+# the very same function (rather than a look-alike) because CLIP-embedding parity depends on it. diffusers
+# is pinned to the minor version the parity tests were run against (pyproject.toml).
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+
+from sfv.errors import InputError, ModelLoadError
+from sfv.noise import karras_sigmas
+
+# ----------------------------------------------------------------------------------------------------
+# Model folders
+
+# component -> (config file, accepted weight files); weights are safetensors only (no pickle loading).
+_REQUIRED = {
+    "unet": ("config.json", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")),
+    "vae": ("config.json", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")),
+    "image_encoder": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
+    "feature_extractor": ("preprocessor_config.json", ()),
+    "scheduler": ("scheduler_config.json", ()),
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """Raise ModelLoadError naming every file a diffusers SVD folder at `path` lacks; return the path."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"model folder '{path}' does not exist; pass a diffusers StableVideoDiffusionPipeline folder "
+            "(e.g. one written by `sfv export` or tools/make_tiny_svd.py)"
+        )
+    missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
+    for component, (config, weights) in _REQUIRED.items():
+        folder = path / component
+        if not (folder / config).is_file():
+            missing.append(f"{component}/{config}")
+        if weights and not any((folder / w).is_file() for w in weights) and not _has_variant(folder, weights[0]):
+            pickled = list(folder.glob("*.bin")) if folder.is_dir() else []
+            hint = " (only pickle .bin weights found; sfv loads safetensors only — re-save with safe_serialization=True)" if pickled else ""
+            missing.append(f"{component}/{weights[0]}{hint}")
+    if missing:
+        raise ModelLoadError(f"model folder '{path}' is incomplete: missing {', '.join(missing)}")
+    return path
+
+
+def _has_variant(folder: Path, weight_name: str) -> bool:
+    stem, ext = weight_name.rsplit(".", 1)  # e.g. diffusion_pytorch_model.fp16.safetensors
+    return folder.is_dir() and any(folder.glob(f"{stem}.*.{ext}"))
+
+
+def model_size_multiple(path: str | os.PathLike) -> int:
+    """Height/width multiple a model folder needs, read from its configs without loading weights."""
+    path = Path(path)
+    vae = json.loads((path / "vae" / "config.json").read_text())
+    unet = json.loads((path / "unet" / "config.json").read_text())
+    return size_multiple(2 ** (len(vae["block_out_channels"]) - 1), len(unet["down_block_types"]))
+
+
+def size_multiple(vae_scale_factor: int, num_down_blocks: int) -> int:
+    # The VAE downsamples by vae_scale_factor, then every UNet down block but the last halves the latent.
+    return vae_scale_factor * 2 ** (num_down_blocks - 1)
+
+
+def check_video_size(height: int, width: int, num_frames: int, multiple: int) -> None:
+    if num_frames < 1:
+        raise InputError(f"frames must be at least 1 (got {num_frames})")
+    for name, value in (("height", height), ("width", width)):
+        if value < multiple or value % multiple:
+            raise InputError(
+                f"{name} {value} is not a positive multiple of {multiple} (VAE factor × UNet downsampling); "
+                f"try {max(multiple, round(value / multiple) * multiple)}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Conditioning and the denoiser
+
+
+@dataclass
+class SVDCondition:
+    """What SVD's UNet is conditioned on, for B videos (the conditional branch only)."""
+
+    image_embeds: torch.Tensor  # [B, 1, D]    CLIP image embedding -> encoder_hidden_states
+    image_latents: torch.Tensor  # [B, C, h, w] VAE mode of the noise-augmented frame 0, NOT scaled
+    added_time_ids: torch.Tensor  # [B, 3]       [fps − 1, motion_bucket_id, noise_aug_strength]
+
+    def __len__(self) -> int:
+        return self.image_embeds.shape[0]
+
+    def negative(self) -> "SVDCondition":
+        """The unconditional branch of CFG: zero embedding and zero image latent, same time ids."""
+        return replace(self, image_embeds=torch.zeros_like(self.image_embeds), image_latents=torch.zeros_like(self.image_latents))
+
+    def to(self, *args, **kwargs) -> "SVDCondition":
+        return SVDCondition(*(t.to(*args, **kwargs) for t in (self.image_embeds, self.image_latents, self.added_time_ids)))
+
+
+def precondition(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD's EDM preconditioning with sigma_data = 1 and v-sign: (c_skip, c_out, c_in, c_noise)."""
+    c_skip = 1 / (sigma**2 + 1)
+    c_out = -sigma / (sigma**2 + 1) ** 0.5
+    c_in = 1 / (sigma**2 + 1) ** 0.5
+    c_noise = 0.25 * sigma.log()
+    return c_skip, c_out, c_in, c_noise
+
+
+def svd_denoise(
+    unet: UNetSpatioTemporalConditionModel,
+    x: torch.Tensor,
+    sigma: torch.Tensor | float,
+    cond: SVDCondition,
+    guidance: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond) for any UNet in SVD layout (teacher or student).
+
+    x: [B, F, C, h, w] noisy latents (x0 + σ·ε); sigma: scalar or [B]; guidance: None (one UNet batch of B)
+    or a per-frame CFG scale broadcastable to [B, F, 1, 1, 1] (one doubled batch, negative first).
+    The preconditioning is computed in float32 and written in the same floating-point form as diffusers'
+    EulerDiscreteScheduler (x/√(σ²+1), x/(σ²+1)) so the stock pipeline is reproduced bit for bit; the
+    network runs in its own dtype.
+    """
+    x = x.float()
+    sigma = torch.as_tensor(sigma, dtype=torch.float32)
+    s = sigma.reshape(-1, 1, 1, 1, 1).to(x.device) if sigma.ndim else sigma
+    c_noise = 0.25 * sigma.log()
+    x_in = x / (s**2 + 1) ** 0.5  # c_in · x
+    if guidance is None:
+        net_cond = cond
+    else:
+        net_cond = _cat_cond(cond.negative(), cond)
+        x_in = torch.cat([x_in, x_in])
+        c_noise = torch.cat([c_noise, c_noise]) if c_noise.ndim else c_noise
+    frames = x_in.shape[1]
+    image_latents = net_cond.image_latents.unsqueeze(1).repeat(1, frames, 1, 1, 1)  # [B, F, C, h, w]
+    out = unet(
+        torch.cat([x_in.to(unet.dtype), image_latents.to(unet.dtype)], dim=2),  # channels: noisy ‖ image latent
+        c_noise.to(x.device),
+        encoder_hidden_states=net_cond.image_embeds.to(unet.dtype),
+        added_time_ids=net_cond.added_time_ids.to(unet.dtype),
+        return_dict=False,
+    )[0].float()
+    if guidance is not None:
+        out_uncond, out_cond = out.chunk(2)
+        out = out_uncond + guidance * (out_cond - out_uncond)
+    return out * (-s / (s**2 + 1) ** 0.5) + x / (s**2 + 1)  # c_out · F + c_skip · x
+
+
+def _cat_cond(a: SVDCondition, b: SVDCondition) -> SVDCondition:
+    return SVDCondition(
+        torch.cat([a.image_embeds, b.image_embeds]),
+        torch.cat([a.image_latents, b.image_latents]),
+        torch.cat([a.added_time_ids, b.added_time_ids]),
+    )
+
+
+def euler_sample(
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    progress: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Euler on the probability-flow ODE (EDM Alg. 1 without churn): dx/dσ = (x − x0)/σ.
+
+    sigmas: descending levels ending in the final one (0). One step from σ_max to 0 returns x0(σ_max)
+    up to rounding — SF-V's one-step inference. `callback(i, sigma, x)` may return replacement latents.
+    """
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = denoise(x, sigma)
+        d = (x - x0) / sigma
+        x = x + d * (sigma_next - sigma)
+        if callback is not None:
+            x = callback(i, sigma, x)
+        if progress is not None:
+            progress()
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# The teacher
+
+
+class SVDTeacher:
+    """Stable Video Diffusion's components behind sfv's contract.
+
+    Any SVD-layout model works: the real teacher, a tiny test model, or an exported one-step student
+    (SFVPipeline drives its own components through this class). Modules are shared, never copied.
+    """
+
+    def __init__(
+        self,
+        unet: UNetSpatioTemporalConditionModel,
+        vae: AutoencoderKLTemporalDecoder,
+        image_encoder,
+        feature_extractor,
+        scheduler: EulerDiscreteScheduler,
+    ):
+        self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
+        self.feature_extractor, self.scheduler = feature_extractor, scheduler
+        self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
+        cfg = scheduler.config
+        if cfg.prediction_type != "v_prediction" or cfg.timestep_type != "continuous":
+            raise ModelLoadError(
+                f"scheduler is {cfg.prediction_type}/{cfg.timestep_type}; SVD's preconditioning needs "
+                "prediction_type='v_prediction' and timestep_type='continuous'"
+            )
+
+    # -- loading ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None
+    ) -> "SVDTeacher":
+        """Load from a local diffusers folder or a hub id (e.g. stabilityai/stable-video-diffusion-img2vid)."""
+        name = str(path_or_id)
+        if os.path.exists(name) or not _HUB_ID.match(name):
+            check_model_dir(name)
+        try:
+            pipe = StableVideoDiffusionPipeline.from_pretrained(name, dtype=torch_dtype, use_safetensors=True)
+        except Exception as e:  # diffusers/huggingface_hub raise a zoo of types for "not there"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(
+                f"could not load SVD model '{name}': {first}. Download it once with network access "
+                "(huggingface-cli download ...) and pass the local folder"
+            ) from e
+        teacher = cls.from_pipeline(pipe)
+        return teacher.to(device) if device is not None else teacher
+
+    @classmethod
+    def from_pipeline(cls, pipe) -> "SVDTeacher":
+        return cls(pipe.unet, pipe.vae, pipe.image_encoder, pipe.feature_extractor, pipe.scheduler)
+
+    def to_pipeline(self, unet: UNetSpatioTemporalConditionModel | None = None) -> StableVideoDiffusionPipeline:
+        """The stock diffusers pipeline over these components (optionally with another UNet)."""
+        return StableVideoDiffusionPipeline(
+            vae=self.vae,
+            image_encoder=self.image_encoder,
+            unet=unet if unet is not None else self.unet,
+            scheduler=self.scheduler,
+            feature_extractor=self.feature_extractor,
+        )
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "SVDTeacher":
+        for module in (self.unet, self.vae, self.image_encoder):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def requires_grad_(self, flag: bool) -> "SVDTeacher":
+        for module in (self.unet, self.vae, self.image_encoder):
+            module.requires_grad_(flag)
+        return self
+
+    # -- facts about the model -----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        return size_multiple(self.vae_scale_factor, len(self.unet.config.down_block_types))
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels // 2  # noisy latents ‖ image latents
+
+    @property
+    def default_num_frames(self) -> int:
+        return self.unet.config.num_frames
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.scheduler.config.sigma_min)
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.scheduler.config.sigma_max)
+
+    def sigmas(self, num_steps: int) -> torch.Tensor:
+        """Karras levels for `num_steps` Euler steps, with the final 0 appended (float32, CPU)."""
+        if num_steps < 1:
+            raise InputError(f"num_inference_steps must be at least 1 (got {num_steps})")
+        return torch.cat([karras_sigmas(num_steps, self.sigma_min, self.sigma_max), torch.zeros(1)])
+
+    def init_noise_sigma(self, sigma_max: torch.Tensor) -> torch.Tensor:
+        """Scale of the initial noise. diffusers' "leading" spacing uses √(σ_max² + 1), not σ_max."""
+        if self.scheduler.config.timestep_spacing in ("linspace", "trailing"):
+            return sigma_max
+        return (sigma_max**2 + 1) ** 0.5
+
+    # -- conditioning ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_condition(
+        self,
+        image,
+        height: int,
+        width: int,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> SVDCondition:
+        """What the stock pipeline feeds the UNet for `image` (PIL, list of PIL, numpy HWC/BHWC, or a
+        tensor [B, 3, H, W] in [0, 1]). Draws the noise-augmentation noise from `generator` first, as the
+        stock pipeline does, so a following latent draw matches it.
+
+        One deliberate difference: for batches of several images with num_videos_per_prompt > 1 the stock
+        pipeline repeats embeddings per image but latents per batch (mismatched pairs); here both repeat
+        per image.
+        """
+        image = as_pipeline_image(image)
+        device = self.device
+        embeds = self.encode_image(image)  # [B, 1, D]
+        embeds = embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+
+        pixels = self.video_processor.preprocess(image, height=height, width=width).to(device)  # [B, 3, H, W] in [-1, 1]
+        noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
+        pixels = pixels + noise_aug_strength * noise
+        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()  # unscaled: no scaling_factor
+        latents = latents.repeat_interleave(num_videos_per_prompt, dim=0).to(embeds.dtype)
+
+        # NOTE: SVD was micro-conditioned on fps − 1 (as in Stability's and diffusers' samplers).
+        time_ids = torch.tensor([[fps - 1, motion_bucket_id, noise_aug_strength]], dtype=embeds.dtype)
+        expected = self.unet.add_embedding.linear_1.in_features
+        if self.unet.config.addition_time_embed_dim * 3 != expected:
+            raise ModelLoadError(f"UNet expects an added time embedding of {expected}, not 3 × addition_time_embed_dim")
+        time_ids = time_ids.repeat(len(embeds), 1).to(device)
+        return SVDCondition(embeds, latents, time_ids)
+
+    @torch.no_grad()
+    def encode_image(self, image) -> torch.Tensor:
+        """CLIP image embedding [B, 1, D], as the stock pipeline computes it."""
+        size = self.image_encoder.config.image_size  # 224 for SVD's ViT-H/14
+        if not isinstance(image, torch.Tensor):
+            image = self.video_processor.numpy_to_pt(self.video_processor.pil_to_numpy(image))
+            image = _clip_resize(image, size)
+        elif image.shape[-2:] != (size, size):
+            image = _clip_resize(image, size)  # the stock pipeline would fail here; we resize like PIL input
+        pixel_values = self.feature_extractor(
+            images=image, do_normalize=True, do_center_crop=False, do_resize=False, do_rescale=False, return_tensors="pt"
+        ).pixel_values
+        pixel_values = pixel_values.to(device=self.image_encoder.device, dtype=self.image_encoder.dtype)
+        return self.image_encoder(pixel_values).image_embeds.unsqueeze(1)
+
+    # -- denoising and sampling ------------------------------------------------------------------------
+    def denoise(self, x: torch.Tensor, sigma, cond: SVDCondition, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        return svd_denoise(self.unet, x, sigma, cond, guidance)
+
+    def initial_latents(
+        self, batch_size: int, num_frames: int, height: int, width: int, sigma_max: torch.Tensor, generator=None, latents=None
+    ) -> torch.Tensor:
+        """Pure noise at the top level, [B, F, C, h, w], drawn like the stock pipeline."""
+        f = self.vae_scale_factor
+        shape = (batch_size, num_frames, self.latent_channels, height // f, width // f)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise InputError(f"got {len(generator)} generators for {batch_size} videos; pass one per video")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        elif tuple(latents.shape) != shape:
+            raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        return latents.to(self.device) * self.init_noise_sigma(sigma_max)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: SVDCondition,
+        num_frames: int,
+        height: int,
+        width: int,
+        num_inference_steps: int = 25,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 3.0,
+        generator=None,
+        latents: torch.Tensor | None = None,
+        unet: UNetSpatioTemporalConditionModel | None = None,
+        callback=None,
+        progress=None,
+    ) -> torch.Tensor:
+        """Multi-step Euler sampling with SVD's per-frame CFG ramp; returns x0 latents [B, F, C, h, w].
+
+        `sigmas` (descending, ending in the final level, usually 0) overrides the Karras schedule;
+        `unet` runs another SVD-layout network (the one-step student) under the same conditioning.
+        CFG is on when max_guidance_scale > 1 (as in the stock pipeline): a doubled UNet batch per step.
+        """
+        if sigmas is None:
+            sigmas = self.sigmas(num_inference_steps)
+        else:
+            sigmas = torch.as_tensor(np.asarray(sigmas, dtype=np.float32))
+            if sigmas.ndim != 1 or len(sigmas) < 2:
+                raise InputError("custom sigmas must list at least two levels: the start and the final (usually 0)")
+        unet = unet if unet is not None else self.unet
+        guidance = None
+        if max_guidance_scale > 1:
+            guidance = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames)  # [F] ramp, frame 0 → last
+            guidance = guidance.to(self.device, torch.float32).reshape(1, num_frames, 1, 1, 1)
+        x = self.initial_latents(len(cond), num_frames, height, width, sigmas.max(), generator, latents)
+        return euler_sample(lambda x, s: svd_denoise(unet, x, s, cond, guidance), x, sigmas, callback, progress)
+
+    # -- decoding --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
+        """Latents [B, F, C, h, w] -> frames [B, 3, F, H, W] in [-1, 1] (float32) with the temporal decoder,
+        decode_chunk_size frames at a time (default: all frames at once)."""
+        num_frames = latents.shape[1]
+        chunk = decode_chunk_size or num_frames
+        z = 1 / self.vae.config.scaling_factor * latents.flatten(0, 1)
+        frames = []
+        for i in range(0, z.shape[0], chunk):
+            zi = z[i : i + chunk].to(self.vae.dtype)
+            frames.append(self.vae.decode(zi, num_frames=zi.shape[0]).sample)
+        frames = torch.cat(frames)
+        return frames.reshape(-1, num_frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
+
+    def postprocess(self, frames: torch.Tensor, output_type: str = "np"):
+        """[B, 3, F, H, W] in [-1, 1] -> 'np' [B, F, H, W, 3] / 'pt' [B, F, 3, H, W] in [0, 1] / 'pil' lists."""
+        if output_type not in ("np", "pt", "pil"):
+            raise InputError(f"output_type must be 'np', 'pt', 'pil' or 'latent', not {output_type!r}")
+        return self.video_processor.postprocess_video(video=frames, output_type=output_type)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        image,
+        height: int,
+        width: int,
+        num_frames: int | None = None,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        decode_chunk_size: int | None = None,
+        generator=None,
+        output_type: str = "np",
+        **sample_kwargs,
+    ):
+        """Image -> video end to end (the stock pipeline's defaults: 25 steps, CFG ramp 1 → 3)."""
+        num_frames = self.default_num_frames if num_frames is None else num_frames
+        check_video_size(height, width, num_frames, self.size_multiple)
+        cond = self.encode_condition(image, height, width, fps, motion_bucket_id, noise_aug_strength, generator=generator)
+        latents = self.sample(cond, num_frames, height, width, generator=generator, **sample_kwargs)
+        if output_type == "latent":
+            return latents
+        return self.postprocess(self.decode(latents, decode_chunk_size), output_type)
+
+
+def _clip_resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    # As the stock pipeline: normalise to [-1, 1], antialiased bicubic resize, back to [0, 1].
+    return (_resize_with_antialiasing(image * 2.0 - 1.0, (size, size)) + 1.0) / 2.0
+
+
+def as_pipeline_image(image):
+    """Normalise user images to what the stock pipeline accepts: PIL, list of PIL, or [B, 3, H, W] in [0, 1].
+
+    numpy uint8 HWC / BHWC become PIL images (so they take exactly the PIL path); float numpy in [0, 1]
+    and [3, H, W] tensors become [B, 3, H, W] tensors.
+    """
+    if isinstance(image, PIL.Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    if isinstance(image, (list, tuple)) and image and all(isinstance(i, PIL.Image.Image) for i in image):
+        return [i.convert("RGB") if i.mode != "RGB" else i for i in image]
+    if isinstance(image, np.ndarray):
+        arr = image[None] if image.ndim == 3 else image
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise InputError(f"numpy images must be HWC or BHWC with 3 channels, got shape {image.shape}")
+        if arr.dtype == np.uint8:
+            pils = [PIL.Image.fromarray(a) for a in arr]
+            return pils[0] if image.ndim == 3 else pils
+        image = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(0, 3, 1, 2)
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise InputError(f"tensor images must be [3, H, W] or [B, 3, H, W], got shape {tuple(image.shape)}")
+        if image.min() < 0 or image.max() > 1:
+            raise InputError("tensor/float images must have values in [0, 1]; rescale with (x + 1) / 2 if they are in [-1, 1]")
+        return image
+    raise InputError(f"unsupported image type {type(image).__name__}; pass a PIL image, a numpy array or a tensor")

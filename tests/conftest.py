@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny real SVD components built offline (no mocks, no downloads)."""
+
+import numpy as np
+import pytest
+import torch
+
+from sfv.tiny import TinySVDConfig, build_tiny_svd, example_image, save_tiny_svd
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny SVD folder on disk (8 default frames, VAE factor 2, UNet (32, 64): sizes in multiples of 4)."""
+    return save_tiny_svd(tmp_path_factory.mktemp("models") / "tiny-svd", TinySVDConfig(num_frames=4))
+
+
+@pytest.fixture(scope="session")
+def image_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "frame0.png"
+    example_image(40, 56, seed=1).save(path)
+    return path
+
+
+@pytest.fixture
+def tiny_pipe():
+    pipe = build_tiny_svd(TinySVDConfig(num_frames=4))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def max_abs_diff(a, b) -> float:
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
