@@ -21,6 +21,8 @@ try:  # transformers >= 5 without torchvision: the PIL-backed processor (what CL
 except ImportError:  # transformers 4
     from transformers import CLIPImageProcessor
 
+from sfv.errors import InputError
+
 # The scheduler config SVD ships (stabilityai/stable-video-diffusion-img2vid, scheduler/scheduler_config.json).
 SVD_SCHEDULER_CONFIG = dict(
     beta_start=0.00085,
@@ -58,6 +60,9 @@ def build_tiny_svd(config: TinySVDConfig | None = None) -> StableVideoDiffusionP
     """A random tiny SVD (seeded, float32, CPU)."""
     c = config or TinySVDConfig()
     n_blocks = len(c.unet_channels)
+    for name, chans in (("unet_channels", c.unet_channels), ("vae_channels", c.vae_channels)):
+        if len(chans) < 2 or any(ch % 32 for ch in chans):
+            raise InputError(f"{name} {tuple(chans)}: need at least two blocks, each a multiple of 32 (GroupNorm uses 32 groups)")
     torch.manual_seed(c.seed)
     unet = UNetSpatioTemporalConditionModel(
         sample_size=32,

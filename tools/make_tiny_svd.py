@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sfv.errors import SFVError
 from sfv.tiny import TinySVDConfig, example_image, save_tiny_svd
 
 
@@ -33,7 +34,10 @@ def main(argv=None) -> int:
         p.error(f"{args.out} exists and is not empty")
     config = TinySVDConfig(num_frames=args.frames, unet_channels=args.unet_channels, vae_channels=args.vae_channels,
                            layers_per_block=args.layers_per_block, seed=args.seed)
-    save_tiny_svd(args.out, config)
+    try:
+        save_tiny_svd(args.out, config)
+    except SFVError as e:
+        p.error(str(e))
     print(f"tiny SVD written to {args.out}")
     if args.example_image:
         args.example_image.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,111 @@
+"""`sfv sample` / `sfv export`: real files in and out; every bad input is one line on stderr, exit 2, nothing written."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sfv.cli import main
+from sfv.video import read_video
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def sample_args(model, image, out, *extra):
+    return ["sample", "--model", model, "--image", image, "--out", out, "--height", "32", "--width", "48", *extra]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_sample_writes_a_video_with_the_requested_frames_and_size(tiny_dir, image_path, tmp_path, capsys, suffix):
+    out = tmp_path / f"clip{suffix}"
+    code, stdout, _ = run_cli(sample_args(tiny_dir, image_path, out, "--frames", "5", "--fps", "6"), capsys)
+    assert code == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (5, 32, 48, 3) and frames.dtype.name == "uint8"
+    assert abs(fps - 6) < 0.5
+    assert "5 frames 32x48" in stdout and "generate" in stdout  # one-line timing summary
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp files left
+
+
+def _bad_cases(tiny_dir, image_path, tmp_path):
+    incomplete = shutil.copytree(tiny_dir, tmp_path / "incomplete")
+    (incomplete / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"this is not a png")
+    return {
+        "model missing": ([tmp_path / "no-model", image_path], [], "does not exist"),
+        "model incomplete": ([incomplete, image_path], [], "unet/diffusion_pytorch_model.safetensors"),
+        "image missing": ([tiny_dir, tmp_path / "nope.png"], [], "does not exist"),
+        "image unreadable": ([tiny_dir, garbage], [], "cannot read image"),
+        "height not a multiple": ([tiny_dir, image_path], ["--height", "30"], "height 30 is not a positive multiple of 4"),
+        "width not a multiple": ([tiny_dir, image_path], ["--width", "50"], "width 50 is not a positive multiple of 4"),
+        "zero frames": ([tiny_dir, image_path], ["--frames", "0"], "at least 1"),
+        "negative frames": ([tiny_dir, image_path], ["--frames", "-3"], "at least 1"),
+        "unknown dtype": ([tiny_dir, image_path], ["--dtype", "fp8"], "unknown dtype 'fp8'"),
+        "unknown device": ([tiny_dir, image_path], ["--device", "quantum"], "unknown device 'quantum'"),
+        "cuda unavailable": ([tiny_dir, image_path], ["--device", "cuda"], "CUDA is not available"),
+        "fp16 on cpu": ([tiny_dir, image_path], ["--dtype", "fp16"], "fp16 is not supported on CPU"),
+        "frames not an int": ([tiny_dir, image_path], ["--frames", "many"], "invalid int value"),
+    }
+
+
+BAD = ["model missing", "model incomplete", "image missing", "image unreadable", "height not a multiple",
+       "width not a multiple", "zero frames", "negative frames", "unknown dtype", "unknown device",
+       "cuda unavailable", "fp16 on cpu", "frames not an int"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_dir, image_path, tmp_path, capsys):
+    (model, image), extra, message = _bad_cases(tiny_dir, image_path, tmp_path)[case]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, stdout, stderr = run_cli(sample_args(model, image, out_dir / "clip.mp4", *extra), capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("sfv: error:") and message in lines[0], stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert list(out_dir.iterdir()) == []
+
+
+def test_bad_output_path(tiny_dir, image_path, tmp_path, capsys):
+    for out, message in [(tmp_path / "clip.avi", "must end in .mp4 or .gif"), (tmp_path / "no" / "clip.mp4", "does not exist")]:
+        code, _, stderr = run_cli(sample_args(tiny_dir, image_path, out), capsys)
+        assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _sfv_command():
+    script = Path(sys.executable).parent / "sfv"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sfv.cli"]
+
+
+def test_console_script_bad_input_has_no_traceback(tmp_path, image_path):
+    """The real entry point, in its own process: stderr is exactly one line, exit code 2."""
+    out = tmp_path / "x.mp4"
+    proc = subprocess.run(_sfv_command() + ["sample", "--model", str(tmp_path / "nothing"), "--image", str(image_path),
+                                            "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "does not exist" in proc.stderr
+    assert not out.exists()
+
+
+def test_export_cli_roundtrip_and_errors(tiny_dir, image_path, tmp_path, capsys):
+    from sfv.generator import SFVGenerator
+    from sfv.teacher import SVDTeacher
+
+    SFVGenerator.from_teacher(SVDTeacher.from_pretrained(tiny_dir)).save_pretrained(tmp_path / "g")
+    code, stdout, _ = run_cli(["export", "--generator", tmp_path / "g", "--teacher", tiny_dir, "--out", tmp_path / "student"], capsys)
+    assert code == 0 and "sfv export" in stdout
+    code, _, _ = run_cli(sample_args(tmp_path / "student", image_path, tmp_path / "s.gif", "--frames", "2"), capsys)
+    assert code == 0 and read_video(tmp_path / "s.gif")[0].shape == (2, 32, 48, 3)
+
+    code, _, stderr = run_cli(["export", "--generator", tmp_path / "g", "--teacher", tiny_dir, "--out", tmp_path / "student"], capsys)
+    assert code == 2 and "not empty" in stderr
+    code, _, stderr = run_cli(["export", "--generator", tmp_path / "nope", "--teacher", tiny_dir, "--out", tmp_path / "s2"], capsys)
+    assert code == 2 and "neither a UNet folder" in stderr and not (tmp_path / "s2").exists()
