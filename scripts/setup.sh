@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the project's virtual environment: torch first (so nothing pulls another build), then sfv.
-#   bash scripts/setup.sh [VENV]        (default .venv; TORCH="torch==X" to choose another torch)
+#   bash scripts/setup.sh [VENV]        (default .venv; TORCH="torch==X [pip options]" to choose another torch)
 # On these CPU machines `torch==2.13.0` resolves to the local CPU wheel; on a GPU machine the same pin
 # resolves to the CUDA build from PyPI. Every other version comes from constraints.txt.
 set -euo pipefail
@@ -8,8 +8,8 @@ venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 torch_spec="${TORCH:-torch==2.13.0}"
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade pip 2>/dev/null || true
-"$venv/bin/python" -m pip install --quiet "$torch_spec"
+# shellcheck disable=SC2086  # TORCH may carry pip options (e.g. an index URL)
+"$venv/bin/python" -m pip install --quiet $torch_spec
 "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"
 if "$venv/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "setup: note: CUDA packages were installed (nvidia-*); expected only on GPU machines" >&2

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -133,7 +134,16 @@ def _check_out_file(path: str) -> Path:
         raise InputError(f"output folder '{out.parent}' does not exist; create it first")
     if out.is_dir():
         raise InputError(f"output '{path}' is a folder; give a file name ending in .mp4 or .gif")
+    if not os.access(out.parent, os.W_OK):
+        raise InputError(f"output folder '{out.parent}' is not writable")
     return out
+
+
+def _check_positive(args, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name.replace("-", "_"))
+        if value is not None and value < 1:
+            raise InputError(f"--{name} must be at least 1 (got {value})")
 
 
 def cmd_sample(args) -> int:
@@ -141,23 +151,16 @@ def cmd_sample(args) -> int:
     out = _check_out_file(args.out)
     dtype = parse_dtype(args.dtype)
     device = parse_device(args.device, dtype)
-    if args.frames is not None and args.frames < 1:
-        raise InputError(f"--frames must be at least 1 (got {args.frames})")
-    if args.steps < 1:
-        raise InputError(f"--steps must be at least 1 (got {args.steps})")
-    if args.decode_chunk_size is not None and args.decode_chunk_size < 1:
-        raise InputError(f"--decode-chunk-size must be at least 1 (got {args.decode_chunk_size})")
-    if args.fps < 1:
-        raise InputError(f"--fps must be at least 1 (got {args.fps})")
+    _check_positive(args, "frames", "steps", "decode-chunk-size", "fps")
+    if not 0 <= args.seed < 2**63:
+        raise InputError(f"--seed must be in [0, 2**63) (got {args.seed})")
 
-    from sfv.teacher import check_model_dir, check_video_size, model_size_multiple
+    from sfv.model_dir import check_model_dir, check_video_size
 
-    check_model_dir(args.model)
+    info = check_model_dir(args.model)
     image = load_image(args.image)
-    import json
-
-    num_frames = args.frames or json.loads((Path(args.model) / "unet" / "config.json").read_text()).get("num_frames", 14)
-    check_video_size(args.height, args.width, num_frames, model_size_multiple(args.model))
+    num_frames = args.frames or info.num_frames
+    check_video_size(args.height, args.width, num_frames, info.vae_scale_factor)
 
     import torch
 
@@ -165,23 +168,31 @@ def cmd_sample(args) -> int:
     from sfv.video import write_video
 
     t0 = time.perf_counter()
-    print(f"sfv sample: loading {args.model} ({args.dtype}, {device})", file=sys.stderr)
+    print(f"sfv sample: loading {args.model} ({args.dtype}, {device})", flush=True)
     try:
         pipe = SFVPipeline.from_pretrained(args.model, dtype=dtype, use_safetensors=True).to(device)
+        pipe.set_progress_bar_config(desc="sfv sample", leave=False)
     except Exception as e:  # corrupt weights, mismatched configs: a user problem, reported in one line
-        raise ModelLoadError(f"could not load '{args.model}': {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise ModelLoadError(f"could not load '{args.model}': {_first_line(e)}") from None
     t1 = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    frames = pipe(
-        image, height=args.height, width=args.width, num_frames=num_frames, num_inference_steps=args.steps,
-        min_guidance_scale=args.min_guidance_scale, max_guidance_scale=args.max_guidance_scale, fps=args.fps,
-        motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
-        decode_chunk_size=args.decode_chunk_size, generator=generator, output_type="np",
-    ).frames[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    try:
+        frames = pipe(
+            image, height=args.height, width=args.width, num_frames=num_frames, num_inference_steps=args.steps,
+            min_guidance_scale=args.min_guidance_scale, max_guidance_scale=args.max_guidance_scale, fps=args.fps,
+            motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
+            decode_chunk_size=args.decode_chunk_size, generator=generator, output_type="np",
+        ).frames[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        raise InputError(f"out of memory generating {num_frames} frames at {args.height}x{args.width} on {device}: "
+                         "try fewer frames, a smaller size, --decode-chunk-size 2 or --dtype bf16") from None
     t2 = time.perf_counter()
-    write_video(out, frames, fps=args.fps)
+    try:
+        write_video(out, frames, fps=args.fps)
+    except OSError as e:
+        raise InputError(f"cannot write '{out}': {_first_line(e)}") from None
     t3 = time.perf_counter()
     print(
         f"sfv sample: {out} — {num_frames} frames {args.height}x{args.width}, {args.steps} step(s), "
@@ -190,14 +201,18 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def cmd_export(args) -> int:
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"export folder '{out}' already exists and is not empty; choose a new folder or remove it")
     from sfv.generator import SFVGenerator
-    from sfv.pipeline import export_pipeline
+    from sfv.pipeline import check_export_target, export_pipeline
     from sfv.teacher import SVDTeacher
 
+    out = check_export_target(args.out)
+    SFVGenerator.check_source(args.generator)  # before the (slow) teacher load
     t0 = time.perf_counter()
     teacher = SVDTeacher.from_pretrained(args.teacher)
     unet = SFVGenerator.load_unet(args.generator, teacher)

@@ -65,10 +65,9 @@ class SFVGenerator(torch.nn.Module):
         """A diffusers UNet folder (config.json + diffusion_pytorch_model.safetensors)."""
         self.unet.save_pretrained(path, safe_serialization=True)
 
-    @classmethod
-    def load_unet(cls, path: str | os.PathLike, teacher: SVDTeacher) -> UNetSpatioTemporalConditionModel:
-        """Student UNet weights from a diffusers UNet folder, a folder holding `unet/`, or a .safetensors
-        state dict (keys as in the UNet, optionally prefixed `unet.`) loaded into the teacher's architecture."""
+    @staticmethod
+    def check_source(path: str | os.PathLike) -> Path:
+        """The UNet folder or .safetensors file to load student weights from (checked before any loading)."""
         path = Path(path)
         if path.is_dir():
             folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
@@ -77,13 +76,37 @@ class SFVGenerator(torch.nn.Module):
                     f"generator folder '{path}' has no UNet: expected config.json and diffusion_pytorch_model.safetensors "
                     "(as written by SFVGenerator.save_pretrained) or a unet/ subfolder"
                 )
-            return UNetSpatioTemporalConditionModel.from_pretrained(folder, use_safetensors=True)
+            return folder
         if path.suffix != ".safetensors" or not path.is_file():
             raise ModelLoadError(f"generator '{path}' is neither a UNet folder nor an existing .safetensors file")
-        state = load_file(path)
-        state = {k.removeprefix("unet."): v for k, v in state.items()}
+        return path
+
+    @classmethod
+    def load_unet(cls, path: str | os.PathLike, teacher: SVDTeacher) -> UNetSpatioTemporalConditionModel:
+        """Student UNet weights from a diffusers UNet folder, a folder holding `unet/`, or a .safetensors
+        state dict (keys as in the UNet, optionally prefixed `unet.`) loaded into the teacher's architecture.
+        The student must have the teacher's interface (channels, conditioning sizes): it is run with the
+        teacher's VAE, image encoder and time ids."""
+        source = cls.check_source(path)
+        try:
+            if source.is_dir():
+                unet = UNetSpatioTemporalConditionModel.from_pretrained(source, use_safetensors=True)
+            else:
+                state = {k.removeprefix("unet."): v for k, v in load_file(source).items()}
+        except Exception as e:  # corrupt file / config: a user problem, one clear line
+            raise ModelLoadError(f"cannot read generator weights '{path}': {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        if source.is_dir():
+            mismatched = [k for k in _INTERFACE if unet.config.get(k) != teacher.unet.config.get(k)]
+            if mismatched:
+                raise ModelLoadError(
+                    f"generator UNet '{path}' does not fit the teacher: {', '.join(f'{k}={unet.config.get(k)} (teacher {teacher.unet.config.get(k)})' for k in mismatched)}"
+                )
+            return unet
         unet = copy.deepcopy(teacher.unet)
-        missing, unexpected = unet.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = unet.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ModelLoadError(f"generator weights '{path}' do not fit the teacher's UNet: {' '.join(str(e).split())[:300]}") from None
         if missing or unexpected:
             raise ModelLoadError(
                 f"generator weights '{path}' do not fit the teacher's UNet: {len(missing)} missing "
@@ -91,3 +114,7 @@ class SFVGenerator(torch.nn.Module):
                 "export with the teacher the generator was trained from"
             )
         return unet
+
+
+# UNet config entries the student shares with the teacher's VAE, CLIP and time ids.
+_INTERFACE = ("in_channels", "out_channels", "cross_attention_dim", "addition_time_embed_dim", "projection_class_embeddings_input_dim")

@@ -26,7 +26,8 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 
 import sfv
 from sfv.errors import InputError
-from sfv.teacher import SVDTeacher, check_video_size
+from sfv.model_dir import check_video_size
+from sfv.teacher import SVDTeacher, check_output_type
 
 EXPORT_INFO = "sfv.json"
 
@@ -41,6 +42,19 @@ class SFVPipeline(DiffusionPipeline):
                  scheduler: EulerDiscreteScheduler, feature_extractor):
         super().__init__()
         self.register_modules(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor)
+
+    # Read by stock-style step callbacks (`pipe.guidance_scale`, ...), as on StableVideoDiffusionPipeline.
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
 
     @torch.no_grad()
     def __call__(
@@ -70,9 +84,11 @@ class SFVPipeline(DiffusionPipeline):
         Returns StableVideoDiffusionPipelineOutput(frames=...) (or the frames alone with return_dict=False):
         'pil' lists of frames, 'np' [B, F, H, W, 3], 'pt' [B, F, 3, H, W] in [0, 1], or 'latent'.
         """
-        svd = SVDTeacher.from_pipeline(self)
+        svd = SVDTeacher.from_pipeline(self, execution_device=self._execution_device)
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
-        check_video_size(height, width, num_frames, svd.size_multiple)
+        check_video_size(height, width, num_frames, svd.vae_scale_factor)
+        check_output_type(output_type)
+        self._guidance_scale = max_guidance_scale
         cond = svd.encode_condition(
             image, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt or 1, generator
         )
@@ -83,17 +99,31 @@ class SFVPipeline(DiffusionPipeline):
             kwargs = {k: x for k in callback_on_step_end_tensor_inputs if k == "latents"}
             return callback_on_step_end(self, i, 0.25 * sigma.log(), kwargs).pop("latents", x)
 
-        steps = len(sigmas) - 1 if sigmas is not None else num_inference_steps
-        with self.progress_bar(total=steps) as bar:
+        self._num_timesteps = len(sigmas) - 1 if sigmas is not None else num_inference_steps
+        with self.progress_bar(total=self._num_timesteps) as bar:
             latents = svd.sample(
                 cond, num_frames, height, width, num_inference_steps, sigmas, min_guidance_scale, max_guidance_scale,
                 generator, latents, callback=on_step, progress=bar.update,
             )
-        frames = latents if output_type == "latent" else svd.postprocess(svd.decode(latents, decode_chunk_size), output_type)
+        if output_type == "latent":
+            frames = latents.to(self.unet.dtype)  # as the stock pipeline: latents in the model's dtype
+        else:
+            frames = svd.postprocess(svd.decode(latents, decode_chunk_size), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return frames
         return StableVideoDiffusionPipelineOutput(frames=frames)
+
+
+def check_export_target(out_dir: str | os.PathLike) -> Path:
+    """The export folder must be new (or empty) and its parent writable."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"export folder '{out}' already exists and is not empty; choose a new folder or remove it")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(f"cannot create export folder '{out}': '{parent}' is not a writable folder")
+    return out
 
 
 def export_pipeline(
@@ -105,9 +135,7 @@ def export_pipeline(
     vae/, image_encoder/, feature_extractor/, scheduler/ (the teacher's; its 1-step Karras schedule is σ_max),
     and sfv.json (how to sample it and where it came from). Weights are safetensors.
     """
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"export folder '{out}' already exists and is not empty; choose a new folder or remove it")
+    out = check_export_target(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

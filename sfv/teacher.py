@@ -15,16 +15,17 @@ What that hides (SFV_METHOD.md, "Teacher"):
     network output in one doubled UNet batch, exactly as diffusers' pipeline does.
 
 The multi-step sampler below reproduces `diffusers.StableVideoDiffusionPipeline` frame for frame for the
-same seed (tests/test_teacher_parity.py): same RNG draw order, same floating-point form.
+same seed (tests/test_teacher.py): same RNG draw order, same floating-point form. That holds bit for bit
+in float32. In bf16/fp16 sfv keeps the latent state, CFG mix and preconditioning in float32 (the stock
+pipeline rounds the state to the network dtype every step), so half-precision outputs differ from stock
+at the rounding level — by design: precision is decided in svd_denoise and initial_latents only.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -45,71 +46,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from sfv.errors import InputError, ModelLoadError
-from sfv.noise import karras_sigmas
+from sfv.model_dir import check_model_dir, check_video_size
 
-# ----------------------------------------------------------------------------------------------------
-# Model folders
-
-# component -> (config file, accepted weight files); weights are safetensors only (no pickle loading).
-_REQUIRED = {
-    "unet": ("config.json", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")),
-    "vae": ("config.json", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")),
-    "image_encoder": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
-    "feature_extractor": ("preprocessor_config.json", ()),
-    "scheduler": ("scheduler_config.json", ()),
-}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def check_model_dir(path: str | os.PathLike) -> Path:
-    """Raise ModelLoadError naming every file a diffusers SVD folder at `path` lacks; return the path."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelLoadError(
-            f"model folder '{path}' does not exist; pass a diffusers StableVideoDiffusionPipeline folder "
-            "(e.g. one written by `sfv export` or tools/make_tiny_svd.py)"
-        )
-    missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
-    for component, (config, weights) in _REQUIRED.items():
-        folder = path / component
-        if not (folder / config).is_file():
-            missing.append(f"{component}/{config}")
-        if weights and not any((folder / w).is_file() for w in weights) and not _has_variant(folder, weights[0]):
-            pickled = list(folder.glob("*.bin")) if folder.is_dir() else []
-            hint = " (only pickle .bin weights found; sfv loads safetensors only — re-save with safe_serialization=True)" if pickled else ""
-            missing.append(f"{component}/{weights[0]}{hint}")
-    if missing:
-        raise ModelLoadError(f"model folder '{path}' is incomplete: missing {', '.join(missing)}")
-    return path
-
-
-def _has_variant(folder: Path, weight_name: str) -> bool:
-    stem, ext = weight_name.rsplit(".", 1)  # e.g. diffusion_pytorch_model.fp16.safetensors
-    return folder.is_dir() and any(folder.glob(f"{stem}.*.{ext}"))
-
-
-def model_size_multiple(path: str | os.PathLike) -> int:
-    """Height/width multiple a model folder needs, read from its configs without loading weights."""
-    path = Path(path)
-    vae = json.loads((path / "vae" / "config.json").read_text())
-    unet = json.loads((path / "unet" / "config.json").read_text())
-    return size_multiple(2 ** (len(vae["block_out_channels"]) - 1), len(unet["down_block_types"]))
-
-
-def size_multiple(vae_scale_factor: int, num_down_blocks: int) -> int:
-    # The VAE downsamples by vae_scale_factor, then every UNet down block but the last halves the latent.
-    return vae_scale_factor * 2 ** (num_down_blocks - 1)
-
-
-def check_video_size(height: int, width: int, num_frames: int, multiple: int) -> None:
-    if num_frames < 1:
-        raise InputError(f"frames must be at least 1 (got {num_frames})")
-    for name, value in (("height", height), ("width", width)):
-        if value < multiple or value % multiple:
-            raise InputError(
-                f"{name} {value} is not a positive multiple of {multiple} (VAE factor × UNet downsampling); "
-                f"try {max(multiple, round(value / multiple) * multiple)}"
-            )
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -235,15 +174,18 @@ class SVDTeacher:
         image_encoder,
         feature_extractor,
         scheduler: EulerDiscreteScheduler,
+        execution_device: torch.device | None = None,
     ):
         self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
+        self.execution_device = execution_device  # set under model offload, where unet.device says "cpu"
         self.feature_extractor, self.scheduler = feature_extractor, scheduler
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
         cfg = scheduler.config
-        if cfg.prediction_type != "v_prediction" or cfg.timestep_type != "continuous":
+        if not isinstance(scheduler, EulerDiscreteScheduler) or cfg.prediction_type != "v_prediction" or cfg.timestep_type != "continuous":
             raise ModelLoadError(
-                f"scheduler is {cfg.prediction_type}/{cfg.timestep_type}; SVD's preconditioning needs "
-                "prediction_type='v_prediction' and timestep_type='continuous'"
+                f"scheduler is {type(scheduler).__name__} ({cfg.prediction_type}, {cfg.timestep_type}); SVD's "
+                "preconditioning needs EulerDiscreteScheduler with prediction_type='v_prediction' and "
+                "timestep_type='continuous' (the scheduler config SVD ships)"
             )
 
     # -- loading ---------------------------------------------------------------------------------------
@@ -253,22 +195,24 @@ class SVDTeacher:
     ) -> "SVDTeacher":
         """Load from a local diffusers folder or a hub id (e.g. stabilityai/stable-video-diffusion-img2vid)."""
         name = str(path_or_id)
-        if os.path.exists(name) or not _HUB_ID.match(name):
+        local = os.path.exists(name) or not _HUB_ID.match(name)
+        if local:
             check_model_dir(name)
         try:
             pipe = StableVideoDiffusionPipeline.from_pretrained(name, dtype=torch_dtype, use_safetensors=True)
-        except Exception as e:  # diffusers/huggingface_hub raise a zoo of types for "not there"
+        except Exception as e:  # diffusers/huggingface_hub raise a zoo of types for "not there" / "broken"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(
-                f"could not load SVD model '{name}': {first}. Download it once with network access "
-                "(huggingface-cli download ...) and pass the local folder"
-            ) from e
+            where = "" if local else (
+                f" (there is no local folder '{name}'; as a hub id it could not be fetched — download it once "
+                "with network access and pass the local folder)"
+            )
+            raise ModelLoadError(f"could not load SVD model '{name}': {first}{where}") from e
         teacher = cls.from_pipeline(pipe)
         return teacher.to(device) if device is not None else teacher
 
     @classmethod
-    def from_pipeline(cls, pipe) -> "SVDTeacher":
-        return cls(pipe.unet, pipe.vae, pipe.image_encoder, pipe.feature_extractor, pipe.scheduler)
+    def from_pipeline(cls, pipe, execution_device: torch.device | None = None) -> "SVDTeacher":
+        return cls(pipe.unet, pipe.vae, pipe.image_encoder, pipe.feature_extractor, pipe.scheduler, execution_device)
 
     def to_pipeline(self, unet: UNetSpatioTemporalConditionModel | None = None) -> StableVideoDiffusionPipeline:
         """The stock diffusers pipeline over these components (optionally with another UNet)."""
@@ -293,7 +237,7 @@ class SVDTeacher:
     # -- facts about the model -----------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.execution_device if self.execution_device is not None else self.unet.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -302,10 +246,6 @@ class SVDTeacher:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def size_multiple(self) -> int:
-        return size_multiple(self.vae_scale_factor, len(self.unet.config.down_block_types))
 
     @property
     def latent_channels(self) -> int:
@@ -323,17 +263,25 @@ class SVDTeacher:
     def sigma_max(self) -> float:
         return float(self.scheduler.config.sigma_max)
 
-    def sigmas(self, num_steps: int) -> torch.Tensor:
-        """Karras levels for `num_steps` Euler steps, with the final 0 appended (float32, CPU)."""
-        if num_steps < 1:
-            raise InputError(f"num_inference_steps must be at least 1 (got {num_steps})")
-        return torch.cat([karras_sigmas(num_steps, self.sigma_min, self.sigma_max), torch.zeros(1)])
+    def sigmas(self, num_steps: int | None = None, custom: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σ levels with the final one appended, initial-noise scale), float32 on CPU.
 
-    def init_noise_sigma(self, sigma_max: torch.Tensor) -> torch.Tensor:
-        """Scale of the initial noise. diffusers' "leading" spacing uses √(σ_max² + 1), not σ_max."""
-        if self.scheduler.config.timestep_spacing in ("linspace", "trailing"):
-            return sigma_max
-        return (sigma_max**2 + 1) ** 0.5
+        Taken from the scheduler config itself (a fresh EulerDiscreteScheduler, so every flag — Karras,
+        σ range, final σ type, spacing — is honoured exactly as the stock pipeline honours it). `custom`
+        lists the levels including the final one (usually 0). For SVD: Karras ρ = 7 on [0.002, 700]
+        (sfv.noise.karras_sigmas, tested equal), and init noise √(σ_max² + 1) for "leading" spacing.
+        """
+        scheduler = EulerDiscreteScheduler.from_config(self.scheduler.config)
+        if custom is not None:
+            custom = [float(v) for v in custom]
+            if len(custom) < 2 or any(a <= b for a, b in zip(custom, custom[1:])):
+                raise InputError("custom sigmas must be at least two strictly decreasing levels, ending in the final one (usually 0)")
+            scheduler.set_timesteps(sigmas=custom)
+        else:
+            if num_steps is None or num_steps < 1:
+                raise InputError(f"num_inference_steps must be at least 1 (got {num_steps})")
+            scheduler.set_timesteps(num_steps)
+        return scheduler.sigmas, torch.as_tensor(scheduler.init_noise_sigma, dtype=torch.float32)
 
     # -- conditioning ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -364,7 +312,7 @@ class SVDTeacher:
         pixels = self.video_processor.preprocess(image, height=height, width=width).to(device)  # [B, 3, H, W] in [-1, 1]
         noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
         pixels = pixels + noise_aug_strength * noise
-        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()  # unscaled: no scaling_factor
+        latents = self._vae_encode(pixels).latent_dist.mode()  # unscaled: no scaling_factor
         latents = latents.repeat_interleave(num_videos_per_prompt, dim=0).to(embeds.dtype)
 
         # NOTE: SVD was micro-conditioned on fps − 1 (as in Stability's and diffusers' samplers).
@@ -374,6 +322,16 @@ class SVDTeacher:
             raise ModelLoadError(f"UNet expects an added time embedding of {expected}, not 3 × addition_time_embed_dim")
         time_ids = time_ids.repeat(len(embeds), 1).to(device)
         return SVDCondition(embeds, latents, time_ids)
+
+    def _vae_encode(self, pixels: torch.Tensor):
+        # As the stock pipeline: an fp16 VAE with force_upcast (SVD's) encodes in float32.
+        if self.vae.dtype == torch.float16 and self.vae.config.force_upcast:
+            self.vae.to(dtype=torch.float32)
+            try:
+                return self.vae.encode(pixels.float())
+            finally:
+                self.vae.to(dtype=torch.float16)
+        return self.vae.encode(pixels.to(self.vae.dtype))
 
     @torch.no_grad()
     def encode_image(self, image) -> torch.Tensor:
@@ -395,7 +353,7 @@ class SVDTeacher:
         return svd_denoise(self.unet, x, sigma, cond, guidance)
 
     def initial_latents(
-        self, batch_size: int, num_frames: int, height: int, width: int, sigma_max: torch.Tensor, generator=None, latents=None
+        self, batch_size: int, num_frames: int, height: int, width: int, init_sigma: torch.Tensor, generator=None, latents=None
     ) -> torch.Tensor:
         """Pure noise at the top level, [B, F, C, h, w], drawn like the stock pipeline."""
         f = self.vae_scale_factor
@@ -403,10 +361,11 @@ class SVDTeacher:
         if isinstance(generator, list) and len(generator) != batch_size:
             raise InputError(f"got {len(generator)} generators for {batch_size} videos; pass one per video")
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+            # float32 whatever the network's dtype: σ_max·ε at 700 would lose digits in bf16/fp16
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-        return latents.to(self.device) * self.init_noise_sigma(sigma_max)
+        return latents.to(self.device, torch.float32) * init_sigma
 
     @torch.no_grad()
     def sample(
@@ -431,18 +390,13 @@ class SVDTeacher:
         `unet` runs another SVD-layout network (the one-step student) under the same conditioning.
         CFG is on when max_guidance_scale > 1 (as in the stock pipeline): a doubled UNet batch per step.
         """
-        if sigmas is None:
-            sigmas = self.sigmas(num_inference_steps)
-        else:
-            sigmas = torch.as_tensor(np.asarray(sigmas, dtype=np.float32))
-            if sigmas.ndim != 1 or len(sigmas) < 2:
-                raise InputError("custom sigmas must list at least two levels: the start and the final (usually 0)")
+        sigmas, init_sigma = self.sigmas(num_inference_steps, custom=sigmas)
         unet = unet if unet is not None else self.unet
         guidance = None
         if max_guidance_scale > 1:
             guidance = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames)  # [F] ramp, frame 0 → last
             guidance = guidance.to(self.device, torch.float32).reshape(1, num_frames, 1, 1, 1)
-        x = self.initial_latents(len(cond), num_frames, height, width, sigmas.max(), generator, latents)
+        x = self.initial_latents(len(cond), num_frames, height, width, init_sigma, generator, latents)
         return euler_sample(lambda x, s: svd_denoise(unet, x, s, cond, guidance), x, sigmas, callback, progress)
 
     # -- decoding --------------------------------------------------------------------------------------
@@ -462,8 +416,7 @@ class SVDTeacher:
 
     def postprocess(self, frames: torch.Tensor, output_type: str = "np"):
         """[B, 3, F, H, W] in [-1, 1] -> 'np' [B, F, H, W, 3] / 'pt' [B, F, 3, H, W] in [0, 1] / 'pil' lists."""
-        if output_type not in ("np", "pt", "pil"):
-            raise InputError(f"output_type must be 'np', 'pt', 'pil' or 'latent', not {output_type!r}")
+        check_output_type(output_type)
         return self.video_processor.postprocess_video(video=frames, output_type=output_type)
 
     @torch.no_grad()
@@ -483,12 +436,18 @@ class SVDTeacher:
     ):
         """Image -> video end to end (the stock pipeline's defaults: 25 steps, CFG ramp 1 → 3)."""
         num_frames = self.default_num_frames if num_frames is None else num_frames
-        check_video_size(height, width, num_frames, self.size_multiple)
+        check_video_size(height, width, num_frames, self.vae_scale_factor)
+        check_output_type(output_type)
         cond = self.encode_condition(image, height, width, fps, motion_bucket_id, noise_aug_strength, generator=generator)
         latents = self.sample(cond, num_frames, height, width, generator=generator, **sample_kwargs)
         if output_type == "latent":
             return latents
         return self.postprocess(self.decode(latents, decode_chunk_size), output_type)
+
+
+def check_output_type(output_type: str) -> None:
+    if output_type not in ("np", "pt", "pil", "latent"):
+        raise InputError(f"output_type must be 'np', 'pt', 'pil' or 'latent', not {output_type!r}")
 
 
 def _clip_resize(image: torch.Tensor, size: int) -> torch.Tensor:

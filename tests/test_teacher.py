@@ -95,9 +95,50 @@ def test_teacher_sampler_reproduces_stock_pipeline(case):
     diff = max_abs_diff(ours, ref)
     print(f"{case}: max |sfv - diffusers| = {diff:.3g}")
     assert diff <= 1e-4
+    ref_latents = pipe(image, height=h, width=w, num_frames=frames, num_inference_steps=25, max_guidance_scale=3.0,
+                       generator=torch.Generator().manual_seed(0), output_type="latent").frames
+    ours_latents = teacher.generate(image, h, w, frames, num_inference_steps=25, max_guidance_scale=3.0,
+                                    generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert torch.equal(ours_latents, ref_latents)  # bit for bit before decoding, too
     # the comparison is not vacuous: another seed gives visibly different frames
     other = teacher.generate(image, h, w, frames, generator=torch.Generator().manual_seed(1), output_type="np")
     assert max_abs_diff(other, ref) > 1e-3
+
+
+def test_denoise_equals_scheduler_step_at_every_level(tiny_pipe):
+    """The production denoiser against the stock loop's own arithmetic, bit for bit, at all 25 σ levels:
+    UNet(scale_model_input(x), t) then EulerDiscreteScheduler.step(...).pred_original_sample."""
+    teacher = SVDTeacher.from_pipeline(tiny_pipe)
+    cond = teacher.encode_condition(example_image(32, 32), 32, 32, generator=torch.Generator().manual_seed(0))
+    scheduler = EulerDiscreteScheduler.from_config(tiny_pipe.scheduler.config)
+    scheduler.set_timesteps(25)
+    g = torch.Generator().manual_seed(3)
+    for i, t in enumerate(scheduler.timesteps):
+        sigma = scheduler.sigmas[i]
+        x = torch.randn(1, 2, 4, 16, 16, generator=g) * (sigma**2 + 1) ** 0.5
+        scheduler._step_index = i
+        unet_in = torch.cat([scheduler.scale_model_input(x, t), cond.image_latents[:, None].repeat(1, 2, 1, 1, 1)], dim=2)
+        with torch.no_grad():
+            v = tiny_pipe.unet(unet_in, t, encoder_hidden_states=cond.image_embeds, added_time_ids=cond.added_time_ids).sample
+            ours = teacher.denoise(x, sigma, cond)
+        scheduler._step_index = i
+        assert torch.equal(ours, scheduler.step(v, t, x).pred_original_sample), f"σ = {float(sigma)}"
+
+
+def test_batch_of_two_images_generator_list_and_decode_chunks_match_stock():
+    pipe = build_tiny_svd(TinySVDConfig(num_frames=5, seed=7))
+    pipe.set_progress_bar_config(disable=True)
+    images = [example_image(36, 44, seed=8), example_image(36, 44, seed=9)]
+    kw = dict(height=32, width=40, num_frames=5, num_inference_steps=4, max_guidance_scale=2.5)
+    gens = lambda: [torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]  # noqa: E731
+    teacher = SVDTeacher.from_pipeline(pipe)
+    ref_lat = pipe(images, generator=gens(), output_type="latent", **kw).frames
+    ours_lat = teacher.generate(images, generator=gens(), output_type="latent", **kw)
+    assert torch.equal(ours_lat, ref_lat)
+    ref = pipe(images, generator=gens(), decode_chunk_size=2, output_type="np", **kw).frames
+    ours = teacher.generate(images, generator=gens(), decode_chunk_size=2, output_type="np", **kw)
+    assert ours.shape == (2, 5, 32, 40, 3) and max_abs_diff(ours, ref) == 0.0
+    assert max_abs_diff(ours[0], ours[1]) > 1e-3  # two different videos
 
 
 def test_custom_sigmas_match_stock_pipeline(tiny_pipe):
@@ -147,9 +188,13 @@ def test_encode_condition_rejects_bad_images(tiny_pipe, bad, match):
 
 def test_generate_rejects_sizes_the_unet_cannot_take(tiny_pipe):
     teacher = SVDTeacher.from_pipeline(tiny_pipe)
-    assert teacher.size_multiple == 4  # VAE factor 2 × one UNet downsampling
-    with pytest.raises(InputError, match="multiple of 4"):
-        teacher.generate(example_image(), 30, 32, 2)
+    assert teacher.vae_scale_factor == 2
+    with pytest.raises(InputError, match="multiple of 2"):
+        teacher.generate(example_image(), 31, 32, 2)
+    with pytest.raises(InputError, match="output_type"):
+        teacher.generate(example_image(), 32, 32, 2, output_type="gif")
+    # odd latent sizes are fine for the spatio-temporal UNet (it forwards upsample sizes)
+    assert teacher.generate(example_image(), 34, 46, 2, num_inference_steps=1).shape == (1, 2, 34, 46, 3)
     with pytest.raises(InputError, match="frames must be at least 1"):
         teacher.generate(example_image(), 32, 32, 0)
 
@@ -185,7 +230,39 @@ def test_pickle_only_weights_are_refused(tiny_dir, tmp_path):
         SVDTeacher.from_pretrained(broken)
 
 
-def test_unreachable_hub_id_is_a_clear_error():
-    # No network here: the hub lookup fails and must come back as one ModelLoadError naming the id.
-    with pytest.raises(ModelLoadError, match="sfv-test/no-such-svd"):
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    # Offline: the hub lookup fails and must come back as one ModelLoadError naming the id.
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="sfv-test/no-such-svd.*no local folder"):
         SVDTeacher.from_pretrained("sfv-test/no-such-svd")
+
+
+def test_non_svd_scheduler_is_refused(tiny_pipe):
+    tiny_pipe.scheduler = EulerDiscreteScheduler.from_config(tiny_pipe.scheduler.config, prediction_type="epsilon")
+    with pytest.raises(ModelLoadError, match="v_prediction"):
+        SVDTeacher.from_pipeline(tiny_pipe)
+
+
+def test_bf16_runs_and_stays_close_to_float32(tiny_pipe):
+    """Half precision is not bit-exact (by design, see the module docstring) but must stay close."""
+    image = example_image(32, 32)
+    kw = dict(num_inference_steps=4, max_guidance_scale=2.0, output_type="np")
+    ref = SVDTeacher.from_pipeline(tiny_pipe).generate(image, 32, 32, 2, generator=torch.Generator().manual_seed(0), **kw)
+    bf16 = SVDTeacher.from_pipeline(tiny_pipe).to(dtype=torch.bfloat16)
+    out = bf16.generate(image, 32, 32, 2, generator=torch.Generator().manual_seed(0), **kw)
+    assert np.isfinite(out).all() and max_abs_diff(out, ref) < 0.1
+
+
+def test_videos_per_prompt_keep_image_and_latent_paired(tiny_pipe):
+    """With several images and num_videos_per_prompt > 1, every video's CLIP embedding and image latent come
+    from the same image (the stock pipeline pairs them differently; see encode_condition's docstring)."""
+    teacher = SVDTeacher.from_pipeline(tiny_pipe)
+    images = [example_image(32, 32, seed=1), example_image(32, 32, seed=2)]
+    cond = teacher.encode_condition(images, 32, 32, num_videos_per_prompt=2, generator=torch.Generator().manual_seed(0))
+    assert len(cond) == 4
+    for a, b in [(0, 1), (2, 3)]:
+        assert torch.equal(cond.image_embeds[a], cond.image_embeds[b]) and torch.equal(cond.image_latents[a], cond.image_latents[b])
+    assert not torch.equal(cond.image_embeds[1], cond.image_embeds[2]) and not torch.equal(cond.image_latents[1], cond.image_latents[2])
