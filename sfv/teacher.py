@@ -136,13 +136,13 @@ def euler_sample(
     denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     sigmas: torch.Tensor,
-    callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Euler on the probability-flow ODE (EDM Alg. 1 without churn): dx/dσ = (x − x0)/σ.
 
     sigmas: descending levels ending in the final one (0). One step from σ_max to 0 returns x0(σ_max)
-    up to rounding — SF-V's one-step inference. `callback(i, sigma, x)` may return replacement latents.
+    up to rounding — SF-V's one-step inference. `callback(i, sigma, x)` returns the latents to continue from.
     """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
