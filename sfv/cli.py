@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from sfv.errors import InputError, ModelLoadError, SFVError
+from sfv.errors import InputError, ModelLoadError, SFVError, first_line
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
@@ -173,7 +173,7 @@ def cmd_sample(args) -> int:
         pipe = SFVPipeline.from_pretrained(args.model, dtype=dtype, use_safetensors=True).to(device)
         pipe.set_progress_bar_config(desc="sfv sample", leave=False)
     except Exception as e:  # corrupt weights, mismatched configs: a user problem, reported in one line
-        raise ModelLoadError(f"could not load '{args.model}': {_first_line(e)}") from None
+        raise ModelLoadError(f"could not load '{args.model}': {first_line(e)}") from None
     t1 = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(args.seed)
     try:
@@ -185,25 +185,20 @@ def cmd_sample(args) -> int:
         ).frames[0]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    except (torch.OutOfMemoryError, MemoryError) as e:
+    except (torch.OutOfMemoryError, MemoryError):
         raise InputError(f"out of memory generating {num_frames} frames at {args.height}x{args.width} on {device}: "
                          "try fewer frames, a smaller size, --decode-chunk-size 2 or --dtype bf16") from None
     t2 = time.perf_counter()
     try:
         write_video(out, frames, fps=args.fps)
     except OSError as e:
-        raise InputError(f"cannot write '{out}': {_first_line(e)}") from None
+        raise InputError(f"cannot write '{out}': {first_line(e)}") from None
     t3 = time.perf_counter()
     print(
         f"sfv sample: {out} — {num_frames} frames {args.height}x{args.width}, {args.steps} step(s), "
         f"generate {t2 - t1:.2f} s (load {t1 - t0:.2f} s, write {t3 - t2:.2f} s, total {t3 - t0:.2f} s)"
     )
     return 0
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def cmd_export(args) -> int:

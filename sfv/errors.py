@@ -15,3 +15,9 @@ class ModelLoadError(SFVError):
 
 class InputError(SFVError):
     """An argument or input file is invalid (image, size, frame count, dtype, device, output path)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (or its type name): library errors reworded for one-line reports."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

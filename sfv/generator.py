@@ -16,7 +16,7 @@ import torch
 from diffusers import UNetSpatioTemporalConditionModel
 from safetensors.torch import load_file
 
-from sfv.errors import ModelLoadError
+from sfv.errors import ModelLoadError, first_line
 from sfv.noise import generator_sigma_levels
 from sfv.teacher import SVDCondition, SVDTeacher, svd_denoise
 
@@ -94,7 +94,7 @@ class SFVGenerator(torch.nn.Module):
             else:
                 state = {k.removeprefix("unet."): v for k, v in load_file(source).items()}
         except Exception as e:  # corrupt file / config: a user problem, one clear line
-            raise ModelLoadError(f"cannot read generator weights '{path}': {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+            raise ModelLoadError(f"cannot read generator weights '{path}': {first_line(e)}") from None
         if source.is_dir():
             mismatched = [k for k in _INTERFACE if unet.config.get(k) != teacher.unet.config.get(k)]
             if mismatched:

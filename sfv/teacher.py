@@ -45,7 +45,7 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
-from sfv.errors import InputError, ModelLoadError
+from sfv.errors import InputError, ModelLoadError, first_line
 from sfv.model_dir import check_model_dir, check_video_size
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
@@ -201,7 +201,7 @@ class SVDTeacher:
         try:
             pipe = StableVideoDiffusionPipeline.from_pretrained(name, dtype=torch_dtype, use_safetensors=True)
         except Exception as e:  # diffusers/huggingface_hub raise a zoo of types for "not there" / "broken"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             where = "" if local else (
                 f" (there is no local folder '{name}'; as a hub id it could not be fetched — download it once "
                 "with network access and pass the local folder)"
