@@ -1,7 +1,9 @@
 """`sfv` command line: thin — parse, call the library, turn user errors into one line and exit code 2.
 
     sfv sample --model DIR --image PATH --out out.mp4|out.gif [options]
-    sfv export --generator PATH --teacher DIR --out DIR
+    sfv export --generator PATH --teacher DIR --out DIR      (or --checkpoint DIR [--weights ema|raw])
+    sfv distill --recipe recipes/NAME.yaml [section.key=value ...] [--resume latest|DIR]
+    sfv cache --teacher DIR --videos DIR --out DIR --frames F --height H --width W [--fps 7]
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sfv.errors import InputError, ModelLoadError, SFVError, first_line
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgParser(argparse.ArgumentParser):
     """argparse that raises (one line, exit 2 via main) instead of printing usage and exiting."""
 
     def error(self, message):
@@ -25,8 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sfv", description="SF-V: one-step image-to-video from Stable Video Diffusion.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = ArgParser(prog="sfv", description="SF-V: one-step image-to-video from Stable Video Diffusion.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgParser)
 
     s = sub.add_parser("sample", help="generate a video from an image with an SVD-layout model folder")
     s.add_argument("--model", required=True, help="diffusers folder (an `sfv export` output, or any SVD folder)")
@@ -48,18 +50,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("export", help="write a one-step student as a drop-in diffusers folder")
-    e.add_argument("--generator", required=True, help="student UNet: a UNet folder or a .safetensors state dict")
-    e.add_argument("--teacher", required=True, help="the teacher's diffusers folder (VAE, image encoder, scheduler)")
+    e.add_argument("--generator", help="student UNet: a UNet folder or a .safetensors state dict")
+    e.add_argument("--checkpoint", help="or a training checkpoint folder (runs/NAME/checkpoints/videos-…)")
+    e.add_argument("--weights", default="ema", choices=["ema", "raw"], help="with --checkpoint: EMA (default) or raw G weights")
+    e.add_argument("--teacher", help="the teacher's diffusers folder (default with --checkpoint: the run's model.teacher)")
     e.add_argument("--out", required=True, help="new folder to write")
     e.set_defaults(func=cmd_export)
+
+    from sfv.train import build_parser as train_parser
+
+    d = sub.add_parser("distill", help="SF-V training (same as `accelerate launch -m sfv.train`)", add_help=True,
+                       parents=[train_parser()], conflict_handler="resolve")
+    d.set_defaults(func=cmd_distill)
+
+    c = sub.add_parser("cache", help="precompute VAE latents + conditioning of a video folder into safetensors shards")
+    c.add_argument("--teacher", required=True, help="the SVD folder whose VAE and image encoder training will use")
+    c.add_argument("--videos", required=True, help="folder of videos (recursive)")
+    c.add_argument("--out", required=True, help="new cache folder")
+    c.add_argument("--frames", type=int, required=True)
+    c.add_argument("--height", type=int, required=True)
+    c.add_argument("--width", type=int, required=True)
+    c.add_argument("--fps", type=int, default=7)
+    c.add_argument("--noise-aug-strength", type=float, default=0.02)
+    c.add_argument("--metadata", default=None, help=".jsonl/.csv with file, fps, motion_bucket_id")
+    c.add_argument("--shard-size", type=int, default=256)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu")
+    c.set_defaults(func=cmd_cache)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), lambda args: args.func(args), argv)
+
+
+def run_command(parser: argparse.ArgumentParser, command, argv: list[str] | None = None) -> int:
+    """Parse, run, and turn user errors (SFVError) into one line on stderr and exit code 2."""
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
         _quiet_libraries()
-        return args.func(args) or 0
+        return command(args) or 0
     except SFVError as e:
         print(f"sfv: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -207,12 +237,66 @@ def cmd_export(args) -> int:
     from sfv.teacher import SVDTeacher
 
     out = check_export_target(args.out)
-    SFVGenerator.check_source(args.generator)  # before the (slow) teacher load
+    generator, teacher_dir = args.generator, args.teacher
+    if (generator is None) == (args.checkpoint is None):
+        raise InputError("pass exactly one of --generator PATH or --checkpoint DIR")
+    if args.checkpoint is not None:
+        generator, teacher_dir = _checkpoint_weights(Path(args.checkpoint), args.weights, teacher_dir)
+    if teacher_dir is None:
+        raise InputError("--teacher is required with --generator")
+    SFVGenerator.check_source(generator)  # before the (slow) teacher load
     t0 = time.perf_counter()
-    teacher = SVDTeacher.from_pretrained(args.teacher)
-    unet = SFVGenerator.load_unet(args.generator, teacher)
-    export_pipeline(unet, teacher, out, info={"generator": str(args.generator), "teacher": str(args.teacher)})
+    teacher = SVDTeacher.from_pretrained(teacher_dir)
+    unet = SFVGenerator.load_unet(generator, teacher)
+    export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)})
     print(f"sfv export: {out} (student UNet + teacher VAE/CLIP/scheduler) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _checkpoint_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None]:
+    """(student weights file, teacher folder) of a training checkpoint; the teacher from its recipe by default."""
+    import json
+
+    state = ckpt / "state.json"
+    if not state.is_file():
+        raise InputError(f"checkpoint '{ckpt}' is not a complete training checkpoint (no state.json)")
+    name = {"ema": "generator_ema.safetensors", "raw": "generator.safetensors"}[weights]
+    if teacher is None:
+        teacher = json.loads(state.read_text()).get("recipe", {}).get("model", {}).get("teacher") or None
+    return str(ckpt / name), teacher
+
+
+def cmd_distill(args) -> int:
+    from sfv.config import load_recipe
+    from sfv.train import run
+
+    run(load_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu)
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from sfv.data import ClipSpec, VideoFolder, write_cache
+    from sfv.model_dir import check_model_dir, check_video_size
+
+    _check_positive(args, "frames", "height", "width", "fps", "shard-size")
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"cache folder '{out}' already exists; pick a new one")
+    info = check_model_dir(args.teacher)
+    check_video_size(args.height, args.width, args.frames, info.vae_scale_factor)
+    dataset = VideoFolder(args.videos, ClipSpec(args.frames, args.height, args.width, args.fps), args.seed, args.metadata)
+    device = parse_device(args.device)
+
+    from tqdm.auto import tqdm
+
+    from sfv.teacher import SVDTeacher
+
+    teacher = SVDTeacher.from_pretrained(args.teacher, device=device)
+    with tqdm(total=len(dataset), unit="video", desc="sfv cache") as bar:
+        index = write_cache(teacher, dataset, out, args.noise_aug_strength, args.shard_size, seed=args.seed, progress=bar.update)
+    print(f"sfv cache: {index['clips']} clips in {len(index['shards'])} shard(s) at {out}; skipped {len(index['skipped'])} file(s)")
+    for s in index["skipped"][:10]:
+        print(f"  skipped {s}")
     return 0
 
 

@@ -21,3 +21,7 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (or its type name): library errors reworded for one-line reports."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+class DataError(SFVError):
+    """A training data folder, metadata file or latent cache is missing, empty or unusable."""

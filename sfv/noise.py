@@ -34,3 +34,29 @@ def generator_sigma_levels(t_g: int, sigma_min: float, sigma_max: float, rho: fl
     if t_g < 2:
         raise ValueError(f"T_g must be at least 2 (got {t_g}): the generator needs a level above σ_min")
     return karras_sigmas(t_g, sigma_min, sigma_max, rho)[:-1]
+
+
+class LogNormalSigmaSampler:
+    """SF-V §3.2: D's re-noising level σ′, drawn from T_d Karras levels weighted by a discretised log-normal.
+
+    Level i gets the log-normal probability mass of its cell in ln σ (cell edges halfway between neighbouring
+    levels, the outer cells open), i.e. P(i) = Φ((e_i⁺ − P_mean)/P_std) − Φ((e_i⁻ − P_mean)/P_std).
+    With P_mean = −1, P_std = 1 the median σ′ is ≈ e⁻¹ ≈ 0.37 (SFV_METHOD.md). The same σ′ is used for the
+    real and the fake video of a pair.
+    """
+
+    def __init__(self, sigma_min: float, sigma_max: float, p_mean: float = -1.0, p_std: float = 1.0, t_d: int = 1000, rho: float = 7.0):
+        if p_std <= 0:
+            raise ValueError(f"P_std must be positive (got {p_std})")
+        self.levels = karras_sigmas(t_d, sigma_min, sigma_max, rho)  # descending, [T_d]
+        log_sigma = self.levels.double().log()
+        edges = (log_sigma[1:] + log_sigma[:-1]) / 2  # descending cell boundaries, [T_d − 1]
+        normal = torch.distributions.Normal(torch.tensor(p_mean, dtype=torch.float64), torch.tensor(p_std, dtype=torch.float64))
+        cdf = torch.cat([torch.ones(1, dtype=torch.float64), normal.cdf(edges), torch.zeros(1, dtype=torch.float64)])
+        self.probs = (cdf[:-1] - cdf[1:]).clamp_min(0)  # mass of the cell around each level, [T_d]
+        self.probs = self.probs / self.probs.sum()
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """σ′ for each of `batch_size` videos, [B] float32."""
+        idx = torch.multinomial(self.probs, batch_size, replacement=True, generator=generator)
+        return self.levels[idx]

@@ -157,6 +157,59 @@ def euler_sample(
 
 
 # ----------------------------------------------------------------------------------------------------
+# The UNet's encoder: SF-V's discriminator backbone
+
+
+class SVDEncoder(torch.nn.Module):
+    """The encoder half of an SVD UNet (time and added-time embeddings, conv_in, down blocks) with the
+    teacher's weights shared, not copied: SF-V's frozen discriminator backbone (§3.2).
+
+    forward(x, σ′, cond) runs the UNet's own computation up to the end of each down block on
+    c_in(σ′)·x ‖ image latents with the UNet's conditioning, and returns one feature map per down block,
+    [(B·F), C_k, h_k, w_k] (the UNet's own frame-flattened layout). Frozen: no parameter needs a gradient,
+    and `.train()` keeps it in eval mode; gradients still flow to x (for the G step and R1).
+    """
+
+    def __init__(self, unet: UNetSpatioTemporalConditionModel):
+        super().__init__()
+        for name in ("time_proj", "time_embedding", "add_time_proj", "add_embedding", "conv_in", "down_blocks"):
+            setattr(self, name, getattr(unet, name))
+        self.block_channels = list(unet.config.block_out_channels)  # C_k of each down block's output
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "SVDEncoder":
+        return super().train(False)  # a frozen backbone: never in training mode
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: SVDCondition) -> list[torch.Tensor]:
+        """x: noisy latents x0 + σ′·ε, [B, F, C, h, w]; sigma: [B] -> features per down block."""
+        batch, frames = x.shape[:2]
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(batch)
+        x_in = x.float() / (sigma.reshape(-1, 1, 1, 1, 1) ** 2 + 1) ** 0.5  # c_in · x
+        image_latents = cond.image_latents.unsqueeze(1).repeat(1, frames, 1, 1, 1)
+        sample = torch.cat([x_in, image_latents.float()], dim=2).to(self.dtype)  # [B, F, 2C, h, w]
+        # as UNetSpatioTemporalConditionModel.forward up to the mid block
+        emb = self.time_embedding(self.time_proj(0.25 * sigma.log()).to(self.dtype))  # c_noise = ¼·ln σ′
+        time_embeds = self.add_time_proj(cond.added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype)
+        emb = (emb + self.add_embedding(time_embeds)).repeat_interleave(frames, dim=0)
+        context = cond.image_embeds.to(self.dtype).repeat_interleave(frames, dim=0)
+        indicator = torch.zeros(batch, frames, dtype=self.dtype, device=x.device)
+        h = self.conv_in(sample.flatten(0, 1))
+        features = []
+        for block in self.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                h, _ = block(hidden_states=h, temb=emb, encoder_hidden_states=context, image_only_indicator=indicator)
+            else:
+                h, _ = block(hidden_states=h, temb=emb, image_only_indicator=indicator)
+            features.append(h)  # [(B·F), C_k, h_k, w_k]
+        return features
+
+
+# ----------------------------------------------------------------------------------------------------
 # The teacher
 
 
@@ -332,6 +385,21 @@ class SVDTeacher:
             finally:
                 self.vae.to(dtype=torch.float16)
         return self.vae.encode(pixels.to(self.vae.dtype))
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """Training videos [B, F, 3, H, W] in [0, 1] -> x0 latents [B, F, C, h, w] (VAE mode × scaling_factor),
+        the space the UNet denoises in."""
+        batch = frames.shape[0]
+        pixels = frames.flatten(0, 1).to(self.device) * 2 - 1
+        latents = self._vae_encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
+        return latents.reshape(batch, -1, *latents.shape[1:]).float()
+
+    def time_ids(self, fps, motion_bucket_id, noise_aug_strength, batch_size: int) -> torch.Tensor:
+        """added_time_ids [B, 3] = [fps − 1, motion_bucket_id, noise_aug_strength]; each a number or [B]."""
+        cols = [torch.as_tensor(v, dtype=torch.float32).expand(batch_size) for v in (fps, motion_bucket_id, noise_aug_strength)]
+        cols[0] = cols[0] - 1
+        return torch.stack(cols, dim=1).to(self.device, self.image_encoder.dtype)
 
     @torch.no_grad()
     def encode_image(self, image) -> torch.Tensor:

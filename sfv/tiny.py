@@ -128,3 +128,35 @@ def example_image(height: int = 64, width: int = 64, seed: int = 0):
         cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.1, 0.25) * min(height, width)
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, 3)
     return PIL.Image.fromarray((img * 255).round().astype("uint8"))
+
+
+def write_moving_squares(out_dir: str | os.PathLike, count: int = 8, frames: int = 12, size: int = 48, fps: int = 8,
+                         seed: int = 0, suffix: str = ".mp4") -> list[Path]:
+    """Small real video files (a coloured square crossing a gradient background, a different speed and
+    direction per file) for tests and smoke runs of the data path and the trainer. Not the toy world."""
+    import numpy as np
+
+    from sfv.video import write_video
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    paths = []
+    for i in range(count):
+        background = np.stack([xx, yy, 1 - xx], -1) * rng.uniform(0.2, 0.8, 3)
+        color, side = rng.uniform(0.3, 1.0, 3), size // 4
+        pos, vel = rng.uniform(0, size - side, 2), rng.uniform(-2.5, 2.5, 2)
+        video = []
+        for _ in range(frames):
+            frame = background.copy()
+            y, x = pos.astype(int)
+            frame[y : y + side, x : x + side] = color
+            video.append(frame)
+            pos = pos + vel
+            for k in range(2):  # bounce off the walls
+                if not 0 <= pos[k] <= size - side:
+                    vel[k] = -vel[k]
+                    pos[k] = np.clip(pos[k], 0, size - side)
+        paths.append(write_video(out / f"video{i:03d}{suffix}", np.stack(video), fps=fps))
+    return paths

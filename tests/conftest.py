@@ -34,3 +34,23 @@ def max_abs_diff(a, b) -> float:
     b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory):
+    """Real mp4 files (a square moving over a gradient, 12 frames of 48×48 at 8 fps)."""
+    from sfv.tiny import write_moving_squares
+
+    root = tmp_path_factory.mktemp("videos")
+    write_moving_squares(root, count=6, frames=12, size=48, fps=8)
+    return root
+
+
+def tiny_recipe(teacher, videos, run_dir, **overrides):
+    """The tiny CPU recipe pointed at test folders, with dotted overrides (section__key=value)."""
+    from sfv.config import load_recipe
+
+    items = [f"model.teacher={teacher}", f"data.videos={videos}", f"train.run_dir={run_dir}",
+             "train.sample_every=0", "train.export=false", "train.log_every=2"]
+    items += [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
+    return load_recipe("recipes/tiny_cpu.yaml", items)

@@ -1,0 +1,184 @@
+"""Recipes: YAML validated into typed dataclasses, one section per component, plus `dotted.key=value` overrides.
+
+An unknown key or a value of the wrong type is an InputError that names the key and lists the valid ones.
+Training length and every cadence are counted in videos seen (EDM2-style), so a recipe means the same
+thing on 1 GPU or 64; the per-step batch is split into accumulation rounds automatically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from sfv.errors import InputError
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = ""  # diffusers SVD folder (or hub id) that G is initialised from and D's backbone comes from
+    t_g: int = 4  # T_g: G trains at the top T_g − 1 of T_g Karras levels
+    gradient_checkpointing: bool = False  # activation checkpointing in G's UNet (memory for compute)
+
+
+@dataclass
+class DataConfig:
+    videos: str | None = None  # folder of videos (mp4/webm/gif/frame folders, recursive)
+    cache: str | None = None  # or a latent cache written by `sfv cache` (then `videos` is not read)
+    metadata: str | None = None  # optional .jsonl/.csv (file, fps, motion_bucket_id); default: metadata.* in `videos`
+    frames: int = 14
+    height: int = 448
+    width: int = 768
+    fps: int = 7  # clips are resampled to this frame rate; also the fps conditioning
+    motion_bucket_id: int = 127  # when the metadata has none for a video
+    noise_aug_strength: float = 0.02
+    num_workers: int = 0
+
+
+@dataclass
+class GeneratorConfig:
+    optimizer: str = "adamw"
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    huber_weight: float = 0.1  # λ of the pseudo-Huber reconstruction term
+    huber_c: float | None = None  # None: 0.00054·√d of the video latent
+    ema: float = 0.95  # EMA decay per G step (the paper's 0.95)
+
+
+@dataclass
+class DiscriminatorConfig:
+    heads: str = "both"  # spatial | temporal | both (the paper's ablation)
+    head_channels: int = 128
+    blocks: list[int] | None = None  # encoder blocks with heads (None: all)
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    p_mean: float = -1.0  # σ′ ~ discretised log-normal(P_mean, P_std) over T_d Karras levels
+    p_std: float = 1.0
+    t_d: int = 1000
+    r1: str = "approx"  # approx | exact | off
+    r1_gamma: float = 0.1
+    r1_interval: int = 4  # lazy regularisation: every N-th D step, weighted ×N
+    r1_eps: float = 0.01  # perturbation size of the approximated R1
+    steps_per_g: int = 1  # D steps per G step
+    warmup_videos: int = 0  # D-only training before G starts (videos)
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/sfv"
+    seed: int = 0
+    batch_size: int = 32  # videos per optimiser step over all processes
+    batch_per_device: int = 4  # micro-batch; accumulation rounds = batch_size / (batch_per_device × processes)
+    total_videos: int = 1_600_000  # training length in videos (G steps × batch_size)
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    max_nonfinite: int = 10  # stop after this many non-finite steps in a row
+    log_every: int = 3_200  # videos
+    sample_every: int = 32_000
+    sample_count: int = 2  # fixed conditioning images (first frames of the first clips) for sample videos
+    checkpoint_every: int = 32_000
+    keep_checkpoints: int = 3
+    export: bool = True  # write the drop-in pipeline folder at the end
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return list(x) if isinstance(x, tuple) else x
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe (or start from defaults if path is None) and apply `section.key=value` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"recipe '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"recipe '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"recipe '{path}' must be a mapping of sections ({', '.join(_fields(Recipe))})")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"override '{item}' must look like section.key=value (e.g. train.total_videos=64)")
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InputError(f"override '{item}': '{p}' is not a section")
+        node[leaf] = yaml.safe_load(value) if value else None
+    return _build(Recipe, data, "")
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise InputError(f"recipe section '{where.rstrip('.') or 'top level'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = _fields(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}{key}"
+        if key not in valid:
+            raise InputError(f"unknown recipe key '{name}'; valid keys{' in ' + where[:-1] if where else ''}: {', '.join(valid)}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, f"{name}.")
+        else:
+            kwargs[key] = _check(value, kind, name)
+    return cls(**kwargs)
+
+
+def _check(value, kind, name: str):
+    """`value` as type `kind` (int, float, str, bool, X | None, list[int], tuple[float, float]) or an InputError."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(value, inner, name)
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        if origin is tuple and len(value) != len(args):
+            raise InputError(f"recipe key '{name}' needs {len(args)} values, got {len(value)}")
+        items = [_check(v, args[0] if origin is list else a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args * len(value)))]
+        return origin(items)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, str, bool) and type(value) is kind:
+        return value
+    want = getattr(kind, "__name__", str(kind))
+    raise InputError(f"recipe key '{name}' must be {want}, got {type(value).__name__} {value!r}")

@@ -1,0 +1,297 @@
+"""Training data: real video files -> clips of F frames at the target fps and size; a latent cache of them.
+
+    VideoFolder      mp4 / webm / mkv / mov / avi / gif files and folders of frames, found recursively;
+                     optional metadata (.jsonl or .csv: file, fps, motion_bucket_id; other columns ignored).
+                     A clip: F frames resampled from the file's real fps to the target fps, resized to cover
+                     H×W and centre-cropped -> frames [F, 3, H, W] in [0, 1].
+    LatentCache      what `sfv cache` writes: VAE latents, first-frame conditioning latents and CLIP image
+                     embeddings in safetensors shards + index.json; training reads it instead of the videos.
+    ResumableSampler the order of samples, a pure function of (seed, position): resuming at a position
+                     continues the exact stream, on any number of processes.
+
+A corrupt, unreadable or too-short file never stops a run: the item falls through to the next file, and
+the skipped paths travel with the batch (so DataLoader workers report them too) for the end-of-run report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from sfv.errors import DataError
+
+VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+CACHE_KEYS = ("latents", "image_latents", "image_embeds", "fps", "motion_bucket_id")
+
+
+@dataclass
+class ClipSpec:
+    frames: int
+    height: int
+    width: int
+    fps: int
+    motion_bucket_id: int = 127
+
+
+def find_videos(root: Path) -> list[Path]:
+    """Video files and frame folders under root, sorted (a frame folder: a folder holding images only)."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix.lower() in VIDEO_EXTS:
+            found.append(path)
+        elif path.is_dir():
+            children = list(path.iterdir())
+            if children and all(c.is_file() and c.suffix.lower() in IMAGE_EXTS for c in children):
+                found.append(path)
+    return found
+
+
+def read_metadata(path: Path) -> dict[str, dict]:
+    """{relative file: {fps, motion_bucket_id}} from a .jsonl or .csv file with a `file` column."""
+    try:
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        elif path.suffix == ".csv":
+            with path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        else:
+            raise DataError(f"metadata '{path}' must be .jsonl or .csv")
+        out = {}
+        for row in rows:
+            entry = {k: float(row[k]) for k in ("fps", "motion_bucket_id") if row.get(k) not in (None, "")}
+            out[str(row["file"])] = entry
+        return out
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+        raise DataError(f"metadata '{path}' is malformed ({type(e).__name__}: {e}); each row needs `file` and "
+                        "optionally numeric `fps` and `motion_bucket_id`") from None
+
+
+def decode(path: Path, fallback_fps: float) -> tuple[list[np.ndarray], float]:
+    """All frames (uint8 HWC RGB) and the frame rate of a video file or frame folder."""
+    from PIL import Image
+
+    if path.is_dir():
+        frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(path.iterdir())]
+        return frames, fallback_fps
+    if path.suffix.lower() == ".gif":
+        with Image.open(path) as im:
+            frames, durations = [], []
+            for i in range(getattr(im, "n_frames", 1)):
+                im.seek(i)
+                frames.append(np.asarray(im.convert("RGB")))
+                durations.append(im.info.get("duration") or 100)
+        return frames, 1000.0 / float(np.mean(durations))
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        fps = float(reader.get_meta_data().get("fps") or 0) or fallback_fps
+        frames = [np.asarray(f) for f in reader]
+    return frames, fps
+
+
+def clip_indices(num_source: int, source_fps: float, spec: ClipSpec, rng: np.random.Generator) -> list[int]:
+    """Indices of F source frames spaced 1/target_fps seconds apart, at a random start; ValueError if too short."""
+    step = source_fps / spec.fps  # source frames per target frame
+    span = (spec.frames - 1) * step
+    if num_source < 1 or span > num_source - 1 + 1e-6:
+        raise ValueError(f"too short: {num_source} frames at {source_fps:g} fps, a clip needs {math.floor(span) + 1}")
+    start = rng.uniform(0, num_source - 1 - span)
+    return [min(num_source - 1, round(start + k * step)) for k in range(spec.frames)]
+
+
+def resize_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """uint8 [F, h, w, 3] -> float [F, 3, H, W] in [0, 1]: scale to cover H×W (antialiased), centre-crop."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    h, w = x.shape[-2:]
+    scale = max(height / h, width / w)
+    size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    if size != (h, w):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return x[:, :, top : top + height, left : left + width].contiguous()
+
+
+class VideoFolder(torch.utils.data.Dataset):
+    """Clips from a folder of videos; item (index, epoch) -> dict(frames, fps, motion_bucket_id, skipped)."""
+
+    def __init__(self, root: str | Path, spec: ClipSpec, seed: int = 0, metadata: str | Path | None = None):
+        self.root, self.spec, self.seed = Path(root), spec, seed
+        if not self.root.is_dir():
+            raise DataError(f"data folder '{root}' does not exist (set data.videos to a folder of videos)")
+        self.files = find_videos(self.root)
+        if not self.files:
+            raise DataError(f"no videos in '{root}': looked for {', '.join(sorted(VIDEO_EXTS))} files and folders of frames")
+        if metadata is None:
+            metadata = next((p for p in (self.root / "metadata.jsonl", self.root / "metadata.csv") if p.is_file()), None)
+        elif not Path(metadata).is_file():
+            raise DataError(f"metadata file '{metadata}' does not exist")
+        self.metadata = read_metadata(Path(metadata)) if metadata else {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int, epoch: int = 0) -> dict:
+        """One clip of file `index` (its start drawn from (seed, epoch, index)); raises on a bad file."""
+        path = self.files[index]
+        meta = self.metadata.get(path.relative_to(self.root).as_posix(), {})
+        frames, fps = decode(path, meta.get("fps", self.spec.fps))
+        fps = meta.get("fps", fps)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        idx = clip_indices(len(frames), fps, self.spec, rng)
+        clip = np.stack([frames[i] for i in idx])
+        return {
+            "frames": resize_crop(clip, self.spec.height, self.spec.width),  # [F, 3, H, W] in [0, 1]
+            "fps": torch.tensor(self.spec.fps, dtype=torch.float32),
+            "motion_bucket_id": torch.tensor(meta.get("motion_bucket_id", self.spec.motion_bucket_id), dtype=torch.float32),
+        }
+
+    def __getitem__(self, item) -> dict:
+        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        skipped = []
+        for k in range(len(self.files)):  # a bad file falls through to the next one
+            i = (index + k) % len(self.files)
+            try:
+                return {**self.load(i, epoch), "skipped": skipped}
+            except Exception as e:  # corrupt / unreadable / too short: count it, never crash a long run
+                skipped.append(f"{self.files[i]}: {' '.join(str(e).split())[:160] or type(e).__name__}")
+        raise DataError(
+            f"no usable videos in '{self.root}': all {len(self.files)} files are unreadable or shorter than "
+            f"{self.spec.frames} frames at {self.spec.fps} fps (first: {skipped[0]})"
+        )
+
+
+class LatentCache(torch.utils.data.Dataset):
+    """Clips precomputed by `sfv cache`: item -> dict(latents, image_latents, image_embeds, fps, motion_bucket_id)."""
+
+    def __init__(self, root: str | Path, spec: ClipSpec | None = None, noise_aug_strength: float | None = None):
+        self.root = Path(root)
+        index = self.root / "index.json"
+        if not index.is_file():
+            raise DataError(f"'{root}' is not a latent cache (no index.json); write one with `sfv cache`")
+        self.info = json.loads(index.read_text())
+        if spec is not None:
+            want = {"frames": spec.frames, "height": spec.height, "width": spec.width, "fps": spec.fps}
+            have = {k: self.info.get(k) for k in want}
+            if want != have:
+                raise DataError(f"latent cache '{root}' holds {have}, the recipe asks for {want}; re-run `sfv cache`")
+        if noise_aug_strength is not None and abs(self.info.get("noise_aug_strength", -1) - noise_aug_strength) > 1e-9:
+            raise DataError(f"latent cache '{root}' was written with noise_aug_strength {self.info.get('noise_aug_strength')}, "
+                            f"the recipe asks for {noise_aug_strength}")
+        self.shards = [(self.root / s["file"], s["count"]) for s in self.info["shards"]]
+        self.offsets = np.cumsum([0] + [c for _, c in self.shards])
+        if self.offsets[-1] == 0:
+            raise DataError(f"latent cache '{root}' is empty")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, item) -> dict:
+        index = item[0] if isinstance(item, tuple) else item
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        row = index - int(self.offsets[shard])
+        with safe_open(self.shards[shard][0], framework="pt") as f:
+            out = {k: f.get_slice(k)[row : row + 1][0] for k in CACHE_KEYS}
+        return {**out, "skipped": []}
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Infinite (index, epoch) stream: epoch e is a permutation seeded by (seed, e); process r of W takes
+    global positions r, r + W, ...; `start` is the number of samples this process has already consumed."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0):
+        self.size, self.seed, self.rank, self.world_size, self.start = size, seed, rank, world_size, start
+
+    def __iter__(self):
+        k = self.start
+        perm, perm_epoch = None, -1
+        while True:
+            position = k * self.world_size + self.rank
+            epoch, i = divmod(position, self.size)
+            if epoch != perm_epoch:
+                perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+                perm_epoch = epoch
+            yield int(perm[i]), epoch
+            k += 1
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors; concatenate the lists of skipped files."""
+    out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "skipped"}
+    out["skipped"] = [s for it in items for s in it.get("skipped", [])]
+    return out
+
+
+@torch.no_grad()
+def write_cache(teacher, dataset: VideoFolder, out: str | Path, noise_aug_strength: float, shard_size: int = 256,
+                batch_size: int = 4, seed: int = 0, progress=None) -> dict:
+    """Encode one clip per video (the epoch-0 clip) with the teacher's VAE and CLIP into safetensors shards.
+
+    Per clip: `latents` [F, C, h, w] (VAE mode × scaling factor), `image_latents` [C, h, w] (unscaled VAE mode of
+    the noise-augmented frame 0, as the UNet is conditioned), `image_embeds` [1, D], `fps`, `motion_bucket_id`.
+    Written to a temporary folder and renamed, so a half-written cache is never read. Returns the index.
+    """
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists():
+        raise DataError(f"cache folder '{out}' already exists; pick a new one")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    spec = dataset.spec
+    generator = torch.Generator(teacher.device).manual_seed(seed)  # the noise-augmentation draws
+    shards, skipped, pending = [], [], {k: [] for k in CACHE_KEYS}
+
+    def flush():
+        if not pending["latents"]:
+            return
+        name = f"shard-{len(shards):05d}.safetensors"
+        save_file({k: torch.cat(v).contiguous() for k, v in pending.items()}, tmp / name)
+        shards.append({"file": name, "count": sum(len(t) for t in pending["latents"])})
+        for v in pending.values():
+            v.clear()
+
+    batch: list[dict] = []
+    for i in range(len(dataset)):
+        try:
+            batch.append(dataset.load(i))
+        except Exception as e:
+            skipped.append(f"{dataset.files[i]}: {' '.join(str(e).split())[:160] or type(e).__name__}")
+        if batch and (len(batch) == batch_size or i == len(dataset) - 1):
+            clips = collate([{**b, "skipped": []} for b in batch])
+            frames = clips["frames"]  # [B, F, 3, H, W]
+            cond = teacher.encode_condition(frames[:, 0], spec.height, spec.width, spec.fps, 127, noise_aug_strength, generator=generator)
+            pending["latents"].append(teacher.encode_video(frames).cpu())
+            pending["image_latents"].append(cond.image_latents.float().cpu())
+            pending["image_embeds"].append(cond.image_embeds.float().cpu())
+            pending["fps"].append(clips["fps"])
+            pending["motion_bucket_id"].append(clips["motion_bucket_id"])
+            batch = []
+            if sum(len(t) for t in pending["latents"]) >= shard_size:
+                flush()
+        if progress is not None:
+            progress()
+    flush()
+    if not shards:
+        shutil.rmtree(tmp)
+        raise DataError(f"no usable videos in '{dataset.root}' ({len(skipped)} skipped; first: {skipped[0] if skipped else '-'})")
+    index = {
+        "frames": spec.frames, "height": spec.height, "width": spec.width, "fps": spec.fps,
+        "noise_aug_strength": noise_aug_strength, "source": str(dataset.root), "shards": shards,
+        "clips": sum(s["count"] for s in shards), "skipped": skipped,
+    }
+    (tmp / "index.json").write_text(json.dumps(index, indent=1))
+    os.replace(tmp, out)
+    return index

@@ -1,0 +1,70 @@
+"""SF-V's objectives (§3.2, eqs. 8–11) as pure functions of tensors: none calls backward().
+
+D returns several logit maps (one per head); every adversarial term averages each head's map and then the
+heads, so the losses keep the scale of a single-logit hinge GAN (D loss 2.0 when all logits are 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _head_mean(logits: dict[str, torch.Tensor], fn) -> torch.Tensor:
+    return torch.stack([fn(v).mean() for v in logits.values()]).mean()
+
+
+def d_hinge_loss(real_logits: dict[str, torch.Tensor], fake_logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    # L_D = E[max(0, 1 − D(x_real′))] + E[max(0, 1 + D(x_fake′))]                          (eq. 9)
+    return _head_mean(real_logits, lambda d: F.relu(1 - d)) + _head_mean(fake_logits, lambda d: F.relu(1 + d))
+
+
+def g_hinge_loss(fake_logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    # L_G,adv = −E[D(x_fake′)]                                                             (eq. 10)
+    return _head_mean(fake_logits, lambda d: -d)
+
+
+def video_score(logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    """D's mean logit per video, [B]: the scalar whose input gradient R1 penalises."""
+    return torch.stack([v.flatten(1).mean(1) for v in logits.values()]).mean(0)
+
+
+def r1_exact(score: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
+    # R1 = E‖∇_x D(x_real′)‖²   (Mescheder et al. 2018), x_real′ = x0 + σ′ε; a double backward in training
+    (grad,) = torch.autograd.grad(score.sum(), x_real, create_graph=True)
+    return grad.square().flatten(1).sum(1).mean()
+
+
+def r1_approx(score: torch.Tensor, score_perturbed: torch.Tensor, eps: float) -> torch.Tensor:
+    # R1 ≈ E[((D(x′ + ε·n) − D(x′)) / ε)²],  n ~ N(0, I)                                 (as LADD / APT)
+    # For small ε, D(x′+εn) − D(x′) ≈ ε·∇D·n and E_n[(∇D·n)²] = ‖∇D‖², so this is R1 in expectation
+    # at the cost of one more forward pass instead of a double backward.
+    return ((score_perturbed - score) / eps).square().mean()
+
+
+def pseudo_huber(x0_pred: torch.Tensor, x0: torch.Tensor, c: float) -> torch.Tensor:
+    # d(x̂0, x0) = √(‖x̂0 − x0‖² + c²) − c, ‖·‖ over the whole video latent, averaged over videos   (eq. 11)
+    # written as ‖·‖² / (√(‖·‖² + c²) + c): the same value without float32 cancellation when ‖·‖ << c
+    sq = (x0_pred.float() - x0.float()).square().flatten(1).sum(1)
+    return (sq / ((sq + c * c).sqrt() + c)).mean()
+
+
+def default_huber_c(dim: int) -> float:
+    """c = 0.00054·√d (Song & Dhariwal 2023, improved consistency training); SF-V does not state its c."""
+    return 0.00054 * math.sqrt(dim)
+
+
+def logit_stats(real_logits: dict[str, torch.Tensor], fake_logits: dict[str, torch.Tensor]) -> dict[str, float]:
+    """What shows whether D learns: mean logits, their gap and the fraction on the right side of 0."""
+    real = torch.cat([v.detach().flatten().float() for v in real_logits.values()])
+    fake = torch.cat([v.detach().flatten().float() for v in fake_logits.values()])
+    return {
+        "logits/real_mean": real.mean().item(),
+        "logits/fake_mean": fake.mean().item(),
+        "logits/gap": (real.mean() - fake.mean()).item(),
+        "logits/real_positive": (real > 0).float().mean().item(),
+        "logits/fake_negative": (fake < 0).float().mean().item(),
+        "logits/sign_accuracy": 0.5 * ((real > 0).float().mean() + (fake < 0).float().mean()).item(),
+    }

@@ -1,0 +1,145 @@
+"""Watching a run (process 0 only): progress bar, tensorboard scalars, sample videos from the EMA generator
+on fixed conditioning images, the end-of-run report of skipped files, and the export of the student."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfv import distributed
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Did the count pass a multiple of `every` between before (exclusive) and after (inclusive)?"""
+    return every > 0 and after // every > before // every
+
+
+class Monitor:
+    def __init__(self, run_dir: Path, recipe, world: distributed.World, teacher, dataset):
+        self.run_dir, self.recipe, self.world, self.teacher = Path(run_dir), recipe, world, teacher
+        self.cfg = recipe.train
+        self.before = 0  # videos before the current iteration
+        self.acc: dict[str, float] = {}
+        self.n = 0
+        self.writer = self.bar = None
+        if not world.is_main:
+            return
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        # fixed conditioning for sample videos: frame 0 of the first clips, fixed noise, fixed aug noise
+        from sfv.data import collate
+        from sfv.train import prepare
+
+        count = min(self.cfg.sample_count, len(dataset))
+        batch = collate([dataset[(i, 0)] for i in range(count)]) if count else None
+        gen = torch.Generator(teacher.device).manual_seed(12345)
+        self.sample_cond = prepare(batch, teacher, recipe, gen)[1] if batch else None
+        d = recipe.data
+        self.sample_noise = torch.randn(count, d.frames, teacher.latent_channels, d.height // teacher.vae_scale_factor,
+                                        d.width // teacher.vae_scale_factor, generator=gen, device=teacher.device)
+
+    def start(self, state) -> None:
+        self.before, self.t0, self.v0 = state.videos, time.perf_counter(), state.videos
+        if self.world.is_main:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.cfg.total_videos, initial=state.videos, unit="video", desc="sfv distill", dynamic_ncols=True)
+
+    def due(self, videos: int, every: int) -> bool:
+        return crossed(self.before, videos, every)
+
+    def step(self, state, stats: dict, ema_unet) -> None:
+        """Called once per iteration on every process (scalars are averaged over processes when logged)."""
+        for k, v in stats.items():
+            self.acc[k] = self.acc.get(k, 0.0) + float(v)
+        self.n += 1
+        if self.due(state.videos, self.cfg.log_every) or state.videos >= self.cfg.total_videos:
+            self.log(state)
+        if self.due(state.videos, self.cfg.sample_every):
+            self.sample(state.videos, ema_unet)
+        if self.bar is not None:
+            self.bar.update(state.videos - self.bar.n)
+        self.before = state.videos
+
+    def log(self, state) -> None:
+        keys = sorted(self.acc)
+        values = distributed.mean([self.acc[k] / self.n for k in keys], self.world)
+        now = time.perf_counter()
+        scalars = dict(zip(keys, values))
+        scalars["speed/videos_per_s"] = (state.videos - self.v0) / max(now - self.t0, 1e-9)
+        d, g = scalars.get("time/d_s", 0.0), scalars.get("time/g_s", 0.0)
+        scalars["time/d_share"] = d / max(d + g, 1e-9)
+        self.acc, self.n, self.t0, self.v0 = {}, 0, now, state.videos
+        if self.writer is None:
+            return
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, state.videos)
+        self.writer.flush()
+        with (self.run_dir / "log.jsonl").open("a") as f:
+            f.write(json.dumps({"videos": state.videos, "g_steps": state.g_steps, **scalars}) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix({k.split("/")[-1]: f"{scalars[k]:.3g}" for k in ("loss/d", "loss/g", "logits/sign_accuracy") if k in scalars})
+
+    @torch.no_grad()
+    def sample(self, videos: int, unet) -> Path | None:
+        """One-step videos from `unet` on the fixed conditioning -> samples/videos-N.gif (+ .mp4) and tensorboard."""
+        if self.writer is None or self.sample_cond is None:
+            return None
+        from sfv.video import to_uint8_frames, write_video
+
+        d = self.recipe.data
+        was_training = unet.training
+        unet.eval()
+        latents = self.teacher.sample(self.sample_cond, d.frames, d.height, d.width, num_inference_steps=1,
+                                      max_guidance_scale=1.0, latents=self.sample_noise, unet=unet)
+        unet.train(was_training)
+        frames = self.teacher.postprocess(self.teacher.decode(latents), "np")  # [B, F, H, W, 3] in [0, 1]
+        grid = np.concatenate(list(frames), axis=2)  # videos side by side
+        path = self.run_dir / "samples" / f"videos-{videos:09d}.gif"
+        write_video(path, grid, fps=d.fps)
+        if grid.shape[1] % 2 == 0 and grid.shape[2] % 2 == 0:
+            write_video(path.with_suffix(".mp4"), grid, fps=d.fps)
+        self.writer._get_file_writer().add_summary(_gif_summary("samples/ema_one_step", path.read_bytes(), grid), videos)
+        self.writer.flush()
+        return path
+
+    def finish(self, state, unet) -> None:
+        skipped = sorted({s for lst in distributed.gather_objects(state.skipped_files, self.world) for s in lst})
+        if not self.world.is_main:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.sample(state.videos, unet)
+        report = {"videos": state.videos, "g_steps": state.g_steps, "d_steps": state.d_steps,
+                  "skipped_steps": state.skipped_steps, "skipped_files": skipped}
+        (self.run_dir / "report.json").write_text(json.dumps(report, indent=1))
+        if skipped:
+            print(f"sfv distill: skipped {len(skipped)} unusable video file(s) (see {self.run_dir / 'report.json'}):")
+            for s in skipped[:10]:
+                print(f"  {s}")
+        if self.cfg.export:
+            from sfv.pipeline import export_pipeline
+
+            out = self.run_dir / "export"
+            if out.exists():
+                import shutil
+
+                shutil.rmtree(out)
+            export_pipeline(unet, self.teacher, out, info={"teacher": self.recipe.model.teacher, "videos": state.videos,
+                                                           "g_steps": state.g_steps, "weights": "ema"})
+            print(f"sfv distill: exported the one-step student to {out}")
+        self.writer.close()
+
+
+def _gif_summary(tag: str, gif: bytes, grid: np.ndarray):
+    """A tensorboard image summary holding an animated GIF (what SummaryWriter.add_video writes, without moviepy)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    image = Summary.Image(height=grid.shape[1], width=grid.shape[2], colorspace=3, encoded_image_string=gif)
+    return Summary(value=[Summary.Value(tag=tag, image=image)])

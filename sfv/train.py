@@ -1,0 +1,302 @@
+"""SF-V training: latent adversarial fine-tuning of SVD into a one-step generator (§3.2). The one loop.
+
+    accelerate launch -m sfv.train --recipe recipes/NAME.yaml [section.key=value ...] [--resume latest|DIR]
+    sfv distill --recipe ...                                     (the same code)
+
+Per iteration, on a batch of real clips x0 with conditioning c (frame 0):
+  D phase  σ_t ~ U{top T_g−1 Karras levels}, fake = G(x0 + σ_t·ε, σ_t, c) without gradients;
+           σ′ ~ discretised log-normal (the same for real and fake);
+           L_D = hinge(D(x0 + σ′ε₁), D(fake + σ′ε₂)) [+ γ/2·R1 on the real input every r1_interval steps]
+  G phase  x̂0 = G(x0 + σ_t·ε, σ_t, c);  L_G = −D(x̂0 + σ′ε) + λ·pseudo-Huber(x̂0, x0);  EMA of G
+Lengths and cadences are counted in videos drawn from the data, over all processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from sfv import checkpoint, distributed, losses
+from sfv.config import Recipe, load_recipe, save_recipe
+from sfv.data import ClipSpec, LatentCache, ResumableSampler, VideoFolder, collate
+from sfv.discriminator import Discriminator
+from sfv.errors import DataError, InputError, SFVError
+from sfv.generator import SFVGenerator
+from sfv.monitor import Monitor
+from sfv.noise import LogNormalSigmaSampler
+from sfv.teacher import SVDCondition, SVDEncoder, SVDTeacher
+
+
+class TrainingError(SFVError):
+    """Training cannot go on (e.g. the loss stayed non-finite); the message says what to change."""
+
+
+@dataclass
+class State:
+    videos: int = 0  # real videos drawn from the data, all processes together
+    g_steps: int = 0
+    d_steps: int = 0
+    skipped_steps: int = 0  # updates skipped for a non-finite loss
+    nonfinite_in_row: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+
+
+def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer != "adamw":
+        raise InputError(f"optimizer '{cfg.optimizer}' is not available; use 'adamw' (no maintained SM3 package installs here)")
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def build_data(recipe: Recipe):
+    d = recipe.data
+    spec = ClipSpec(d.frames, d.height, d.width, d.fps, d.motion_bucket_id)
+    if d.cache:
+        return LatentCache(d.cache, spec, d.noise_aug_strength)
+    if not d.videos:
+        raise InputError("the recipe has neither data.videos nor data.cache; set one (e.g. data.videos=/path/to/videos)")
+    return VideoFolder(d.videos, spec, seed=recipe.train.seed, metadata=d.metadata)
+
+
+def prepare(batch: dict, teacher: SVDTeacher, recipe: Recipe, gen: torch.Generator) -> tuple[torch.Tensor, SVDCondition]:
+    """A data batch -> (x0 latents [B, F, C, h, w], conditioning). Videos are encoded by the frozen teacher."""
+    d, dev = recipe.data, teacher.device
+    if "latents" in batch:  # from the latent cache
+        cond = SVDCondition(batch["image_embeds"].to(dev), batch["image_latents"].to(dev), None)
+        x0 = batch["latents"].to(dev)
+    else:
+        frames = batch["frames"]  # [B, F, 3, H, W] in [0, 1]
+        cond = teacher.encode_condition(frames[:, 0], d.height, d.width, d.fps, 127, d.noise_aug_strength, generator=gen)
+        x0 = teacher.encode_video(frames)
+    cond.added_time_ids = teacher.time_ids(batch["fps"], batch["motion_bucket_id"], d.noise_aug_strength, len(x0))
+    return x0, cond
+
+
+@dataclass
+class Parts:
+    """Everything the two phases act on, built once by `build`."""
+
+    recipe: Recipe
+    world: distributed.World
+    teacher: SVDTeacher  # frozen; its UNet encoder is D's backbone
+    G: SFVGenerator
+    D: Discriminator
+    G_ddp: torch.nn.Module  # G / D as the processes see them (DDP-wrapped on several processes)
+    D_ddp: torch.nn.Module
+    ema: AveragedModel
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sigma_d: LogNormalSigmaSampler
+    gen: torch.Generator  # every random draw of the loop (noise, σ, σ′, noise augmentation)
+    amp: object
+
+    def noised(self, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # x0 + σ·ε, one σ per video
+        return x0 + sigma.reshape(-1, 1, 1, 1, 1) * torch.randn(x0.shape, generator=self.gen, device=x0.device)
+
+
+def build(recipe: Recipe, world: distributed.World) -> Parts:
+    """Frozen teacher, G (a copy of its UNet), D (its encoder + heads), EMA of G, one optimiser each."""
+    gcfg, dcfg = recipe.generator, recipe.discriminator
+    if not recipe.model.teacher:
+        raise InputError("the recipe has no model.teacher; set it to an SVD diffusers folder (model.teacher=/path)")
+    torch.manual_seed(recipe.train.seed + world.rank)
+    teacher = SVDTeacher.from_pretrained(recipe.model.teacher, device=world.device).requires_grad_(False)
+    for module in (teacher.unet, teacher.vae, teacher.image_encoder):
+        module.eval()
+    G = SFVGenerator.from_teacher(teacher, recipe.model.t_g)
+    if recipe.model.gradient_checkpointing:
+        G.unet.enable_gradient_checkpointing()
+    D = Discriminator(SVDEncoder(teacher.unet), teacher.image_encoder.config.projection_dim, dcfg.heads,
+                      dcfg.head_channels, dcfg.blocks).to(world.device)
+    ema = AveragedModel(G.unet, multi_avg_fn=get_ema_multi_avg_fn(gcfg.ema), use_buffers=True)
+    opt_g, opt_d = build_optimizer(G.parameters(), gcfg), build_optimizer(D.trainable_parameters(), dcfg)
+    sigma_d = LogNormalSigmaSampler(teacher.sigma_min, teacher.sigma_max, dcfg.p_mean, dcfg.p_std, dcfg.t_d)
+    gen = torch.Generator(world.device).manual_seed(recipe.train.seed * 1000 + world.rank)
+    amp = torch.autocast(world.device.type, torch.bfloat16) if _bf16(recipe.train.precision, world) else nullcontext()
+    return Parts(recipe, world, teacher, G, D, distributed.wrap(G, world), distributed.wrap(D, world), ema, opt_g, opt_d,
+                 sigma_d, gen, amp)
+
+
+def d_step(p: Parts, batches: list, state: State) -> dict:
+    """One D update over the accumulation rounds `batches` [(x0, cond), ...]; G and the backbone stay untouched.
+
+    L_D = E[max(0, 1 − D(x0 + σ′ε₁))] + E[max(0, 1 + D(x̂0 + σ′ε₂))]  (+ γ/2 · R1 every r1_interval steps, ×interval)
+    """
+    dcfg = p.recipe.discriminator
+    reg = dcfg.r1 != "off" and state.d_steps % dcfg.r1_interval == 0
+    exact = reg and dcfg.r1 == "exact"
+    stats = {}
+    for r, (x0, cond) in enumerate(batches):
+        b = len(x0)
+        with torch.no_grad(), p.amp:
+            sigma_t = p.G.sample_sigma(b, p.gen).to(x0.device)
+            fake = p.G(p.noised(x0, sigma_t), sigma_t, cond)
+        s = p.sigma_d(b, p.gen).to(x0.device)  # the same σ′ for real and fake
+        x_real, x_fake = p.noised(x0, s), p.noised(fake, s)
+        inputs = [x_real.requires_grad_(exact), x_fake]
+        if reg and dcfg.r1 == "approx":
+            inputs.append(x_real + dcfg.r1_eps * torch.randn(x_real.shape, generator=p.gen, device=x_real.device))
+        n = len(inputs)
+        # the exact R1 needs a double backward, which only the math SDPA kernel has on CPU
+        kernel = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH) if exact else nullcontext()
+        with distributed.sync(p.D_ddp, r == len(batches) - 1), p.amp, kernel:
+            logits = p.D_ddp(torch.cat(inputs), s.repeat(n), _repeat(cond, n))  # one pass: real ‖ fake (‖ perturbed)
+            real, fake_logits, *perturbed = [{k: v.chunk(n)[i] for k, v in logits.items()} for i in range(n)]
+            loss = losses.d_hinge_loss(real, fake_logits)
+            if reg:
+                score = losses.video_score(real)
+                r1 = losses.r1_exact(score, x_real) if exact else losses.r1_approx(score, losses.video_score(perturbed[0]), dcfg.r1_eps)
+                loss = loss + dcfg.r1_gamma / 2 * dcfg.r1_interval * r1
+                _add(stats, {"loss/r1": r1.item()}, len(batches))
+            (loss / len(batches)).backward()
+        _add(stats, {"loss/d": loss.item(), **losses.logit_stats(real, fake_logits)}, len(batches))
+    stats["grad_norm/d"] = _apply(p.opt_d, p.D.trainable_parameters(), dcfg.grad_clip, loss, p.world, state)
+    state.d_steps += 1
+    return stats
+
+
+def g_step(p: Parts, batches: list, state: State) -> dict:
+    """One G update (+ EMA); D's heads and backbone and the teacher stay untouched.
+
+    L_G = −E[D(x̂0 + σ′ε)] + λ · pseudo-Huber(x̂0, x0),   x̂0 = G(x0 + σ_t·ε, σ_t, c)
+    """
+    gcfg = p.recipe.generator
+    stats = {}
+    p.D.heads_requires_grad_(False)  # D is only a critic here: no head gradients in the G phase
+    for r, (x0, cond) in enumerate(batches):
+        b = len(x0)
+        sigma_t = p.G.sample_sigma(b, p.gen).to(x0.device)
+        s = p.sigma_d(b, p.gen).to(x0.device)
+        with distributed.sync(p.G_ddp, r == len(batches) - 1), p.amp:
+            x0_pred = p.G_ddp(p.noised(x0, sigma_t), sigma_t, cond)
+            adv = losses.g_hinge_loss(p.D(p.noised(x0_pred, s), s, cond))
+            c = gcfg.huber_c if gcfg.huber_c is not None else losses.default_huber_c(x0[0].numel())
+            rec = losses.pseudo_huber(x0_pred, x0, c)
+            loss = adv + gcfg.huber_weight * rec
+            (loss / len(batches)).backward()
+        _add(stats, {"loss/g": loss.item(), "loss/g_adv": adv.item(), "loss/g_rec": rec.item()}, len(batches))
+    p.D.heads_requires_grad_(True)
+    stats["grad_norm/g"] = _apply(p.opt_g, list(p.G.parameters()), gcfg.grad_clip, loss, p.world, state)
+    p.ema.update_parameters(p.G.unet)
+    state.g_steps += 1
+    return stats
+
+
+def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
+    """Train per the recipe (resuming from a checkpoint if asked); returns the run folder."""
+    world = distributed.init(cpu=cpu)
+    cfg, dcfg = recipe.train, recipe.discriminator
+    run_dir, micro = Path(cfg.run_dir), cfg.batch_per_device
+    if cfg.batch_size % (micro * world.size):
+        raise InputError(f"train.batch_size {cfg.batch_size} is not a multiple of batch_per_device × processes = {micro} × {world.size}")
+    rounds = cfg.batch_size // (micro * world.size)  # gradient accumulation rounds per step
+    dataset = build_data(recipe)
+    dataset[(0, 0)]  # fail fast, before loading any model, if no file is usable
+    p = build(recipe, world)
+    state = State()
+    if resume:
+        saved = checkpoint.load(checkpoint.resolve(resume, run_dir), world,
+                                {"generator": p.G.unet, "generator_ema": p.ema.module, "discriminator_heads": p.D},
+                                {"optim_g": p.opt_g, "optim_d": p.opt_d}, {"loop": p.gen})
+        state = State(**saved["state"])
+        p.ema.n_averaged.fill_(state.g_steps)  # one EMA update per G step
+    sampler = ResumableSampler(len(dataset), cfg.seed, world.rank, world.size, start=state.videos // world.size)
+    loader = iter(torch.utils.data.DataLoader(dataset, micro, sampler=sampler, collate_fn=collate, num_workers=recipe.data.num_workers))
+    monitor = Monitor(run_dir, recipe, world, p.teacher, dataset)  # tensorboard, samples, progress, export
+    if world.is_main:
+        save_recipe(recipe, run_dir / "config.yaml")
+
+    def next_round():
+        batch = next(loader)
+        state.skipped_files = sorted(set(state.skipped_files).union(batch["skipped"]))  # unique paths + reasons
+        state.videos += micro * world.size
+        return prepare(batch, p.teacher, recipe, p.gen)
+
+    monitor.start(state)
+    while state.videos < cfg.total_videos:
+        t0 = time.perf_counter()
+        for _ in range(dcfg.steps_per_g):
+            batches = [next_round() for _ in range(rounds)]
+            stats = d_step(p, batches, state)
+        t1 = time.perf_counter()
+        if state.videos > dcfg.warmup_videos:
+            stats.update(g_step(p, batches, state))  # G trains on the last D batch
+        t2 = time.perf_counter()
+        stats.update({"time/d_s": t1 - t0, "time/g_s": t2 - t1, "train/skipped_steps": state.skipped_steps})
+        monitor.step(state, stats, p.ema.module)
+        if state.nonfinite_in_row >= cfg.max_nonfinite:
+            raise TrainingError(f"stopped: {state.nonfinite_in_row} steps in a row had a non-finite loss "
+                                f"(at {state.videos} videos); lower the learning rates or check the data")
+        if monitor.due(state.videos, cfg.checkpoint_every) or state.videos >= cfg.total_videos:
+            weights = {"generator": p.G.unet.state_dict(), "generator_ema": p.ema.module.state_dict(), "discriminator_heads": p.D.head_state_dict()}
+            checkpoint.save(run_dir / "checkpoints", state.videos, world, weights, {"optim_g": p.opt_g, "optim_d": p.opt_d},
+                            {"loop": p.gen}, {"state": state.__dict__, "recipe": recipe.to_dict()}, cfg.keep_checkpoints)
+    monitor.finish(state, p.ema.module if state.g_steps else p.G.unet)
+    distributed.shutdown(world)
+    return run_dir
+
+
+# -- small helpers of the loop ----------------------------------------------------------------------------
+
+
+def _bf16(precision: str, world) -> bool:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"train.precision must be auto, fp32 or bf16, not {precision!r}")
+    return precision == "bf16" or (precision == "auto" and world.device.type == "cuda")
+
+
+def _repeat(cond: SVDCondition, n: int) -> SVDCondition:
+    return SVDCondition(*(t.repeat(n, *[1] * (t.ndim - 1)) for t in (cond.image_embeds, cond.image_latents, cond.added_time_ids)))
+
+
+def _add(stats: dict, values: dict, n: int) -> None:
+    for k, v in values.items():
+        stats[k] = stats.get(k, 0.0) + v / n
+
+
+def _apply(opt, params, clip: float, loss, world, state: State) -> float:
+    """Clip and step — unless the loss or gradients are non-finite on any process: then skip and count."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf) if grads else torch.tensor(0.0)
+    if distributed.any_true(not (torch.isfinite(loss) and torch.isfinite(norm)), world):
+        state.skipped_steps += 1
+        state.nonfinite_in_row += 1
+    else:
+        opt.step()
+        state.nonfinite_in_row = 0
+    opt.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# -- command line -------------------------------------------------------------------------------------------
+
+
+def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser_class(prog="sfv.train", description="SF-V adversarial distillation of an SVD teacher into a one-step generator")
+    p.add_argument("--recipe", required=True, help="YAML recipe (recipes/*.yaml)")
+    p.add_argument("--resume", default=None, help="'latest' (newest checkpoint in the run dir) or a checkpoint folder")
+    p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is visible")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.total_videos=64 data.videos=/data")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sfv.cli import ArgParser, run_command
+
+    def command(args):
+        recipe = load_recipe(args.recipe, args.overrides)
+        run(recipe, args.resume, cpu=args.cpu)
+        return 0
+
+    return run_command(build_parser(ArgParser), command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Recipes: typed validation, overrides, and every shipped recipe loads."""
+
+from pathlib import Path
+
+import pytest
+
+from sfv.config import Recipe, load_recipe, save_recipe
+from sfv.errors import InputError
+
+
+def test_shipped_recipes_load_and_round_trip(tmp_path):
+    paths = sorted(Path("recipes").glob("*.yaml"))
+    assert {p.name for p in paths} >= {"tiny_cpu.yaml", "svd_14f_768x448.yaml", "svd_xt_25f_1024x576.yaml"}
+    for path in paths:
+        recipe = load_recipe(path)
+        save_recipe(recipe, tmp_path / "r.yaml")
+        assert load_recipe(tmp_path / "r.yaml") == recipe
+    paper = load_recipe("recipes/svd_14f_768x448.yaml")
+    assert (paper.generator.lr, paper.discriminator.lr, paper.generator.betas, paper.generator.ema) == (1e-5, 1e-4, (0.5, 0.999), 0.95)
+    assert (paper.data.frames, paper.data.height, paper.data.width, paper.train.batch_size) == (14, 448, 768, 32)
+
+
+def test_overrides_are_typed():
+    r = load_recipe(None, ["train.total_videos=64", "generator.betas=[0.0, 0.99]", "data.cache=null", "discriminator.blocks=[0, 1]"])
+    assert r.train.total_videos == 64 and r.generator.betas == (0.0, 0.99) and r.discriminator.blocks == [0, 1]
+    assert isinstance(Recipe().generator.lr, float) and load_recipe(None, ["generator.lr=1"]).generator.lr == 1.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.totl_videos=5", "unknown recipe key 'train.totl_videos'; valid keys in train: run_dir, seed, batch_size"),
+    ("trian.seed=1", "unknown recipe key 'trian'; valid keys: model, data, generator, discriminator, train"),
+    ("train.total_videos=lots", "recipe key 'train.total_videos' must be int, got str 'lots'"),
+    ("train.export=3", "recipe key 'train.export' must be bool, got int 3"),
+    ("generator.betas=[0.5]", "recipe key 'generator.betas' needs 2 values, got 1"),
+    ("train=5", "recipe section 'train' must be a mapping"),
+    ("nonsense", "must look like section.key=value"),
+])
+def test_bad_keys_and_types_are_clear_errors(override, message):
+    with pytest.raises(InputError) as e:
+        load_recipe(None, [override])
+    assert message in str(e.value)
+
+
+def test_bad_recipe_files(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [unclosed")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")

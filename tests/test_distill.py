@@ -1,0 +1,108 @@
+"""`sfv distill` / `accelerate launch -m sfv.train` end to end on the tiny SVD and real mp4 files."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sfv.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _args(tiny_dir, videos, run_dir, *extra):
+    return ["distill", "--recipe", str(REPO / "recipes/tiny_cpu.yaml"), f"model.teacher={tiny_dir}", f"data.videos={videos}",
+            f"train.run_dir={run_dir}", *extra]
+
+
+def _scalars(run_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return {"scalars": set(acc.Tags()["scalars"]), "images": set(acc.Tags()["images"])}
+
+
+def test_tiny_run_logs_samples_exports_and_skips_a_corrupt_video(tmp_path, tiny_dir, video_dir, capsys):
+    videos = tmp_path / "videos"
+    shutil.copytree(video_dir, videos)
+    (videos / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    run_dir = tmp_path / "run"
+    rc = main(_args(tiny_dir, videos, run_dir, "train.total_videos=12", "train.batch_size=2", "train.log_every=4",
+                    "train.sample_every=8", "train.checkpoint_every=8"))
+    out = capsys.readouterr().out
+    assert rc == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["videos"] == 12 and len(report["skipped_files"]) == 1 and "corrupt.mp4" in report["skipped_files"][0]
+    assert "skipped 1 unusable video file(s)" in out
+    tags = _scalars(run_dir)
+    assert {"loss/d", "loss/g", "loss/g_adv", "loss/g_rec", "loss/r1", "logits/real_mean", "logits/fake_mean",
+            "logits/sign_accuracy", "grad_norm/d", "grad_norm/g", "speed/videos_per_s", "train/skipped_steps",
+            "time/d_share"} <= tags["scalars"]
+    assert "samples/ema_one_step" in tags["images"]
+    samples = sorted(p.name for p in (run_dir / "samples").iterdir())
+    assert "videos-000000008.gif" in samples and "videos-000000008.mp4" in samples
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "log.jsonl").is_file()
+    # the exported student loads in stock diffusers and generates in one step
+    from diffusers import StableVideoDiffusionPipeline
+
+    pipe = StableVideoDiffusionPipeline.from_pretrained(run_dir / "export", use_safetensors=True)
+    from sfv.tiny import example_image
+
+    frames = pipe(example_image(32, 32), height=32, width=32, num_frames=4, num_inference_steps=1,
+                  max_guidance_scale=1.0, output_type="np").frames
+    assert frames.shape == (1, 4, 32, 32, 3)
+    # `sfv export` from the checkpoint gives the same student weights as the run's own export
+    assert main(["export", "--checkpoint", str(run_dir / "checkpoints" / "videos-000000012"), "--out", str(tmp_path / "exp")]) == 0
+    from safetensors.torch import load_file
+
+    a = load_file(run_dir / "export/unet/diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "exp/unet/diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["train.totl_videos=5"], "unknown recipe key 'train.totl_videos'; valid keys in train:"),
+    (["train.total_videos=many"], "recipe key 'train.total_videos' must be int, got str 'many'"),
+    (["data.videos=/nonexistent/videos"], "data folder '/nonexistent/videos' does not exist"),
+    (["--resume", "latest"], "no complete checkpoint"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_dir, video_dir, capsys, extra, message):
+    rc = main(_args(tiny_dir, video_dir, tmp_path / "run", *extra))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()  # no partial output
+
+
+def test_a_folder_with_no_usable_video_is_an_error(tmp_path, tiny_dir, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"not a video")
+    (videos / "b.gif").write_bytes(b"GIF89a broken")
+    rc = main(_args(tiny_dir, videos, tmp_path / "run"))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "no usable videos" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_and_resume(tmp_path, tiny_dir, video_dir):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: two gloo processes, DDP, then resume."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sfv.train", "--recipe", str(REPO / "recipes/tiny_cpu.yaml"),
+              f"model.teacher={tiny_dir}", f"data.videos={video_dir}", f"train.run_dir={tmp_path / 'run'}",
+              "train.batch_size=2", "train.checkpoint_every=4", "train.sample_every=0", "train.export=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for extra in (["train.total_videos=4"], ["train.total_videos=8", "--resume", "latest"]):
+        proc = subprocess.run(launch + extra, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["videos-000000004", "videos-000000008"]
+    state = json.loads((ckpts / "videos-000000008" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["state"]["g_steps"] == 4  # 2 steps, resumed, 2 more
+    assert {p.name for p in (ckpts / "videos-000000008").glob("rng-rank*.safetensors")} == {"rng-rank0.safetensors", "rng-rank1.safetensors"}
