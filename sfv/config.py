@@ -64,7 +64,7 @@ class DiscriminatorConfig:
     p_mean: float = -1.0  # σ′ ~ discretised log-normal(P_mean, P_std) over T_d Karras levels
     p_std: float = 1.0
     t_d: int = 1000
-    r1: str = "approx"  # approx | exact | off
+    r1: str = "approx"  # approx | exact | none  (not "off": YAML reads that as false)
     r1_gamma: float = 0.1
     r1_interval: int = 4  # lazy regularisation: every N-th D step, weighted ×N
     r1_eps: float = 0.01  # perturbation size of the approximated R1
@@ -134,7 +134,13 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             if not isinstance(node, dict):
                 raise InputError(f"override '{item}': '{p}' is not a section")
         node[leaf] = yaml.safe_load(value) if value else None
-    return _build(Recipe, data, "")
+    recipe = _build(Recipe, data, "")
+    for key, value, choices in (("discriminator.r1", recipe.discriminator.r1, ("approx", "exact", "none")),
+                                ("discriminator.heads", recipe.discriminator.heads, ("spatial", "temporal", "both")),
+                                ("train.precision", recipe.train.precision, ("auto", "fp32", "bf16"))):
+        if value not in choices:
+            raise InputError(f"recipe key '{key}' must be one of {', '.join(choices)}, not {value!r}")
+    return recipe
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

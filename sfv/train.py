@@ -130,7 +130,7 @@ def d_step(p: Parts, batches: list, state: State) -> dict:
     L_D = E[max(0, 1 − D(x0 + σ′ε₁))] + E[max(0, 1 + D(x̂0 + σ′ε₂))]  (+ γ/2 · R1 every r1_interval steps, ×interval)
     """
     dcfg = p.recipe.discriminator
-    reg = dcfg.r1 != "off" and state.d_steps % dcfg.r1_interval == 0
+    reg = dcfg.r1 != "none" and state.d_steps % dcfg.r1_interval == 0
     exact = reg and dcfg.r1 == "exact"
     stats = {}
     for r, (x0, cond) in enumerate(batches):

@@ -34,6 +34,8 @@ def test_overrides_are_typed():
     ("generator.betas=[0.5]", "recipe key 'generator.betas' needs 2 values, got 1"),
     ("train=5", "recipe section 'train' must be a mapping"),
     ("nonsense", "must look like section.key=value"),
+    ("discriminator.r1=off", "recipe key 'discriminator.r1' must be str, got bool False"),
+    ("discriminator.heads=spatio", "recipe key 'discriminator.heads' must be one of spatial, temporal, both"),
 ])
 def test_bad_keys_and_types_are_clear_errors(override, message):
     with pytest.raises(InputError) as e:

@@ -85,3 +85,29 @@ def test_stop_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tiny_dir, 
     run(tiny_recipe(tiny_dir, video_dir, tmp_path / "other", train__total_videos=4, train__seed=1, **common))
     c, d = _weights(tmp_path / "other"), _weights(tmp_path / "resumed", "videos-000000004")
     assert any(not torch.equal(c[k], d[k]) for k in c if k.startswith("generator/"))
+
+
+def test_a_non_finite_loss_skips_the_update_and_is_counted(parts_and_batch):
+    p, [(x0, cond)] = parts_and_batch
+    heads = _snapshot(p.D)
+    state = State()
+    x0 = x0.clone()
+    x0[0, 0, 0, 0, 0] = float("nan")
+    stats = d_step(p, [(x0, cond)], state)
+    assert state.skipped_steps == 1 and state.nonfinite_in_row == 1 and not _changed(heads, p.D)
+    assert all(q.grad is None for q in p.D.trainable_parameters())
+    d_step(p, parts_and_batch[1], state)  # a finite step updates and resets the run of failures
+    assert state.nonfinite_in_row == 0 and _changed(heads, p.D)
+
+
+def test_activation_checkpointing_gives_the_same_update(tiny_dir, video_dir, tmp_path):
+    after = []
+    for ckpt in ("false", "true"):
+        recipe = tiny_recipe(tiny_dir, video_dir, tmp_path / "run", model__gradient_checkpointing=ckpt)
+        p = build(recipe, CPU)
+        assert p.G.unet.is_gradient_checkpointing == (ckpt == "true")
+        batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
+        g_step(p, [prepare(batch, p.teacher, recipe, p.gen)], State())
+        after.append(_snapshot(p.G))
+    for k in after[0]:
+        torch.testing.assert_close(after[0][k], after[1][k], rtol=1e-5, atol=1e-6)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time the SF-V training phases on a recipe (default: the tiny CPU recipe): D step with R1 off / approximated /
+"""Time the SF-V training phases on a recipe (default: the tiny CPU recipe): D step with R1 none / approximated /
 exact, and the G step. Prints a table of medians over repeats and writes JSON.
 
     python tools/bench_train_step.py [--recipe recipes/tiny_cpu.yaml] [--repeats 10] [--out runs/bench_train_step.json] [key=value ...]
@@ -33,14 +33,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     world = distributed.World(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     results = {}
-    for mode in ("off", "approx", "exact"):
+    for mode in ("none", "approx", "exact"):
         recipe = load_recipe(args.recipe, [*args.overrides, f"discriminator.r1={mode}", "discriminator.r1_interval=1"])
         parts = build(recipe, world)
         data = build_data(recipe)
         micro, rounds = recipe.train.batch_per_device, recipe.train.batch_size // recipe.train.batch_per_device
         batches = [prepare(collate([data[(r * micro + i, 0)] for i in range(micro)]), parts.teacher, recipe, parts.gen) for r in range(rounds)]
         phases = {f"d_step_r1_{mode}": lambda: d_step(parts, batches, State())}
-        if mode == "off":
+        if mode == "none":
             phases["g_step"] = lambda: g_step(parts, batches, State())
         for name, fn in phases.items():
             fn()  # warm-up
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
             results[name] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
-    base = results["d_step_r1_off"]["median_s"]
+    base = results["d_step_r1_none"]["median_s"]
     print(f"{'phase':<20} {'median s':>9} {'× D (no R1)':>12}")
     for name, r in results.items():
         print(f"{name:<20} {r['median_s']:>9.3f} {r['median_s'] / base:>12.2f}")
