@@ -106,3 +106,15 @@ def test_accelerate_launch_two_processes_and_resume(tmp_path, tiny_dir, video_di
     state = json.loads((ckpts / "videos-000000008" / "state.json").read_text())
     assert state["world_size"] == 2 and state["state"]["g_steps"] == 4  # 2 steps, resumed, 2 more
     assert {p.name for p in (ckpts / "videos-000000008").glob("rng-rank*.safetensors")} == {"rng-rank0.safetensors", "rng-rank1.safetensors"}
+
+
+def test_cache_then_train_from_the_cache(tmp_path, tiny_dir, video_dir, capsys):
+    cache = tmp_path / "cache"
+    assert main(["cache", "--teacher", str(tiny_dir), "--videos", str(video_dir), "--out", str(cache),
+                 "--frames", "4", "--height", "32", "--width", "32", "--fps", "8"]) == 0
+    assert "6 clips in 1 shard(s)" in capsys.readouterr().out
+    rc = main(_args(tiny_dir, "/nonexistent", tmp_path / "run", f"data.cache={cache}", "train.total_videos=4", "train.export=false"))
+    assert rc == 0 and json.loads((tmp_path / "run" / "report.json").read_text())["g_steps"] == 2
+    rc = main(_args(tiny_dir, "/nonexistent", tmp_path / "run2", f"data.cache={cache}", "data.frames=8"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "re-run `sfv cache`" in err
