@@ -167,3 +167,14 @@ def test_random_init_materialises_meta_modules_with_bounded_values():
     assert torch.equal(clip.vision_model.embeddings.position_ids[0], torch.arange(50))
     out = clip(torch.rand(2, 3, 224, 224)).image_embeds
     assert torch.isfinite(out).all() and 0.01 < out.abs().mean() < 100
+
+
+def test_cached_sigma_schedule_equals_a_fresh_scheduler_and_hands_out_copies(tiny_pipe):
+    teacher = SVDTeacher.from_pipeline(tiny_pipe)
+    fresh_sigmas, fresh_init = teacher._fresh_sigmas(7, None)  # a new EulerDiscreteScheduler, as before the cache
+    first, init = teacher.sigmas(7)
+    assert torch.equal(first, fresh_sigmas) and torch.equal(init, fresh_init)
+    first.zero_()  # a caller scribbling on its copy must not reach the cache
+    assert torch.equal(teacher.sigmas(7)[0], fresh_sigmas)
+    tiny_pipe.scheduler.register_to_config(sigma_max=80.0)  # another config is another cache entry
+    assert teacher.sigmas(7)[0][0] == pytest.approx(80.0) and teacher.sigmas(7)[0][0] == teacher._fresh_sigmas(7, None)[0][0]
