@@ -150,7 +150,7 @@ def build_random_svd(arch: str, device: str | torch.device = "cpu", dtype: torch
         # AlphaBlender's scalar mix factors are created with torch.Tensor([...]), which ignores the meta
         # device context: keep their configured values.
         scalars = {n: p.detach().clone() for n, p in module.named_parameters() if not p.is_meta}
-        module = random_init_(module.to_empty(device=device).to(dtype=dtype), seed + i).eval()
+        module = random_init_(module.to(dtype=dtype).to_empty(device=device), seed + i).eval()  # cast on meta: free
         params = dict(module.named_parameters())
         with torch.no_grad():
             for name, value in scalars.items():

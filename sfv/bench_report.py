@@ -89,7 +89,7 @@ def write_plot(report: dict, path: Path, width: int = 900, bar_height: int = 26)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     c = report["config"]
-    draw.text((margin, 12), f"sfv bench: median time per component — {c['frames']} frames {c['width']}x{c['height']}, "
+    draw.text((margin, 12), f"sfv bench: median time per component - {c['frames']} frames {c['width']}x{c['height']}, "
                             f"{c['dtype']}, {c['device']}", fill="black", font=font)
     longest = max((r["summary"]["total"]["median_s"] for r in rows), default=1.0) or 1.0
     plot_w = width - label_w - margin - 80

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     b.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md, bench.png")
     b.set_defaults(func=cmd_bench)
 
@@ -274,7 +275,7 @@ def cmd_bench(args) -> int:
     steps = _parse_steps(args.steps)
     dtype = parse_dtype(args.dtype)
     device = parse_device(args.device, dtype)
-    _check_positive(args, "frames", "repeats", "decode-chunk-size")
+    _check_positive(args, "frames", "repeats", "decode-chunk-size", "threads")
     if args.warmup < 0:
         raise InputError(f"--warmup must be at least 0 (got {args.warmup})")
     out = Path(args.out)
@@ -295,6 +296,8 @@ def cmd_bench(args) -> int:
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from sfv.bench import BenchConfig, load_models, run_bench
     from sfv.tiny import example_image
 
