@@ -4,6 +4,8 @@
     sfv export --generator PATH --teacher DIR --out DIR      (or --checkpoint DIR [--weights ema|raw])
     sfv distill --recipe recipes/NAME.yaml [section.key=value ...] [--resume latest|DIR]
     sfv cache --teacher DIR --videos DIR --out DIR --frames F --height H --width W [--fps 7]
+    sfv bench  --teacher DIR --student DIR | --arch svd|svd-xt --random-weights  [--steps 25,16,8,4,1 ...]
+    sfv eval   --videos DIR --reference DIR [--i3d PATH] [--psnr-ssim] [--lpips] [--out FILE]
 """
 
 from __future__ import annotations
@@ -77,6 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu")
     c.set_defaults(func=cmd_cache)
+    b = sub.add_parser("bench", help="time the one-step student against the multi-step teacher, per component")
+    b.add_argument("--teacher", help="the teacher's diffusers folder")
+    b.add_argument("--student", help="the student's folder (an `sfv export` output)")
+    b.add_argument("--arch", choices=["svd", "svd-xt"], help="full-size architecture instead of folders (needs --random-weights)")
+    b.add_argument("--random-weights", action="store_true", help="with --arch: random weights (speed runs; nothing is downloaded)")
+    b.add_argument("--steps", default="25,16,8,4,1", help="teacher step counts, comma-separated (each with and without CFG)")
+    b.add_argument("--frames", type=int, default=None, help="default: the model's (14 SVD, 25 SVD-XT)")
+    b.add_argument("--height", type=int, default=576)
+    b.add_argument("--width", type=int, default=1024)
+    b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    b.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    b.add_argument("--compile", action="store_true", help="torch.compile the UNets (slow first call, excluded as warm-up)")
+    b.add_argument("--fast-paths", action="store_true", help="also time the student under each fast path (SDPA, dtype, ...)")
+    b.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode call (default: all)")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md, bench.png")
+    b.set_defaults(func=cmd_bench)
+
+    v = sub.add_parser("eval", help="FVD / PSNR / SSIM / LPIPS of a folder of videos against a reference folder")
+    v.add_argument("--videos", required=True, help="folder of generated videos (.mp4, .gif, .webm, or uint8 .npy [F, H, W, 3])")
+    v.add_argument("--reference", required=True, help="folder of reference videos (pairs matched by file name)")
+    v.add_argument("--i3d", help="FVD: the I3D TorchScript file (i3d_torchscript.pt); torch.jit.load runs its code")
+    v.add_argument("--fvd-frames", type=int, default=16, help="FVD protocol: the first N frames of each video")
+    v.add_argument("--cache-dir", default=None, help="reference-feature cache (default: ~/.cache/sfv/fvd)")
+    v.add_argument("--psnr-ssim", action="store_true", help="PSNR and SSIM per matched pair (torchmetrics)")
+    v.add_argument("--lpips", action="store_true", help="LPIPS per matched pair (needs the lpips extra)")
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--out", default=None, help="JSON file to write (default: print the JSON)")
+    v.set_defaults(func=cmd_eval)
     return p
 
 
@@ -298,6 +332,83 @@ def cmd_cache(args) -> int:
     for s in index["skipped"][:10]:
         print(f"  skipped {s}")
     return 0
+
+
+def _parse_steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        steps = ()
+    if not steps or any(n < 1 for n in steps):
+        raise InputError(f"--steps must be comma-separated positive integers like 25,16,8,4,1 (got '{text}')")
+    return steps
+
+
+def cmd_bench(args) -> int:
+    # Validate everything cheap first: bad input never starts a (long) run or leaves partial output.
+    if args.arch is not None:
+        if args.teacher or args.student:
+            raise InputError("pass either --teacher and --student, or --arch with --random-weights, not both")
+        if not args.random_weights:
+            raise InputError("--arch builds the full-size architecture with random weights: add --random-weights")
+    elif not (args.teacher and args.student):
+        raise InputError("pass --teacher DIR and --student DIR (or --arch svd|svd-xt --random-weights for speed runs)")
+    elif args.random_weights:
+        raise InputError("--random-weights goes with --arch")
+    steps = _parse_steps(args.steps)
+    dtype = parse_dtype(args.dtype)
+    device = parse_device(args.device, dtype)
+    _check_positive(args, "frames", "repeats", "decode-chunk-size", "threads")
+    if args.warmup < 0:
+        raise InputError(f"--warmup must be at least 0 (got {args.warmup})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}' is a file; give a folder")
+
+    from sfv.model_dir import check_model_dir, check_video_size
+
+    if args.arch:
+        from sfv.arch import ARCH_FRAMES
+
+        frames, factor = args.frames or ARCH_FRAMES[args.arch], 8
+    else:
+        info = check_model_dir(args.teacher)
+        check_model_dir(args.student)
+        frames, factor = args.frames or info.num_frames, info.vae_scale_factor
+    check_video_size(args.height, args.width, frames, factor)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from sfv.bench import BenchConfig, load_models, run_bench
+    from sfv.tiny import example_image
+
+    config = BenchConfig(steps=steps, frames=frames, height=args.height, width=args.width, device=str(device),
+                         dtype=str(dtype).removeprefix("torch."), compile=args.compile, repeats=args.repeats,
+                         warmup=args.warmup, seed=args.seed, decode_chunk_size=args.decode_chunk_size,
+                         fast_paths=args.fast_paths, teacher=args.teacher, student=args.student, arch=args.arch)
+    print(f"sfv bench: loading ({'random ' + args.arch if args.arch else args.teacher + ' / ' + args.student}, "
+          f"{args.dtype}, {device})", flush=True)
+    try:
+        teacher, student = load_models(config)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise InputError(f"out of memory loading the models on {device}; try --dtype bf16") from None
+    notes = ["student = the teacher's modules (same architecture, random weights; speed does not depend on weights)"] if args.arch else []
+    report = run_bench(config, teacher, student, example_image(args.height, args.width, args.seed), out, notes=notes)
+    for s in report["speedups"]:
+        print(f"sfv bench: student-1 vs {s['teacher']}: {s['end_to_end']:.1f}x end to end, {s['unet_only']:.1f}x UNet only")
+    o = report["pipeline_overhead"]
+    if o:
+        print(f"sfv bench: SFVPipeline overhead over its components {o['overhead'] * 100:+.1f}% (target <= 5%)")
+    print(f"sfv bench: wrote {out / 'bench.json'}, bench.md, bench.png")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from sfv.metrics.evaluate import evaluate_cli
+
+    return evaluate_cli(args)
 
 
 if __name__ == "__main__":

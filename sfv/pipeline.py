@@ -43,6 +43,12 @@ class SFVPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor)
 
+    def set_fast_paths(self, attention: str = "sdpa", channels_last: bool = False, compile: bool = False) -> "SFVPipeline":
+        """Switch the speed paths that do not change the call (dtype: `.to(dtype=...)`; chunking:
+        `decode_chunk_size=`). `sfv bench --fast-paths` measures what each buys. See `set_fast_paths`."""
+        set_fast_paths(self.unet, self.vae, self.image_encoder, attention, channels_last, compile)
+        return self
+
     # Read by stock-style step callbacks (`pipe.guidance_scale`, ...), as on StableVideoDiffusionPipeline.
     @property
     def guidance_scale(self):
@@ -113,6 +119,40 @@ class SFVPipeline(DiffusionPipeline):
         if not return_dict:
             return frames
         return StableVideoDiffusionPipelineOutput(frames=frames)
+
+
+ATTENTION = ("sdpa", "classic")
+
+
+def set_fast_paths(unet, vae, image_encoder, attention: str = "sdpa", channels_last: bool = False, compile: bool = False) -> None:
+    """Speed switches for SVD-layout modules; each can be turned on and off again.
+
+    attention: "sdpa" = torch's scaled_dot_product_attention (diffusers' AttnProcessor2_0, transformers'
+        "sdpa"; the default) or "classic" = explicit softmax(QKᵀ)V (AttnProcessor, "eager").
+    channels_last: NHWC memory layout for the 2-D convolutions (the 3-D temporal convs keep theirs).
+    compile: torch.compile of the UNet's forward (first calls compile; the module, its hooks and its
+        state dict stay as they are). Off again restores the eager forward.
+    """
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if attention not in ATTENTION:
+        raise InputError(f"attention must be one of {', '.join(ATTENTION)}, not {attention!r}")
+    for module in (unet, vae):
+        module.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+    clip_attention = "sdpa" if attention == "sdpa" else "eager"
+    if hasattr(image_encoder, "set_attn_implementation"):  # transformers >= 4.48
+        image_encoder.set_attn_implementation(clip_attention)
+    else:
+        image_encoder.config._attn_implementation = clip_attention
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for module in (unet, vae, image_encoder):
+        for conv in module.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                conv.to(memory_format=layout)
+    if compile and "forward" not in vars(unet):
+        unet.forward = torch.compile(unet.forward)  # instance attribute: hooks and .config untouched
+    elif not compile and "forward" in vars(unet):
+        del unet.forward
 
 
 def check_export_target(out_dir: str | os.PathLike) -> Path:

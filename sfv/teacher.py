@@ -23,6 +23,7 @@ at the rounding level — by design: precision is decided in svd_denoise and ini
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -49,6 +50,7 @@ from sfv.errors import InputError, ModelLoadError, first_line
 from sfv.model_dir import check_model_dir, check_video_size
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+_SIGMAS_CACHE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (scheduler config, steps) -> levels
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -323,7 +325,18 @@ class SVDTeacher:
         σ range, final σ type, spacing — is honoured exactly as the stock pipeline honours it). `custom`
         lists the levels including the final one (usually 0). For SVD: Karras ρ = 7 on [0.002, 700]
         (sfv.noise.karras_sigmas, tested equal), and init noise √(σ_max² + 1) for "leading" spacing.
+        Step-count schedules are cached per scheduler config (building the scheduler costs ~8 ms per call,
+        a visible share of a one-step run on small models); callers get fresh copies.
         """
+        if custom is None and num_steps is not None and num_steps >= 1:
+            key = (json.dumps(dict(self.scheduler.config), sort_keys=True, default=repr), num_steps)
+            if key not in _SIGMAS_CACHE:
+                _SIGMAS_CACHE[key] = self._fresh_sigmas(num_steps, None)
+            sigmas, init_sigma = _SIGMAS_CACHE[key]
+            return sigmas.clone(), init_sigma.clone()
+        return self._fresh_sigmas(num_steps, custom)
+
+    def _fresh_sigmas(self, num_steps: int | None, custom: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
         scheduler = EulerDiscreteScheduler.from_config(self.scheduler.config)
         if custom is not None:
             custom = [float(v) for v in custom]

@@ -1,0 +1,436 @@
+"""`sfv bench`: one step vs multi-step, per component, on the same inputs — SF-V's speed claim, measured whole.
+
+Variants (same conditioning image, same seed, same size for all):
+    teacher-{n}-cfg  SVD's defaults: n Euler steps, per-frame CFG ramp 1 → 3 (UNet batch 2 per step)
+    teacher-{n}      n steps without CFG (UNet batch 1)
+    student-1        the one-step student through SFVPipeline (1 UNet call, batch 1)
+
+Per run, components are timed with forward pre/post hooks on the modules that do the work — CLIP image
+encoder, VAE encoder (+ quant conv), UNet (every call), VAE temporal decoder — so the teacher's code runs
+unchanged. On CUDA the hooks record CUDA events (no extra synchronisation inside the run) and the run
+synchronises once at the end; on CPU they read perf_counter. `other` = end-to-end − components: Python
+glue, preprocessing, scheduler arithmetic, postprocessing to numpy. Warm-up runs are excluded; variants run
+round-robin over the repeats (so drift on a shared machine spreads evenly); medians, min and max are
+reported. Peak memory: CUDA max_memory_allocated (reset per run), or the process's peak RSS on CPU
+(reset per run through /proc/self/clear_refs where Linux allows it, else the monotonic high-water mark —
+the JSON says which).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from sfv.errors import InputError
+
+COMPONENTS = ("clip_encode", "vae_encode", "unet_total", "vae_decode")  # the stacked parts of a run
+CFG_MAX_GUIDANCE = 3.0  # SVD's default ramp: linspace(1.0, 3.0, frames)
+
+
+@dataclass
+class BenchConfig:
+    steps: tuple[int, ...] = (25, 16, 8, 4, 1)
+    frames: int = 14
+    height: int = 576
+    width: int = 1024
+    device: str = "cpu"
+    dtype: str = "float32"
+    compile: bool = False
+    repeats: int = 5
+    warmup: int = 1
+    seed: int = 0
+    decode_chunk_size: int | None = None  # None: all frames in one decoder call (the pipelines' default)
+    fast_paths: bool = False
+    teacher: str | None = None  # folder, or None with arch
+    student: str | None = None
+    arch: str | None = None  # "svd" / "svd-xt": random full-size weights
+
+
+@dataclass
+class Variant:
+    name: str
+    model: str  # "teacher" or "student"
+    steps: int
+    cfg: bool
+    decode_chunk_size: int | None = None
+    runs: list[dict] = field(default_factory=list)
+    status: str = "ok"
+    reason: str | None = None
+
+    @property
+    def unet_batch(self) -> int:
+        return 2 if self.cfg else 1  # CFG doubles the batch (unconditional ‖ conditional)
+
+
+def main_variants(steps) -> list[Variant]:
+    teacher = [Variant(f"teacher-{n}{'-cfg' if cfg else ''}", "teacher", n, cfg) for n in steps for cfg in (True, False)]
+    return teacher + [Variant("student-1", "student", 1, False)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timing
+
+
+class ComponentTimer:
+    """Forward pre/post hooks that time every call of the modules of each component."""
+
+    def __init__(self, groups: dict[str, list[torch.nn.Module]], device: torch.device):
+        self.groups, self.cuda = groups, device.type == "cuda"
+        self.marks: dict[str, list] = {name: [] for name in groups}
+        self._open: dict[int, object] = {}
+        self._handles: list = []
+        self.unet_batches: list[int] = []  # batch of each UNet call, as observed (CFG doubles it)
+
+    def now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def elapsed(self, start, end) -> float:
+        return start.elapsed_time(end) / 1000 if self.cuda else end - start
+
+    def __enter__(self) -> "ComponentTimer":
+        for name, modules in self.groups.items():
+            for module in modules:
+                self._handles.append(module.register_forward_pre_hook(self._pre))
+                self._handles.append(module.register_forward_hook(self._post(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _pre(self, module, args):
+        if module in self.groups.get("unet_total", ()) and args:
+            self.unet_batches.append(int(args[0].shape[0]))  # sample [B, F, C, h, w]
+        self._open[id(module)] = self.now()
+
+    def _post(self, name):
+        def hook(module, args, output):
+            self.marks[name].append((self._open.pop(id(module)), self.now()))
+
+        return hook
+
+    def collect(self) -> dict[str, list[float]]:
+        """Per component, the duration of each call since the last collect (synchronises CUDA once)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        out = {name: [self.elapsed(a, b) for a, b in marks] for name, marks in self.marks.items()}
+        out["unet_batches"] = self.unet_batches
+        self.marks, self.unet_batches = {name: [] for name in self.groups}, []
+        return out
+
+
+def component_groups(svd) -> dict[str, list[torch.nn.Module]]:
+    """The modules behind each component of an SVDTeacher (or an SFVPipeline's components)."""
+    return {
+        "clip_encode": [svd.image_encoder],
+        "vae_encode": [svd.vae.encoder, svd.vae.quant_conv],
+        "unet_total": [svd.unet],
+        "vae_decode": [svd.vae.decoder],
+    }
+
+
+def _reset_peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return "cuda_max_memory_allocated"
+    try:  # Linux ≥ 4.0: "5" resets the peak RSS (VmHWM) of this process
+        Path("/proc/self/clear_refs").write_text("5")
+        return "process_peak_rss_reset_per_run"
+    except OSError:
+        return "process_peak_rss_monotonic_since_start"
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if platform.system() == "Darwin" else 1024)
+
+
+def timed_run(call, timer: ComponentTimer, device: torch.device) -> dict:
+    """Run `call()` once under the hooks: end-to-end and per-component seconds, UNet calls, peak memory."""
+    memory_kind = _reset_peak_memory(device)
+    timer.collect()  # drop stale marks
+    with timer:
+        start = timer.now()
+        call()
+        end = timer.now()
+    parts = timer.collect()  # synchronises CUDA before reading the events
+    run = {"total": timer.elapsed(start, end), **{name: sum(parts[name]) for name in COMPONENTS}}
+    run["unet_calls"], run["unet_batches"] = len(parts["unet_total"]), sorted(set(parts["unet_batches"]))
+    run["unet_per_call"] = run["unet_total"] / max(1, run["unet_calls"])
+    run["components_sum"] = sum(run[name] for name in COMPONENTS)
+    run["other"] = run["total"] - run["components_sum"]
+    run["peak_memory_bytes"], run["memory_kind"] = _peak_memory(device), memory_kind
+    return run
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Median, min, max (and all values) of each timed quantity over the repeats."""
+    keys = ("total", *COMPONENTS, "unet_per_call", "components_sum", "other")
+    out = {k: {"median_s": statistics.median(r[k] for r in runs), "min_s": min(r[k] for r in runs),
+               "max_s": max(r[k] for r in runs), "values_s": [r[k] for r in runs]} for k in keys}
+    out["unet_calls"], out["unet_batches_observed"] = runs[0]["unet_calls"], runs[0]["unet_batches"]
+    out["peak_memory"] = {"bytes": max(r["peak_memory_bytes"] for r in runs), "kind": runs[0]["memory_kind"]}
+    return out
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+class Bench:
+    """Holds the loaded models and inputs; runs variants; computes speed-ups and overheads."""
+
+    def __init__(self, config: BenchConfig, teacher, student_pipe, image):
+        self.config, self.teacher, self.student, self.image = config, teacher, student_pipe, image
+        self.device = torch.device(config.device)
+        from sfv.teacher import SVDTeacher
+
+        self.student_svd = SVDTeacher.from_pipeline(student_pipe)
+        self.timers = {"teacher": ComponentTimer(component_groups(teacher), self.device),
+                       "student": ComponentTimer(component_groups(self.student_svd), self.device)}
+
+    def _generator(self):
+        return torch.Generator("cpu").manual_seed(self.config.seed)  # the same seed for every variant and run
+
+    def call(self, variant: Variant):
+        c = self.config
+        chunk = variant.decode_chunk_size or c.decode_chunk_size
+        if variant.model == "student":  # the product: SFVPipeline, 1 step, no CFG
+            return lambda: self.student(
+                self.image, height=c.height, width=c.width, num_frames=c.frames, num_inference_steps=variant.steps,
+                max_guidance_scale=1.0, decode_chunk_size=chunk, generator=self._generator(), output_type="np",
+            )
+        return lambda: self.teacher.generate(
+            self.image, c.height, c.width, c.frames, decode_chunk_size=chunk, generator=self._generator(),
+            output_type="np", num_inference_steps=variant.steps,
+            max_guidance_scale=CFG_MAX_GUIDANCE if variant.cfg else 1.0,
+        )
+
+    def run_variants(self, variants: list[Variant], log=print) -> list[Variant]:
+        """Warm-up, then `repeats` round-robin passes; an out-of-memory variant is marked failed and dropped."""
+        c = self.config
+        for phase, count in (("warm-up", c.warmup), ("repeat", c.repeats)):
+            for i in range(count):
+                for v in variants:
+                    if v.status != "ok":
+                        continue
+                    try:
+                        run = timed_run(self.call(v), self.timers[v.model], self.device)
+                    except Exception as e:
+                        if not is_out_of_memory(e):
+                            raise
+                        v.status, v.reason = "failed", f"out of memory: {' '.join(str(e).split())[:200]}"
+                        v.runs.clear()
+                        log(f"sfv bench: {v.name} failed ({v.reason}); continuing with the rest")
+                        self._free()
+                        continue
+                    if phase == "repeat":
+                        v.runs.append(run)
+                        log(f"sfv bench: {phase} {i + 1}/{count} {v.name}: {run['total']:.3f} s "
+                            f"(UNet {run['unet_total']:.3f} s in {run['unet_calls']} calls)")
+        return variants
+
+    def _free(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def fast_path_settings(self) -> list[tuple[str, dict]]:
+        """(label, setting) rows: each switches one thing on relative to the baseline (then all together)."""
+        c = self.config
+        half = "bfloat16" if c.dtype == "float32" else None
+        chunk = 8 if c.frames > 8 else max(1, c.frames // 2)
+        rows = [("baseline", {}), ("attention=classic (no SDPA)", {"attention": "classic"}),
+                ("channels_last", {"channels_last": True}), (f"decode_chunk_size={chunk}", {"decode_chunk_size": chunk})]
+        if half:
+            rows.append((f"dtype={half}", {"dtype": half}))
+        if c.dtype == "float32" and self.device.type == "cuda":
+            rows.append(("dtype=float16", {"dtype": "float16"}))
+        if c.compile:
+            rows.append(("torch.compile (UNet)", {"compile": True}))
+        combined = {"channels_last": True, **({"dtype": half} if half else {}), **({"compile": True} if c.compile else {})}
+        rows.append(("combined: " + ", ".join(f"{k}={v}" for k, v in combined.items()), combined))
+        return rows
+
+    def run_fast_paths(self, log=print) -> list[dict]:
+        """The student (SFVPipeline) under each fast-path setting; each row is applied, timed and undone."""
+        from sfv.pipeline import set_fast_paths
+
+        pipe, base_dtype = self.student, getattr(torch, self.config.dtype)
+        rows = []
+        for label, setting in self.fast_path_settings():
+            dtype = getattr(torch, setting.get("dtype", self.config.dtype))
+            pipe.to(dtype=dtype)
+            set_fast_paths(pipe.unet, pipe.vae, pipe.image_encoder, setting.get("attention", "sdpa"),
+                           setting.get("channels_last", False), setting.get("compile", False))
+            variant = Variant(f"student-1 [{label}]", "student", 1, False, setting.get("decode_chunk_size"))
+            try:
+                self.run_variants([variant], log)
+            finally:
+                set_fast_paths(pipe.unet, pipe.vae, pipe.image_encoder)  # back to the baseline
+                pipe.to(dtype=base_dtype)
+            rows.append({"label": label, "setting": setting, **variant_record(variant)})
+        base = rows[0].get("summary")
+        for row in rows:
+            if base and row.get("summary"):
+                row["speedup_end_to_end"] = base["total"]["median_s"] / row["summary"]["total"]["median_s"]
+                row["speedup_unet"] = base["unet_total"]["median_s"] / row["summary"]["unet_total"]["median_s"]
+        return rows
+
+
+def variant_record(v: Variant) -> dict:
+    record = {"name": v.name, "model": v.model, "steps": v.steps, "cfg": v.cfg, "unet_batch": v.unet_batch,
+              "decode_chunk_size": v.decode_chunk_size, "status": v.status}
+    if v.status == "ok":
+        record["summary"] = summarise(v.runs)
+    else:
+        record["reason"] = v.reason
+    return record
+
+
+def speedups(records: list[dict]) -> list[dict]:
+    """Student vs each teacher setting, end to end and UNet only (ratios of medians, this run's numbers)."""
+    student = next((r for r in records if r["model"] == "student" and r["status"] == "ok"), None)
+    if student is None:
+        return []
+    s = student["summary"]
+    return [{"teacher": r["name"], "steps": r["steps"], "cfg": r["cfg"],
+             "end_to_end": r["summary"]["total"]["median_s"] / s["total"]["median_s"],
+             "unet_only": r["summary"]["unet_total"]["median_s"] / s["unet_total"]["median_s"]}
+            for r in records if r["model"] == "teacher" and r["status"] == "ok"]
+
+
+def pipeline_overhead(records: list[dict], target: float = 0.05) -> dict | None:
+    """SFVPipeline's end-to-end median over the median of its bare components' sum (same calls)."""
+    student = next((r for r in records if r["model"] == "student" and r["status"] == "ok"), None)
+    if student is None:
+        return None
+    total, parts = student["summary"]["total"]["median_s"], student["summary"]["components_sum"]["median_s"]
+    overhead = total / parts - 1
+    return {"pipeline_median_s": total, "components_sum_median_s": parts, "overhead": overhead,
+            "target": target, "met": overhead <= target,
+            "decode_share_of_total": student["summary"]["vae_decode"]["median_s"] / total}
+
+
+def environment(device: torch.device) -> dict:
+    import diffusers
+
+    import sfv
+
+    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sfv": sfv.__version__,
+           "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+           "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def run_bench(config: BenchConfig, teacher, student_pipe, image, out_dir: str | Path, log=print,
+              notes: list[str] | None = None) -> dict:
+    """Run every variant (and the fast paths if asked), write bench.json / bench.md / bench.png; return the report."""
+    from sfv.bench_report import write_markdown, write_plot
+    from sfv.pipeline import set_fast_paths
+
+    out = Path(out_dir)
+    student_pipe.set_progress_bar_config(disable=True)
+    if config.compile:  # the main comparison with compiled UNets (teacher and student alike)
+        for svd in (teacher, student_pipe):
+            set_fast_paths(svd.unet, svd.vae, svd.image_encoder, compile=True)
+    bench = Bench(config, teacher, student_pipe, image)
+    t0 = time.perf_counter()
+    records = [variant_record(v) for v in bench.run_variants(main_variants(config.steps), log)]
+    fast = None
+    if config.fast_paths:
+        if config.compile:
+            set_fast_paths(student_pipe.unet, student_pipe.vae, student_pipe.image_encoder)  # uncompiled baseline
+        fast = bench.run_fast_paths(log)
+    report = {
+        "config": asdict(config),
+        "environment": environment(bench.device),
+        "inputs": {"image": f"sfv.tiny.example_image({config.height}, {config.width}, seed={config.seed})",
+                   "seed": config.seed, "note": "same image and seed for every variant and repeat"},
+        "method": {"timing": "CUDA events, one synchronize per run" if bench.device.type == "cuda" else "time.perf_counter",
+                   "components": "forward pre/post hooks: image_encoder; vae.encoder + vae.quant_conv; unet; vae.decoder",
+                   "other": "end-to-end minus the components (Python glue, preprocessing, scheduler, postprocessing)",
+                   "warmup_excluded": config.warmup, "repeats": config.repeats, "order": "round-robin over variants"},
+        "variants": records,
+        "speedups": speedups(records),
+        "pipeline_overhead": pipeline_overhead(records),
+        "fast_paths": fast,
+        "notes": notes or [],
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    write_markdown(report, out / "bench.md")
+    write_plot(report, out / "bench.png")
+    return report
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading (CLI entry)
+
+
+def load_models(config: BenchConfig):
+    """(teacher SVDTeacher, student SFVPipeline) from folders, or random full-size ones for --arch."""
+    from sfv.pipeline import SFVPipeline
+    from sfv.teacher import SVDTeacher
+
+    dtype, device = getattr(torch, config.dtype), torch.device(config.device)
+    if config.arch is not None:
+        from sfv.arch import build_random_svd
+
+        pipe = build_random_svd(config.arch, device, dtype, seed=config.seed)
+        teacher = SVDTeacher.from_pipeline(pipe)
+        # The student shares the teacher's modules: same architecture, and speed does not depend on weights.
+        student = SFVPipeline(pipe.vae, pipe.image_encoder, pipe.unet, pipe.scheduler, pipe.feature_extractor)
+        return teacher, student
+    from sfv.errors import ModelLoadError, first_line
+
+    teacher = SVDTeacher.from_pretrained(config.teacher, torch_dtype=dtype, device=device)
+    try:
+        student = SFVPipeline.from_pretrained(config.student, dtype=dtype, use_safetensors=True).to(device)
+    except Exception as e:
+        raise ModelLoadError(f"could not load student '{config.student}': {first_line(e)}") from None
+    for name in ("in_channels", "cross_attention_dim", "addition_time_embed_dim"):
+        if student.unet.config.get(name) != teacher.unet.config.get(name):
+            raise InputError(f"student and teacher differ in UNet {name} ({student.unet.config.get(name)} vs "
+                             f"{teacher.unet.config.get(name)}); benchmark a student exported from this teacher")
+    return teacher, student
