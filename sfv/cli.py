@@ -59,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="new folder to write")
     e.set_defaults(func=cmd_export)
 
-    from sfv.train import build_parser as train_parser
+    from sfv.config import add_train_arguments
 
-    d = sub.add_parser("distill", help="SF-V training (same as `accelerate launch -m sfv.train`)", add_help=True,
-                       parents=[train_parser()], conflict_handler="resolve")
+    d = sub.add_parser("distill", help="SF-V training (same as `accelerate launch -m sfv.train`)")
+    add_train_arguments(d)
     d.set_defaults(func=cmd_distill)
 
     c = sub.add_parser("cache", help="precompute VAE latents + conditioning of a video folder into safetensors shards")

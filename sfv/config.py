@@ -143,6 +143,14 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     return recipe
 
 
+def add_train_arguments(p) -> None:
+    """The training command's arguments (shared by `python -m sfv.train` and `sfv distill`; no heavy imports)."""
+    p.add_argument("--recipe", required=True, help="YAML recipe (recipes/*.yaml)")
+    p.add_argument("--resume", default=None, help="'latest' (newest checkpoint in the run dir) or a checkpoint folder")
+    p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is visible")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.total_videos=64 data.videos=/data")
+
+
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 

@@ -25,7 +25,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sfv import checkpoint, distributed, losses
-from sfv.config import Recipe, load_recipe, save_recipe
+from sfv.config import Recipe, add_train_arguments, load_recipe, save_recipe
 from sfv.data import ClipSpec, LatentCache, ResumableSampler, VideoFolder, collate
 from sfv.discriminator import Discriminator
 from sfv.errors import DataError, InputError, SFVError
@@ -280,10 +280,7 @@ def _apply(opt, params, clip: float, loss, world, state: State) -> float:
 
 def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser_class(prog="sfv.train", description="SF-V adversarial distillation of an SVD teacher into a one-step generator")
-    p.add_argument("--recipe", required=True, help="YAML recipe (recipes/*.yaml)")
-    p.add_argument("--resume", default=None, help="'latest' (newest checkpoint in the run dir) or a checkpoint folder")
-    p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is visible")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.total_videos=64 data.videos=/data")
+    add_train_arguments(p)
     return p
 
 
