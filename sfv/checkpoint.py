@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sfv import distributed
-from sfv.errors import DataError, InputError
+from sfv.errors import DataError, InputError, first_line
 
 NAME = re.compile(r"^videos-(\d{9})$")
 
@@ -167,8 +167,8 @@ def load(
     generators: dict[str, torch.Generator],
 ) -> dict:
     """Restore weights, optimisers and (if the world size matches) every process's RNGs; return state.json."""
-    state = json.loads((path / "state.json").read_text())
     try:
+        state = json.loads((path / "state.json").read_text())
         for name, module in modules.items():
             missing, unexpected = module.load_state_dict(load_file(path / f"{name}.safetensors"), strict=False)
             if unexpected or [k for k in missing if not k.startswith("backbone.")]:
@@ -176,9 +176,9 @@ def load(
                                 f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
         for name, opt in optimizers.items():
             optimizer_from_files(opt, path / name)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise DataError(f"cannot resume from '{path}': {' '.join(str(e).split())[:300]}") from None
-    rng = path / f"rng-rank{world.rank}.safetensors"
-    if state.get("world_size") == world.size and rng.is_file():
-        restore_rng(load_file(rng), json.loads(rng.with_suffix(".json").read_text()), generators)
+        rng = path / f"rng-rank{world.rank}.safetensors"
+        if state.get("world_size") == world.size and rng.is_file():
+            restore_rng(load_file(rng), json.loads(rng.with_suffix(".json").read_text()), generators)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise DataError(f"cannot resume from '{path}': {first_line(e)[:300]}") from None
     return state

@@ -140,7 +140,29 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
                                 ("train.precision", recipe.train.precision, ("auto", "fp32", "bf16"))):
         if value not in choices:
             raise InputError(f"recipe key '{key}' must be one of {', '.join(choices)}, not {value!r}")
+    _check_ranges(recipe)
     return recipe
+
+
+def _check_ranges(r: Recipe) -> None:
+    """Values whose type is right but which would fail deep inside training (division by zero, empty loops)."""
+    rules = [  # (key, value, minimum, inclusive)
+        *[(f"data.{k}", getattr(r.data, k), 1, True) for k in ("frames", "height", "width", "fps")],
+        ("data.num_workers", r.data.num_workers, 0, True), ("model.t_g", r.model.t_g, 2, True),
+        *[(f"train.{k}", getattr(r.train, k), 1, True) for k in ("batch_size", "batch_per_device", "total_videos", "max_nonfinite")],
+        *[(f"train.{k}", getattr(r.train, k), 0, True) for k in ("log_every", "sample_every", "sample_count", "checkpoint_every", "keep_checkpoints")],
+        *[(f"discriminator.{k}", getattr(r.discriminator, k), 1, True) for k in ("r1_interval", "steps_per_g", "head_channels")],
+        ("discriminator.t_d", r.discriminator.t_d, 2, True), ("discriminator.warmup_videos", r.discriminator.warmup_videos, 0, True),
+        ("discriminator.r1_gamma", r.discriminator.r1_gamma, 0, True),
+        *[(k, v, 0, False) for k, v in (("discriminator.p_std", r.discriminator.p_std), ("discriminator.r1_eps", r.discriminator.r1_eps),
+                                        ("generator.lr", r.generator.lr), ("discriminator.lr", r.discriminator.lr))],
+        ("generator.ema", r.generator.ema, 0, True),
+    ]
+    for key, value, low, inclusive in rules:
+        if value < low or (value == low and not inclusive):
+            raise InputError(f"recipe key '{key}' must be {'at least' if inclusive else 'greater than'} {low}, got {value}")
+    if r.generator.ema >= 1:
+        raise InputError(f"recipe key 'generator.ema' must be below 1 (a decay per G step), got {r.generator.ema}")
 
 
 def add_train_arguments(p) -> None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from sfv.errors import DataError
+from sfv.errors import DataError, first_line
 
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -75,27 +75,48 @@ def read_metadata(path: Path) -> dict[str, dict]:
                         "optionally numeric `fps` and `motion_bucket_id`") from None
 
 
-def decode(path: Path, fallback_fps: float) -> tuple[list[np.ndarray], float]:
-    """All frames (uint8 HWC RGB) and the frame rate of a video file or frame folder."""
+def read_clip(path: Path, spec: "ClipSpec", fps: float | None, rng: np.random.Generator) -> np.ndarray:
+    """The F frames (uint8 [F, h, w, 3]) of one clip of a video file or frame folder, decoding no more than needed:
+    the frame count and rate come from the container, `clip_indices` picks the frames, and decoding stops after
+    the last one (a long video never sits in memory whole). `fps` overrides the file's rate (metadata)."""
     from PIL import Image
 
     if path.is_dir():
-        frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(path.iterdir())]
-        return frames, fallback_fps
+        files = sorted(path.iterdir())
+        idx = clip_indices(len(files), fps or spec.fps, spec, rng)
+        return np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in idx])
     if path.suffix.lower() == ".gif":
         with Image.open(path) as im:
-            frames, durations = [], []
-            for i in range(getattr(im, "n_frames", 1)):
+            count = getattr(im, "n_frames", 1)
+            if fps is None:
+                durations = []
+                for i in range(count):
+                    im.seek(i)
+                    durations.append(im.info.get("duration") or 100)
+                fps = 1000.0 / float(np.mean(durations))
+            frames = []
+            for i in clip_indices(count, fps, spec, rng):
                 im.seek(i)
                 frames.append(np.asarray(im.convert("RGB")))
-                durations.append(im.info.get("duration") or 100)
-        return frames, 1000.0 / float(np.mean(durations))
+        return np.stack(frames)
     import imageio.v2 as imageio
 
     with imageio.get_reader(path, format="FFMPEG") as reader:
-        fps = float(reader.get_meta_data().get("fps") or 0) or fallback_fps
-        frames = [np.asarray(f) for f in reader]
-    return frames, fps
+        meta = reader.get_meta_data()
+        file_fps = float(meta.get("fps") or 0) or spec.fps
+        count = meta.get("nframes")
+        if not isinstance(count, int) or count <= 0:  # ffmpeg reports inf for some containers: use the duration
+            count = int(float(meta.get("duration") or 0) * file_fps)
+        idx = clip_indices(count, fps or file_fps, spec, rng)
+        wanted, frames = set(idx), {}
+        for i, frame in enumerate(reader):
+            if i in wanted:
+                frames[i] = np.asarray(frame)
+            if i >= idx[-1]:
+                break
+    if len(frames) < len(wanted):
+        raise ValueError(f"too short: the stream ended before frame {idx[-1]} (container said {count} frames)")
+    return np.stack([frames[i] for i in idx])
 
 
 def clip_indices(num_source: int, source_fps: float, spec: ClipSpec, rng: np.random.Generator) -> list[int]:
@@ -143,11 +164,7 @@ class VideoFolder(torch.utils.data.Dataset):
         """One clip of file `index` (its start drawn from (seed, epoch, index)); raises on a bad file."""
         path = self.files[index]
         meta = self.metadata.get(path.relative_to(self.root).as_posix(), {})
-        frames, fps = decode(path, meta.get("fps", self.spec.fps))
-        fps = meta.get("fps", fps)
-        rng = np.random.default_rng([self.seed, epoch, index])
-        idx = clip_indices(len(frames), fps, self.spec, rng)
-        clip = np.stack([frames[i] for i in idx])
+        clip = read_clip(path, self.spec, meta.get("fps"), np.random.default_rng([self.seed, epoch, index]))
         return {
             "frames": resize_crop(clip, self.spec.height, self.spec.width),  # [F, 3, H, W] in [0, 1]
             "fps": torch.tensor(self.spec.fps, dtype=torch.float32),
@@ -162,7 +179,7 @@ class VideoFolder(torch.utils.data.Dataset):
             try:
                 return {**self.load(i, epoch), "skipped": skipped}
             except Exception as e:  # corrupt / unreadable / too short: count it, never crash a long run
-                skipped.append(f"{self.files[i]}: {' '.join(str(e).split())[:160] or type(e).__name__}")
+                skipped.append(f"{self.files[i]}: {first_line(e)[:160]}")
         raise DataError(
             f"no usable videos in '{self.root}': all {len(self.files)} files are unreadable or shorter than "
             f"{self.spec.frames} frames at {self.spec.fps} fps (first: {skipped[0]})"
@@ -268,7 +285,7 @@ def write_cache(teacher, dataset: VideoFolder, out: str | Path, noise_aug_streng
         try:
             batch.append(dataset.load(i))
         except Exception as e:
-            skipped.append(f"{dataset.files[i]}: {' '.join(str(e).split())[:160] or type(e).__name__}")
+            skipped.append(f"{dataset.files[i]}: {first_line(e)[:160]}")
         if batch and (len(batch) == batch_size or i == len(dataset) - 1):
             clips = collate([{**b, "skipped": []} for b in batch])
             frames = clips["frames"]  # [B, F, 3, H, W]

@@ -48,7 +48,8 @@ class SFVGenerator(torch.nn.Module):
     def sample_sigma(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """σ_t ~ uniform over the training levels, one per video: [B]."""
         levels = self.sigma_levels()
-        return levels[torch.randint(len(levels), (batch_size,), generator=generator)]
+        device = generator.device if generator is not None else "cpu"  # draw where the generator lives (CPU or CUDA)
+        return levels.to(device)[torch.randint(len(levels), (batch_size,), generator=generator, device=device)]
 
     @torch.no_grad()
     def generate(

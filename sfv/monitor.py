@@ -19,12 +19,11 @@ def crossed(before: int, after: int, every: int) -> bool:
 
 
 class Monitor:
-    def __init__(self, run_dir: Path, recipe, world: distributed.World, teacher, dataset):
+    def __init__(self, run_dir: Path, recipe, world: distributed.World, teacher, sample_cond):
         self.run_dir, self.recipe, self.world, self.teacher = Path(run_dir), recipe, world, teacher
         self.cfg = recipe.train
         self.before = 0  # videos before the current iteration
-        self.acc: dict[str, float] = {}
-        self.n = 0
+        self.acc: dict[str, list[float]] = {}  # key -> [sum, count] since the last log
         self.writer = self.bar = None
         if not world.is_main:
             return
@@ -32,15 +31,9 @@ class Monitor:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        # fixed conditioning for sample videos: frame 0 of the first clips, fixed noise, fixed aug noise
-        from sfv.data import collate
-        from sfv.train import prepare
-
-        count = min(self.cfg.sample_count, len(dataset))
-        batch = collate([dataset[(i, 0)] for i in range(count)]) if count else None
-        gen = torch.Generator(teacher.device).manual_seed(12345)
-        self.sample_cond = prepare(batch, teacher, recipe, gen)[1] if batch else None
-        d = recipe.data
+        self.sample_cond = sample_cond  # fixed conditioning for the sample videos (frame 0 of the first clips)
+        count = len(sample_cond) if sample_cond is not None else 0
+        d, gen = recipe.data, torch.Generator(teacher.device).manual_seed(54321)
         self.sample_noise = torch.randn(count, d.frames, teacher.latent_channels, d.height // teacher.vae_scale_factor,
                                         d.width // teacher.vae_scale_factor, generator=gen, device=teacher.device)
 
@@ -57,8 +50,8 @@ class Monitor:
     def step(self, state, stats: dict, ema_unet) -> None:
         """Called once per iteration on every process (scalars are averaged over processes when logged)."""
         for k, v in stats.items():
-            self.acc[k] = self.acc.get(k, 0.0) + float(v)
-        self.n += 1
+            entry = self.acc.setdefault(k, [0.0, 0])
+            entry[0], entry[1] = entry[0] + float(v), entry[1] + 1
         if self.due(state.videos, self.cfg.log_every) or state.videos >= self.cfg.total_videos:
             self.log(state)
         if self.due(state.videos, self.cfg.sample_every):
@@ -69,13 +62,13 @@ class Monitor:
 
     def log(self, state) -> None:
         keys = sorted(self.acc)
-        values = distributed.mean([self.acc[k] / self.n for k in keys], self.world)
+        values = distributed.mean([self.acc[k][0] / self.acc[k][1] for k in keys], self.world)
         now = time.perf_counter()
         scalars = dict(zip(keys, values))
         scalars["speed/videos_per_s"] = (state.videos - self.v0) / max(now - self.t0, 1e-9)
-        d, g = scalars.get("time/d_s", 0.0), scalars.get("time/g_s", 0.0)
-        scalars["time/d_share"] = d / max(d + g, 1e-9)
-        self.acc, self.n, self.t0, self.v0 = {}, 0, now, state.videos
+        d, g, data = (scalars.get(f"time/{k}_s", 0.0) for k in ("d", "g", "data"))
+        scalars["time/d_share"] = d / max(d + g, 1e-9)  # of the model time (data loading/encoding is time/data_s)
+        self.acc, self.t0, self.v0 = {}, now, state.videos
         if self.writer is None:
             return
         for k, v in scalars.items():
@@ -109,7 +102,7 @@ class Monitor:
         self.writer.flush()
         return path
 
-    def finish(self, state, unet) -> None:
+    def finish(self, state, unet, weights: str = "ema") -> None:
         skipped = sorted({s for lst in distributed.gather_objects(state.skipped_files, self.world) for s in lst})
         if not self.world.is_main:
             return
@@ -132,7 +125,7 @@ class Monitor:
 
                 shutil.rmtree(out)
             export_pipeline(unet, self.teacher, out, info={"teacher": self.recipe.model.teacher, "videos": state.videos,
-                                                           "g_steps": state.g_steps, "weights": "ema"})
+                                                           "g_steps": state.g_steps, "weights": weights})
             print(f"sfv distill: exported the one-step student to {out}")
         self.writer.close()
 

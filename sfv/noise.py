@@ -58,5 +58,6 @@ class LogNormalSigmaSampler:
 
     def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """σ′ for each of `batch_size` videos, [B] float32."""
-        idx = torch.multinomial(self.probs, batch_size, replacement=True, generator=generator)
-        return self.levels[idx]
+        device = generator.device if generator is not None else "cpu"  # draw where the generator lives (CPU or CUDA)
+        idx = torch.multinomial(self.probs.to(device), batch_size, replacement=True, generator=generator)
+        return self.levels.to(device)[idx]

@@ -30,7 +30,8 @@ from sfv.data import ClipSpec, LatentCache, ResumableSampler, VideoFolder, colla
 from sfv.discriminator import Discriminator
 from sfv.errors import DataError, InputError, SFVError
 from sfv.generator import SFVGenerator
-from sfv.monitor import Monitor
+from sfv.model_dir import check_model_dir, check_video_size
+from sfv.monitor import Monitor, crossed
 from sfv.noise import LogNormalSigmaSampler
 from sfv.teacher import SVDCondition, SVDEncoder, SVDTeacher
 
@@ -113,6 +114,9 @@ def build(recipe: Recipe, world: distributed.World) -> Parts:
     G = SFVGenerator.from_teacher(teacher, recipe.model.t_g)
     if recipe.model.gradient_checkpointing:
         G.unet.enable_gradient_checkpointing()
+    blocks = len(teacher.unet.down_blocks)
+    if dcfg.blocks is not None and not all(0 <= k < blocks for k in dcfg.blocks):
+        raise InputError(f"discriminator.blocks {dcfg.blocks} must index the teacher's {blocks} encoder blocks (0..{blocks - 1})")
     D = Discriminator(SVDEncoder(teacher.unet), teacher.image_encoder.config.projection_dim, dcfg.heads,
                       dcfg.head_channels, dcfg.blocks).to(world.device)
     ema = AveragedModel(G.unet, multi_avg_fn=get_ema_multi_avg_fn(gcfg.ema), use_buffers=True)
@@ -146,17 +150,18 @@ def d_step(p: Parts, batches: list, state: State) -> dict:
         n = len(inputs)
         # the exact R1 needs a double backward, which only the math SDPA kernel has on CPU
         kernel = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH) if exact else nullcontext()
-        with distributed.sync(p.D_ddp, r == len(batches) - 1), p.amp, kernel:
-            logits = p.D_ddp(torch.cat(inputs), s.repeat(n), _repeat(cond, n))  # one pass: real ‖ fake (‖ perturbed)
-            real, fake_logits, *perturbed = [{k: v.chunk(n)[i] for k, v in logits.items()} for i in range(n)]
-            loss = losses.d_hinge_loss(real, fake_logits)
-            if reg:
-                score = losses.video_score(real)
-                r1 = losses.r1_exact(score, x_real) if exact else losses.r1_approx(score, losses.video_score(perturbed[0]), dcfg.r1_eps)
-                loss = loss + dcfg.r1_gamma / 2 * dcfg.r1_interval * r1
-                _add(stats, {"loss/r1": r1.item()}, len(batches))
+        with distributed.sync(p.D_ddp, r == len(batches) - 1), kernel:
+            with p.amp:
+                logits = p.D_ddp(torch.cat(inputs), s.repeat(n), _repeat(cond, n))  # one pass: real ‖ fake (‖ perturbed)
+                real, fake_logits, *perturbed = [{k: v.chunk(n)[i] for k, v in logits.items()} for i in range(n)]
+                hinge = loss = losses.d_hinge_loss(real, fake_logits)
+                if reg:
+                    score = losses.video_score(real)
+                    r1 = losses.r1_exact(score, x_real) if exact else losses.r1_approx(score, losses.video_score(perturbed[0]), dcfg.r1_eps)
+                    loss = loss + dcfg.r1_gamma / 2 * dcfg.r1_interval * r1
+                    _add(stats, {"loss/r1": r1.item()}, len(batches))
             (loss / len(batches)).backward()
-        _add(stats, {"loss/d": loss.item(), **losses.logit_stats(real, fake_logits)}, len(batches))
+        _add(stats, {"loss/d": loss.item(), "loss/d_hinge": hinge.item(), **losses.logit_stats(real, fake_logits)}, len(batches))
     stats["grad_norm/d"] = _apply(p.opt_d, p.D.trainable_parameters(), dcfg.grad_clip, loss, p.world, state)
     state.d_steps += 1
     return stats
@@ -170,19 +175,22 @@ def g_step(p: Parts, batches: list, state: State) -> dict:
     gcfg = p.recipe.generator
     stats = {}
     p.D.heads_requires_grad_(False)  # D is only a critic here: no head gradients in the G phase
-    for r, (x0, cond) in enumerate(batches):
-        b = len(x0)
-        sigma_t = p.G.sample_sigma(b, p.gen).to(x0.device)
-        s = p.sigma_d(b, p.gen).to(x0.device)
-        with distributed.sync(p.G_ddp, r == len(batches) - 1), p.amp:
-            x0_pred = p.G_ddp(p.noised(x0, sigma_t), sigma_t, cond)
-            adv = losses.g_hinge_loss(p.D(p.noised(x0_pred, s), s, cond))
-            c = gcfg.huber_c if gcfg.huber_c is not None else losses.default_huber_c(x0[0].numel())
-            rec = losses.pseudo_huber(x0_pred, x0, c)
-            loss = adv + gcfg.huber_weight * rec
-            (loss / len(batches)).backward()
-        _add(stats, {"loss/g": loss.item(), "loss/g_adv": adv.item(), "loss/g_rec": rec.item()}, len(batches))
-    p.D.heads_requires_grad_(True)
+    try:
+        for r, (x0, cond) in enumerate(batches):
+            b = len(x0)
+            sigma_t = p.G.sample_sigma(b, p.gen).to(x0.device)
+            s = p.sigma_d(b, p.gen).to(x0.device)
+            with distributed.sync(p.G_ddp, r == len(batches) - 1):
+                with p.amp:
+                    x0_pred = p.G_ddp(p.noised(x0, sigma_t), sigma_t, cond)
+                    adv = losses.g_hinge_loss(p.D(p.noised(x0_pred, s), s, cond))
+                    c = gcfg.huber_c if gcfg.huber_c is not None else losses.default_huber_c(x0[0].numel())
+                    rec = losses.pseudo_huber(x0_pred, x0, c)
+                    loss = adv + gcfg.huber_weight * rec
+                (loss / len(batches)).backward()
+            _add(stats, {"loss/g": loss.item(), "loss/g_adv": adv.item(), "loss/g_rec": rec.item()}, len(batches))
+    finally:
+        p.D.heads_requires_grad_(True)
     stats["grad_norm/g"] = _apply(p.opt_g, list(p.G.parameters()), gcfg.grad_clip, loss, p.world, state)
     p.ema.update_parameters(p.G.unet)
     state.g_steps += 1
@@ -199,17 +207,25 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
     rounds = cfg.batch_size // (micro * world.size)  # gradient accumulation rounds per step
     dataset = build_data(recipe)
     dataset[(0, 0)]  # fail fast, before loading any model, if no file is usable
+    ckpt = checkpoint.resolve(resume, run_dir) if resume else None
+    if Path(recipe.model.teacher).is_dir():
+        d = recipe.data
+        check_video_size(d.height, d.width, d.frames, check_model_dir(recipe.model.teacher).vae_scale_factor)
     p = build(recipe, world)
     state = State()
-    if resume:
-        saved = checkpoint.load(checkpoint.resolve(resume, run_dir), world,
+    if ckpt:
+        saved = checkpoint.load(ckpt, world,
                                 {"generator": p.G.unet, "generator_ema": p.ema.module, "discriminator_heads": p.D},
                                 {"optim_g": p.opt_g, "optim_d": p.opt_d}, {"loop": p.gen})
         state = State(**saved["state"])
         p.ema.n_averaged.fill_(state.g_steps)  # one EMA update per G step
     sampler = ResumableSampler(len(dataset), cfg.seed, world.rank, world.size, start=state.videos // world.size)
-    loader = iter(torch.utils.data.DataLoader(dataset, micro, sampler=sampler, collate_fn=collate, num_workers=recipe.data.num_workers))
-    monitor = Monitor(run_dir, recipe, world, p.teacher, dataset)  # tensorboard, samples, progress, export
+    loader = iter(torch.utils.data.DataLoader(dataset, micro, sampler=sampler, collate_fn=collate, num_workers=recipe.data.num_workers,
+                                              generator=torch.Generator().manual_seed(cfg.seed)))  # leaves the global RNG alone
+    count = min(cfg.sample_count, len(dataset))  # fixed conditioning for sample videos: frame 0 of the first clips
+    sample_cond = prepare(collate([dataset[(i, 0)] for i in range(count)]), p.teacher, recipe,
+                          torch.Generator(world.device).manual_seed(12345))[1] if world.is_main and count else None
+    monitor = Monitor(run_dir, recipe, world, p.teacher, sample_cond)  # tensorboard, samples, progress, export
     if world.is_main:
         save_recipe(recipe, run_dir / "config.yaml")
 
@@ -221,24 +237,28 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
 
     monitor.start(state)
     while state.videos < cfg.total_videos:
-        t0 = time.perf_counter()
+        before, stats, times = state.videos, {}, {"time/data_s": 0.0, "time/d_s": 0.0, "time/g_s": 0.0}
         for _ in range(dcfg.steps_per_g):
-            batches = [next_round() for _ in range(rounds)]
-            stats = d_step(p, batches, state)
-        t1 = time.perf_counter()
+            t0 = time.perf_counter()
+            batches = [next_round() for _ in range(rounds)]  # decode + VAE/CLIP encode (or read the cache)
+            t1 = time.perf_counter()
+            _add(stats, d_step(p, batches, state), dcfg.steps_per_g)
+            times["time/data_s"] += t1 - t0
+            times["time/d_s"] += time.perf_counter() - t1
         if state.videos > dcfg.warmup_videos:
+            t2 = time.perf_counter()
             stats.update(g_step(p, batches, state))  # G trains on the last D batch
-        t2 = time.perf_counter()
-        stats.update({"time/d_s": t1 - t0, "time/g_s": t2 - t1, "train/skipped_steps": state.skipped_steps})
+            times["time/g_s"] = time.perf_counter() - t2
+        stats.update({**times, "train/skipped_steps": state.skipped_steps})
         monitor.step(state, stats, p.ema.module)
         if state.nonfinite_in_row >= cfg.max_nonfinite:
             raise TrainingError(f"stopped: {state.nonfinite_in_row} steps in a row had a non-finite loss "
                                 f"(at {state.videos} videos); lower the learning rates or check the data")
-        if monitor.due(state.videos, cfg.checkpoint_every) or state.videos >= cfg.total_videos:
+        if crossed(before, state.videos, cfg.checkpoint_every) or state.videos >= cfg.total_videos:
             weights = {"generator": p.G.unet.state_dict(), "generator_ema": p.ema.module.state_dict(), "discriminator_heads": p.D.head_state_dict()}
             checkpoint.save(run_dir / "checkpoints", state.videos, world, weights, {"optim_g": p.opt_g, "optim_d": p.opt_d},
                             {"loop": p.gen}, {"state": state.__dict__, "recipe": recipe.to_dict()}, cfg.keep_checkpoints)
-    monitor.finish(state, p.ema.module if state.g_steps else p.G.unet)
+    monitor.finish(state, p.ema.module if state.g_steps else p.G.unet, "ema" if state.g_steps else "initial (no G step yet)")
     distributed.shutdown(world)
     return run_dir
 

@@ -35,6 +35,10 @@ def test_overrides_are_typed():
     ("train=5", "recipe section 'train' must be a mapping"),
     ("nonsense", "must look like section.key=value"),
     ("discriminator.r1=off", "recipe key 'discriminator.r1' must be str, got bool False"),
+    ("train.batch_per_device=0", "recipe key 'train.batch_per_device' must be at least 1, got 0"),
+    ("discriminator.r1_interval=0", "recipe key 'discriminator.r1_interval' must be at least 1, got 0"),
+    ("discriminator.p_std=0", "recipe key 'discriminator.p_std' must be greater than 0, got 0.0"),
+    ("generator.ema=1", "recipe key 'generator.ema' must be below 1"),
     ("discriminator.heads=spatio", "recipe key 'discriminator.heads' must be one of spatial, temporal, both"),
 ])
 def test_bad_keys_and_types_are_clear_errors(override, message):

@@ -75,6 +75,8 @@ def test_stop_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tiny_dir, 
     run(tiny_recipe(tiny_dir, video_dir, tmp_path / "straight", train__total_videos=8, **common))
     run(tiny_recipe(tiny_dir, video_dir, tmp_path / "resumed", train__total_videos=4, **common))
     run(tiny_recipe(tiny_dir, video_dir, tmp_path / "resumed", train__total_videos=8, **common), resume="latest")
+    # checkpoints are written every checkpoint_every videos, not only at the end
+    assert sorted(p.name for p in (tmp_path / "straight" / "checkpoints").iterdir()) == ["videos-000000004", "videos-000000008"]
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and len(a) > 100
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
