@@ -80,15 +80,6 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def broadcast_object(obj, world: World):
-    """rank 0's value of a picklable Python object (our own objects only), on every process."""
-    if world.size == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_objects(obj, world: World) -> list:
     """Every process's value of a picklable Python object (our own objects only), on every process."""
     if world.size == 1:

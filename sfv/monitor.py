@@ -84,7 +84,7 @@ class Monitor:
         """One-step videos from `unet` on the fixed conditioning -> samples/videos-N.gif (+ .mp4) and tensorboard."""
         if self.writer is None or self.sample_cond is None:
             return None
-        from sfv.video import to_uint8_frames, write_video
+        from sfv.video import write_video
 
         d = self.recipe.data
         was_training = unet.training

@@ -28,7 +28,7 @@ from sfv import checkpoint, distributed, losses
 from sfv.config import Recipe, add_train_arguments, load_recipe, save_recipe
 from sfv.data import ClipSpec, LatentCache, ResumableSampler, VideoFolder, collate
 from sfv.discriminator import Discriminator
-from sfv.errors import DataError, InputError, SFVError
+from sfv.errors import InputError, SFVError
 from sfv.generator import SFVGenerator
 from sfv.model_dir import check_model_dir, check_video_size
 from sfv.monitor import Monitor, crossed

@@ -1,8 +1,6 @@
 """The SF-V trainer on the tiny SVD and real mp4 files: phase invariants, exact resume, what a run writes."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -95,7 +93,7 @@ def test_a_non_finite_loss_skips_the_update_and_is_counted(parts_and_batch):
     state = State()
     x0 = x0.clone()
     x0[0, 0, 0, 0, 0] = float("nan")
-    stats = d_step(p, [(x0, cond)], state)
+    d_step(p, [(x0, cond)], state)
     assert state.skipped_steps == 1 and state.nonfinite_in_row == 1 and not _changed(heads, p.D)
     assert all(q.grad is None for q in p.D.trainable_parameters())
     d_step(p, parts_and_batch[1], state)  # a finite step updates and resets the run of failures
