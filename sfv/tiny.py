@@ -46,6 +46,7 @@ class TinySVDConfig:
     num_frames: int = 8  # the UNet's default frame count (pipeline default when num_frames is None)
     unet_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
+    cross_attention: tuple[bool, ...] | None = None  # per UNet level; default: every level but the deepest
     attention_heads: int = 4
     embed_dim: int = 32  # CLIP projection = UNet cross-attention dim = added-time embedding dim
     vae_channels: tuple[int, ...] = (32, 64)  # VAE scale factor 2 ** (len - 1)
@@ -63,14 +64,19 @@ def build_tiny_svd(config: TinySVDConfig | None = None) -> StableVideoDiffusionP
     for name, chans in (("unet_channels", c.unet_channels), ("vae_channels", c.vae_channels)):
         if len(chans) < 2 or any(ch % 32 for ch in chans):
             raise InputError(f"{name} {tuple(chans)}: need at least two blocks, each a multiple of 32 (GroupNorm uses 32 groups)")
+    attention = tuple(c.cross_attention) if c.cross_attention is not None else (True,) * (n_blocks - 1) + (False,)
+    if len(attention) != n_blocks:
+        raise InputError(f"cross_attention {attention}: need one flag per UNet level ({n_blocks})")
+    down = {True: "CrossAttnDownBlockSpatioTemporal", False: "DownBlockSpatioTemporal"}
+    up = {True: "CrossAttnUpBlockSpatioTemporal", False: "UpBlockSpatioTemporal"}
     torch.manual_seed(c.seed)
     unet = UNetSpatioTemporalConditionModel(
         sample_size=32,
         in_channels=8,
         out_channels=4,
         num_frames=c.num_frames,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal",) * (n_blocks - 1) + ("DownBlockSpatioTemporal",),
-        up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * (n_blocks - 1),
+        down_block_types=tuple(down[a] for a in attention),
+        up_block_types=tuple(up[a] for a in reversed(attention)),
         block_out_channels=tuple(c.unet_channels),
         layers_per_block=c.layers_per_block,
         cross_attention_dim=c.embed_dim,
