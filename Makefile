@@ -16,16 +16,10 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup.sh
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Until the toy world lands, the demo builds a tiny random SVD and samples it with the multi-step teacher
-# sampler (25 steps, CFG) and SF-V's one-step sampler, printing both timings.
+# The toy-world demo: distil the committed toy teacher (models/toy-svd) into a one-step student with the SF-V
+# trainer, then score teacher 25/16/8/4/1 steps and the student on held-out conditionings -> runs/demo/report.md
 demo: $(STAMP)
-	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(PY) tools/make_tiny_svd.py --out $(DEMO)/tiny-svd --frames 8 --example-image $(DEMO)/example.png
-	$(VENV)/bin/sfv sample --model $(DEMO)/tiny-svd --image $(DEMO)/example.png --out $(DEMO)/svd-25-steps-cfg.mp4 \
-		--height 64 --width 64 --steps 25 --max-guidance-scale 3
-	$(VENV)/bin/sfv sample --model $(DEMO)/tiny-svd --image $(DEMO)/example.png --out $(DEMO)/one-step.mp4 \
-		--height 64 --width 64
-	@echo "demo: videos in $(DEMO)/ (random tiny weights: the point is the pipeline and the timings)"
+	$(PY) -m sfv.toy.demo --out $(DEMO)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

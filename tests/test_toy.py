@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,59 @@ def test_score_rejects_mismatched_shapes(world):
     real_clips = world[0]
     with pytest.raises(ValueError, match="same shape"):
         score(real_clips[:, :4], real_clips)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The demo (the README's main command) on a reduced setting
+
+
+TOY_TEACHER = Path(__file__).resolve().parents[1] / "models" / "toy-svd"
+
+
+def test_demo_runs_end_to_end_and_writes_a_well_formed_report(tmp_path, capsys):
+    from sfv.toy.demo import main
+
+    out = tmp_path / "demo"
+    rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--full-student", "", "--train-videos", "8", "--eval", "3",
+               "--seeds", "2", "--steps", "2,1", "train.total_videos=8", "train.log_every=4", "train.sample_every=8"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["teacher-2", "teacher-1", "student-1", "real"]
+    for r in report["rows"][:-1]:
+        assert len(r["toy_error_per_seed"]) == 2 and all(math.isfinite(e) for e in r["toy_error_per_seed"])
+        assert r["seconds_per_video"] > 0 and set(r["parts"]) == set(PARTS)
+        assert r["unet_evals"] == (1 if r["name"].startswith("student") else 2 * r["steps"])
+    assert report["distill"]["g_steps"] == 2 and report["eval"] == {"conditionings": 3, "seeds": 2, "frames": 8, "size": 32}
+    assert "student_better_than_teacher_1" in report["targets"]  # (no teacher-25 here, so no speed-up target)
+    md = (out / "report.md").read_text()
+    assert "| student-1 | 1 |" in md and "| teacher-2 | 4 |" in md
+    from PIL import Image
+
+    with Image.open(out / "grid-seed1.gif") as gif:
+        assert gif.n_frames == 8 and gif.size == (3 * (3 * 34 + 2), 3 * (3 * 34 + 2))  # columns real, teacher-1, student-1
+    assert Image.open(out / "quality-vs-time.png").size == (640, 420)
+    assert (out / "distill" / "export" / "model_index.json").is_file()
+    assert "student-1" in capsys.readouterr().out  # the summary table
+
+
+def test_demo_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from sfv.toy.demo import main
+
+    assert main(["--out", str(tmp_path / "d"), "--teacher", str(tmp_path / "nope")]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--teacher", str(TOY_TEACHER), "--steps", "4,x"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--teacher", str(TOY_TEACHER), "train.totl_videos=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("sfv: error: ") for line in err)
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
+    from sfv.toy.demo import main
+
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    assert main(["--out", str(precious), "--teacher", str(TOY_TEACHER)]) == 2
+    assert (precious / "notes.txt").read_text() == "keep me"
+    assert "not a previous demo output" in capsys.readouterr().err

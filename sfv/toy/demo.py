@@ -1,0 +1,320 @@
+"""The README's main command: SF-V end to end in the toy world, on a CPU.
+
+    python -m sfv.toy.demo            # = make demo: world -> SF-V distillation -> export -> report
+
+1. writes a toy world (real mp4 files + metadata) for training and a held-out set of conditionings;
+2. distils the shipped toy teacher (models/toy-svd) into a one-step student with the SF-V trainer
+   (recipes/toy.yaml, unchanged trainer: `sfv distill` does the same) and exports it;
+3. generates every held-out conditioning with the teacher at 25/16/8/4/1 steps (CFG as SVD: per-frame scale
+   1 → 3, a doubled UNet batch) and with the student (and the committed fully-trained student, if present) at
+   1 step, over several seeds, through the stock-equivalent pipelines, timing each video end to end;
+4. scores them with the toy metric (`sfv.metrics.toy`) and writes report.json, report.md, a GIF grid per seed
+   (real | teacher-25 | teacher-4 | teacher-1 | student-1 …) and quality-vs-time.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfv.errors import InputError
+
+DEFAULT_TEACHER = "models/toy-svd"
+DEFAULT_FULL = "models/toy-sfv-full"
+GRID_METHODS = ("teacher-25", "teacher-4", "teacher-1", "student-1", "student-full-1")
+
+
+def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser_class(prog="python -m sfv.toy.demo", description="SF-V end to end in the toy world (the README's main command)")
+    p.add_argument("--out", default="runs/demo", help="output folder (replaced)")
+    p.add_argument("--teacher", default=DEFAULT_TEACHER)
+    p.add_argument("--recipe", default="recipes/toy.yaml")
+    p.add_argument("--full-student", default=DEFAULT_FULL, help="a committed fully-distilled student to report too (skipped if absent)")
+    p.add_argument("--student", help="evaluate this exported student folder instead of distilling one (skips the training world)")
+    p.add_argument("--train-videos", type=int, default=1000, help="toy-world videos written for distillation")
+    p.add_argument("--eval", type=int, default=12, help="held-out conditionings (frame 0 + motion bucket)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", default="25,16,8,4,1", help="teacher step counts (CFG as SVD)")
+    p.add_argument("overrides", nargs="*", help="recipe overrides, section.key=value (e.g. train.total_videos=16)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sfv.cli import ArgParser, run_command
+
+    return run_command(build_parser(ArgParser), demo, argv)
+
+
+def demo(args) -> int:
+    from sfv.config import load_recipe
+    from sfv.toy.world import write_world
+
+    t0 = time.perf_counter()
+    steps = _parse_steps(args.steps)
+    if not Path(args.teacher, "model_index.json").is_file():
+        raise InputError(f"toy teacher '{args.teacher}' not found (it is committed in models/; regenerate with tools/train_toy_teacher.py)")
+    out = Path(args.out)
+    recipe = load_recipe(args.recipe, [f"model.teacher={args.teacher}", f"data.videos={out / 'world-train'}",
+                                       f"train.run_dir={out / 'distill'}", *args.overrides])
+    if args.student and not Path(args.student, "model_index.json").is_file():
+        raise InputError(f"--student '{args.student}' is not an exported sfv/diffusers folder (no model_index.json)")
+    if out.exists() and any(out.iterdir()):
+        if not (out / "world-eval").is_dir():  # never delete a folder this demo did not write
+            raise InputError(f"--out '{out}' exists and is not a previous demo output; remove it or choose another folder")
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    print(f"[1/4] toy world: {0 if args.student else args.train_videos} training videos, {args.eval} held-out conditionings", flush=True)
+    if not args.student:
+        write_world(out / "world-train", args.train_videos, seed=1, progress=True)
+    write_world(out / "world-eval", args.eval, seed=2)
+    t_world = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    if args.student:
+        print(f"[2/4] SF-V distillation skipped: evaluating {args.student}", flush=True)
+        run_dir, student = out, Path(args.student)
+    else:
+        print(f"[2/4] SF-V distillation of {args.teacher} ({args.recipe}: {recipe.train.total_videos} videos, "
+              f"batch {recipe.train.batch_size})", flush=True)
+        from sfv.train import run
+
+        run_dir = run(recipe)
+        student = run_dir / "export"
+    t_distill = time.perf_counter() - t1
+
+    print(f"[3/4] generating {args.eval} held-out videos × {args.seeds} seeds per method", flush=True)
+    t2 = time.perf_counter()
+    methods = _methods(args, steps, student)
+    real, results = _evaluate(args, methods, out)
+    t_eval = time.perf_counter() - t2
+
+    print("[4/4] report", flush=True)
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()] if (run_dir / "log.jsonl").is_file() else []
+    report = {
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "phases_s": {"world": round(t_world, 1), "distill": round(t_distill, 1), "evaluate": round(t_eval, 1)},
+        "teacher": args.teacher, "recipe": args.recipe, "overrides": list(args.overrides),
+        "distill": {"total_videos": recipe.train.total_videos, "batch_size": recipe.train.batch_size,
+                    "g_steps": recipe.train.total_videos // recipe.train.batch_size, "last_log": log[-1] if log else None},
+        "eval": {"conditionings": args.eval, "seeds": args.seeds, "frames": real.shape[1], "size": real.shape[2]},
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+                        "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")},
+        "rows": results,
+        "targets": _targets(results),
+    }
+    write_report(report, out)
+    print(summary_table(report))
+    print(f"demo: {out / 'report.md'} ({report['wall_s'] / 60:.1f} min)")
+    return 0
+
+
+def _parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--steps '{text}': give comma-separated step counts, e.g. 25,16,8,4,1") from None
+    if not steps or min(steps) < 1:
+        raise InputError(f"--steps '{text}': step counts must be ≥ 1")
+    return steps
+
+
+def _methods(args, steps: list[int], export: Path) -> list[dict]:
+    methods = [{"name": f"teacher-{k}", "model": args.teacher, "steps": k, "cfg": 3.0, "unet_evals": 2 * k} for k in steps]
+    methods.append({"name": "student-1", "model": str(export), "steps": 1, "cfg": 1.0, "unet_evals": 1})
+    if args.full_student and Path(args.full_student, "model_index.json").is_file():
+        methods.append({"name": "student-full-1", "model": args.full_student, "steps": 1, "cfg": 1.0, "unet_evals": 1})
+    return methods
+
+
+def _evaluate(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[dict]]:
+    """Every method on every held-out conditioning and seed, one video per call through the pipeline path
+    (SVDTeacher.generate, bit-exact with diffusers' StableVideoDiffusionPipeline); returns real clips and rows."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from sfv.metrics.toy import score
+    from sfv.teacher import SVDTeacher
+    from sfv.toy.teacher import FPS, NOISE_AUG, load_world
+
+    frames, buckets = load_world(out / "world-eval")
+    real = (frames.float().permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)  # [N, F, H, W, 3]
+    n, num_frames, size = real.shape[0], real.shape[1], real.shape[2]
+    images = [Image.fromarray(real[i, 0]) for i in range(n)]
+    models: dict[str, SVDTeacher] = {}
+    videos: dict[str, list[np.ndarray]] = {}
+    rows = []
+    bar = tqdm(total=len(methods) * args.seeds * n, desc="generate", unit="video")
+    for m in methods:
+        svd = models.setdefault(m["model"], SVDTeacher.from_pretrained(m["model"], torch_dtype=torch.float32))
+        scores, times = [], []
+        for seed in range(args.seeds):
+            gen, secs = [], []
+            for i in range(n):
+                g = torch.Generator().manual_seed(1000 * seed + i)
+                t = time.perf_counter()
+                video = svd.generate(images[i], size, size, num_frames, fps=FPS, motion_bucket_id=int(buckets[i]),
+                                     noise_aug_strength=NOISE_AUG, generator=g, num_inference_steps=m["steps"],
+                                     max_guidance_scale=m["cfg"], output_type="np")[0]
+                secs.append(time.perf_counter() - t)
+                gen.append((np.clip(video, 0, 1) * 255).round().astype(np.uint8))
+                bar.update()
+            gen = np.stack(gen)
+            videos.setdefault(m["name"], []).append(gen)
+            scores.append(score(gen, real))
+            times.append(statistics.median(secs))
+        parts = {k: statistics.mean(s[k] for s in scores) for k in scores[0] if k not in ("toy_error", "videos")}
+        errs = [s["toy_error"] for s in scores]
+        rows.append({**m, "toy_error": statistics.mean(errs), "toy_error_std": statistics.stdev(errs) if len(errs) > 1 else 0.0,
+                     "toy_error_per_seed": errs, "parts": parts, "seconds_per_video": statistics.median(times),
+                     "seconds_per_video_per_seed": times})
+    bar.close()
+    rows.append({"name": "real", "model": "", "steps": 0, "cfg": 0.0, "unet_evals": 0, "toy_error": score(real, real)["toy_error"],
+                 "toy_error_std": 0.0, "parts": {}, "seconds_per_video": 0.0})
+    write_grids(out, real, videos)
+    return real, rows
+
+
+def _targets(rows: list[dict]) -> dict:
+    by = {r["name"]: r for r in rows}
+    t = {}
+
+    def ratio(a, b):
+        return by[a]["toy_error"] / max(by[b]["toy_error"], 1e-9)
+
+    if "student-1" in by and "teacher-1" in by:
+        t["student_better_than_teacher_1"] = by["student-1"]["toy_error"] < by["teacher-1"]["toy_error"]
+        t["teacher_1_over_student"] = round(ratio("teacher-1", "student-1"), 3)
+    if "student-1" in by and "teacher-25" in by:
+        t["speedup_student_vs_teacher_25_cfg"] = round(by["teacher-25"]["seconds_per_video"] / by["student-1"]["seconds_per_video"], 2)
+        t["student_over_teacher_25"] = round(ratio("student-1", "teacher-25"), 3)
+    if "student-full-1" in by:
+        full = by["student-full-1"]["toy_error"]
+        if "teacher-25" in by:
+            t["full_within_25pct_of_teacher_25"] = full <= 1.25 * by["teacher-25"]["toy_error"]
+            t["full_over_teacher_25"] = round(ratio("student-full-1", "teacher-25"), 3)
+        for k in ("teacher-4", "teacher-1"):
+            if k in by:
+                t[f"{k.replace('-', '_')}_over_full"] = round(ratio(k, "student-full-1"), 3)
+    return t
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report files
+
+
+def summary_table(report: dict) -> str:
+    lines = [f"{'method':<16} {'UNet evals':>10} {'toy_error ↓':>16} {'s/video':>9}", "-" * 54]
+    for r in report["rows"]:
+        lines.append(f"{r['name']:<16} {r['unet_evals']:>10} {r['toy_error']:>9.3f} ± {r['toy_error_std']:<5.3f} {r['seconds_per_video']:>9.3f}")
+    for k, v in report["targets"].items():
+        lines.append(f"  {k}: {v}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path) -> None:
+    from sfv.metrics.toy import PARTS, SCALES
+
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    e = report["eval"]
+    lines = [
+        "# sfv toy demo — SF-V end to end on the toy world",
+        "",
+        f"{e['conditionings']} held-out conditionings × {e['seeds']} seeds, {e['frames']} frames {e['size']}×{e['size']}; "
+        f"teacher `{report['teacher']}`, recipe `{report['recipe']}` ({report['distill']['g_steps']} G steps at batch "
+        f"{report['distill']['batch_size']}). Wall time {report['wall_s'] / 60:.1f} min (world {report['phases_s']['world']:.0f} s, "
+        f"distillation {report['phases_s']['distill']:.0f} s, evaluation {report['phases_s']['evaluate']:.0f} s); "
+        f"torch {report['environment']['torch']}, {report['environment']['threads']} threads, {report['environment']['date']}.",
+        "",
+        "toy_error (lower = better; mean ± std over seeds) and its parts (means); time = median end-to-end seconds per video "
+        "(CLIP + VAE encode + sampling + VAE decode), all measured in this run.",
+        "",
+        "| method | UNet evals | toy_error ↓ | " + " | ".join(PARTS) + " | s/video | speed-up vs teacher-25 |",
+        "|---|---|---|" + "---|" * len(PARTS) + "---|---|",
+    ]
+    base = next((r["seconds_per_video"] for r in report["rows"] if r["name"] == "teacher-25"), None)
+    for r in report["rows"]:
+        if r["name"] == "real":
+            continue
+        parts = " | ".join(f"{r['parts'][k]:.3f}" for k in PARTS)
+        up = f"{base / r['seconds_per_video']:.1f}×" if base else "—"
+        lines.append(f"| {r['name']} | {r['unet_evals']} | **{r['toy_error']:.3f}** ± {r['toy_error_std']:.3f} | {parts} | "
+                     f"{r['seconds_per_video']:.3f} | {up} |")
+    lines += ["", "Real clips score 0 (the metric compares each video to the true clip of its conditioning). Part scales in "
+              "toy_error: " + ", ".join(f"{k} /{v:g}" for k, v in SCALES.items()) + ".", "", "Targets:", ""]
+    lines += [f"- {k}: {v}" for k, v in report["targets"].items()]
+    lines += ["", "Grids: `grid-seed*.gif` (columns: " + " | ".join(["real", *[m for m in GRID_METHODS]]) + ", where present); "
+              "plot: `quality-vs-time.png`.", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    plot(report, out / "quality-vs-time.png")
+
+
+def write_grids(out: Path, real: np.ndarray, videos: dict[str, list[np.ndarray]], rows: int = 4, zoom: int = 3) -> None:
+    """Animated GIF per seed: rows = conditionings, columns = real | each method of GRID_METHODS present."""
+    from PIL import Image
+
+    cols = [m for m in GRID_METHODS if m in videos]
+    for seed in range(len(next(iter(videos.values())))):
+        clips = [real[:rows], *[videos[m][seed][:rows] for m in cols]]  # each [R, F, H, W, 3]
+        pad = 2
+        r_, f_, h, w = clips[0].shape[:4]
+        grid = np.full((f_, r_ * (h + pad) + pad, len(clips) * (w + pad) + pad, 3), 255, np.uint8)
+        for c, clip in enumerate(clips):
+            for r in range(r_):
+                y, x = pad + r * (h + pad), pad + c * (w + pad)
+                grid[:, y : y + h, x : x + w] = clip[r]
+        images = [Image.fromarray(g).resize((g.shape[1] * zoom, g.shape[0] * zoom), Image.NEAREST) for g in grid]
+        images[0].save(out / f"grid-seed{seed}.gif", save_all=True, append_images=images[1:], duration=250, loop=0,
+                       optimize=False, disposal=1)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Quality (toy_error) against seconds per video, log-x, one labelled point per method (Pillow)."""
+    from PIL import Image, ImageDraw
+
+    rows = [r for r in report["rows"] if r["name"] != "real" and r["seconds_per_video"] > 0]
+    W, H, m = 640, 420, 60
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    xs = np.log10([r["seconds_per_video"] for r in rows])
+    ys = np.array([r["toy_error"] for r in rows])
+    x0, x1 = xs.min() - 0.2, xs.max() + 0.2
+    y1 = max(ys.max() * 1.15, 1e-3)
+
+    def px(x, y):
+        return m + (x - x0) / (x1 - x0) * (W - 2 * m), H - m - y / y1 * (H - 2 * m)
+
+    d.line([(m, H - m), (W - m, H - m)], fill="black")
+    d.line([(m, m), (m, H - m)], fill="black")
+    for e in range(int(np.floor(x0)), int(np.ceil(x1)) + 1):
+        for k in (1, 2, 5):
+            v = np.log10(k * 10.0**e)
+            if x0 <= v <= x1:
+                X, _ = px(v, 0)
+                d.line([(X, H - m), (X, H - m + 4)], fill="black")
+                d.text((X - 10, H - m + 6), f"{k * 10.0**e:g}", fill="black")
+    for frac in (0, 0.25, 0.5, 0.75, 1.0):
+        _, Y = px(x0, frac * y1)
+        d.text((8, Y - 6), f"{frac * y1:.2f}", fill="black")
+    d.text((W / 2 - 80, H - 22), "seconds per video (end to end, log)", fill="black")
+    d.text((m, 12), "toy_error (lower = better) vs time — " + report["environment"]["date"], fill="black")
+    for r, x, y in zip(rows, xs, ys):
+        X, Y = px(x, y)
+        colour = (200, 60, 40) if r["name"].startswith("student") else (40, 90, 200)
+        d.ellipse([X - 5, Y - 5, X + 5, Y + 5], fill=colour)
+        d.text((X + 7, Y - 7), r["name"], fill=colour)
+    img.save(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Train the toy teacher (a tiny SVD) on the toy world and save it as a diffusers folder (safetensors).
+
+    python -c "from sfv.toy.world import write_world; write_world('runs/toy/world-train', 4000, seed=1)"
+    python tools/train_toy_teacher.py --world runs/toy/world-train --out models/toy-svd
+
+Two phases: the VAE (--vae-minutes), then the UNet on the VAE's latents (--unet-minutes); `--init DIR` starts
+from a saved toy teacher (e.g. `--init models/toy-svd --vae-minutes 0` trains its UNet further).
+The committed models/toy-svd took 20 + 75 CPU minutes on this project's 2-core machine (see its
+toy_teacher.json for the exact run); on a GPU the same step counts take a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from sfv.teacher import SVDTeacher
+from sfv.toy.teacher import TeacherTraining, build_teacher, flip_augment, load_world, save_teacher, train_unet, train_vae
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--world", required=True, help="toy-world folder (sfv.toy.world.write_world)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--init", help="start from this toy teacher folder instead of random weights")
+    p.add_argument("--count", type=int, default=None, help="use the first N videos")
+    for f, v in asdict(TeacherTraining()).items():
+        p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+    args = p.parse_args()
+    cfg = TeacherTraining(**{f: getattr(args, f) for f in asdict(TeacherTraining())})
+    torch.manual_seed(cfg.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out.parent / f"{out.name}.train.jsonl"
+    t0 = time.perf_counter()
+    frames, buckets = load_world(args.world, args.count)
+    frames, buckets = flip_augment(frames, buckets)
+    print(f"loaded {len(frames)} clips (with flips) in {time.perf_counter() - t0:.0f} s", flush=True)
+    teacher = SVDTeacher.from_pretrained(args.init) if args.init else build_teacher()
+    history = json.loads((Path(args.init) / "toy_teacher.json").read_text()).get("history", []) if args.init else []
+    vae_stats = train_vae(teacher.vae, frames, cfg, log) if cfg.vae_minutes > 0 else {}
+
+    def save(unet, step=None):
+        run = {"world": str(args.world), "clips": len(frames), "training": asdict(cfg), "vae": vae_stats, "unet_steps": step,
+               "torch_threads": torch.get_num_threads(), "wall_minutes": round((time.perf_counter() - t0) / 60, 1)}
+        save_teacher(teacher, unet, out, {"history": [*history, run]})
+
+    save(*train_unet(teacher, frames, buckets, cfg, log, snapshot=save))
+    print(f"saved {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
