@@ -110,13 +110,17 @@ def round_generator(seed: int, position: int, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed * 2**32 + position)
 
 
-def build(recipe: Recipe, world: distributed.World) -> Parts:
-    """Frozen teacher, G (a copy of its UNet), D (its encoder + heads), EMA of G, one optimiser each."""
+def build(recipe: Recipe, world: distributed.World, teacher: SVDTeacher | None = None) -> Parts:
+    """Frozen teacher, G (a copy of its UNet), D (its encoder + heads), EMA of G, one optimiser each; laid out
+    over the processes per `recipe.parallel`. `teacher`: already built (e.g. random full-size weights for the
+    memory report) instead of loaded from model.teacher."""
     gcfg, dcfg = recipe.generator, recipe.discriminator
-    if not recipe.model.teacher:
+    if teacher is None and not recipe.model.teacher:
         raise InputError("the recipe has no model.teacher; set it to an SVD diffusers folder (model.teacher=/path)")
     torch.manual_seed(recipe.train.seed + world.rank)
-    teacher = SVDTeacher.from_pretrained(recipe.model.teacher, device=world.device).requires_grad_(False)
+    if teacher is None:
+        teacher = SVDTeacher.from_pretrained(recipe.model.teacher, device=world.device)
+    teacher.requires_grad_(False)
     for module in (teacher.unet, teacher.vae, teacher.image_encoder):
         module.eval()
     G = SFVGenerator.from_teacher(teacher, recipe.model.t_g)
