@@ -1,10 +1,14 @@
 """Training checkpoints: safetensors + JSON only (nothing is unpickled on resume), written atomically.
 
-    <run>/checkpoints/videos-000001280/
+    <run>/checkpoints/videos-000001280/        (parallel.mode=ddp, or one process)
         generator.safetensors  generator_ema.safetensors  discriminator_heads.safetensors
         optim_g.safetensors + optim_g.json     optim_d.safetensors + optim_d.json
         rng-rank0.safetensors + rng-rank0.json ...   (every RNG of every process)
-        state.json                              (videos seen, counters, world size, recipe)
+        state.json                              (videos seen, counters, world size, format, recipe)
+
+With parallel.mode=fsdp the models and optimisers go into one `sharded/` folder instead, written by every
+process through torch.distributed.checkpoint (see "the sharded layout" below); it resumes on any number of
+processes, and `sfv export --checkpoint` consolidates it on one.
 
 Process 0 writes into `.videos-….partial`, every process adds its RNG state, and process 0 renames the
 folder once all have finished — so a checkpoint that exists under its final name is complete, and
@@ -128,29 +132,37 @@ def save(
     root: Path,
     videos: int,
     world: distributed.World,
-    weights: dict[str, dict[str, torch.Tensor]],
-    optimizers: dict[str, torch.optim.Optimizer],
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, tuple[torch.optim.Optimizer, torch.nn.Module]],
     generators: dict[str, torch.Generator],
     state: dict,
     keep: int,
+    sharded: bool = False,
 ) -> Path:
-    """Write checkpoint `videos-N` under root (see module docstring). Collective: every process calls it."""
+    """Write checkpoint `videos-N` under root (see module docstring). Collective: every process calls it.
+    modules: name -> module (D's frozen backbone is left out); optimizers: name -> (optimiser, the module
+    whose parameters it steps); sharded: the sharded layout (FSDP), else the single-process one."""
     final = root / checkpoint_name(videos)
     tmp = root / f".{final.name}.partial"
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name, tensors in weights.items():
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / f"{name}.safetensors")
-        for name, opt in optimizers.items():
-            optimizer_to_files(opt, tmp / name)
     distributed.barrier(world)
+    if sharded:
+        _save_sharded(tmp, world, modules, optimizers)
+    elif world.is_main:
+        for name, module in modules.items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in _without_backbone(module.state_dict()).items()},
+                      tmp / f"{name}.safetensors")
+        for name, (opt, _) in optimizers.items():
+            optimizer_to_files(opt, tmp / name)
     tensors, rest = capture_rng(generators)
     save_file(tensors, tmp / f"rng-rank{world.rank}.safetensors")
     (tmp / f"rng-rank{world.rank}.json").write_text(json.dumps(rest))
     distributed.barrier(world)
     if world.is_main:
-        (tmp / "state.json").write_text(json.dumps({**state, "world_size": world.size}, indent=1))  # last: marks complete
+        meta = {**state, "world_size": world.size, "format": "sharded" if sharded else "single"}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))  # last: marks complete
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
@@ -163,22 +175,114 @@ def load(
     path: Path,
     world: distributed.World,
     modules: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
+    optimizers: dict[str, tuple[torch.optim.Optimizer, torch.nn.Module]],
     generators: dict[str, torch.Generator],
 ) -> dict:
-    """Restore weights, optimisers and (if the world size matches) every process's RNGs; return state.json."""
+    """Restore weights, optimisers and (if the world size matches) every process's RNGs; return state.json.
+    A sharded checkpoint loads on any number of processes (the reader reshards); a single-process one
+    needs unsharded modules (parallel.mode=ddp)."""
     try:
         state = json.loads((path / "state.json").read_text())
-        for name, module in modules.items():
-            missing, unexpected = module.load_state_dict(load_file(path / f"{name}.safetensors"), strict=False)
-            if unexpected or [k for k in missing if not k.startswith("backbone.")]:
-                raise DataError(f"checkpoint '{path}' does not fit this recipe's {name} "
-                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
-        for name, opt in optimizers.items():
-            optimizer_from_files(opt, path / name)
+        if is_sharded(path):
+            _load_sharded(path, modules, optimizers)
+        else:
+            if any(distributed.is_sharded(m) for m in modules.values()):
+                raise InputError(f"checkpoint '{path}' was written by parallel.mode=ddp (one safetensors file per model); "
+                                 "resume it with parallel.mode=ddp")
+            for name, module in modules.items():
+                missing, unexpected = module.load_state_dict(load_file(path / f"{name}.safetensors"), strict=False)
+                _check_fit(path, name, missing, unexpected)
+            for name, (opt, _) in optimizers.items():
+                optimizer_from_files(opt, path / name)
         rng = path / f"rng-rank{world.rank}.safetensors"
         if state.get("world_size") == world.size and rng.is_file():
             restore_rng(load_file(rng), json.loads(rng.with_suffix(".json").read_text()), generators)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AssertionError) as e:
         raise DataError(f"cannot resume from '{path}': {first_line(e)[:300]}") from None
     return state
+
+
+def _without_backbone(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("backbone.")}
+
+
+def _check_fit(path: Path, name: str, missing: list[str], unexpected: list[str]) -> None:
+    if unexpected or [k for k in missing if not k.startswith("backbone.")]:
+        raise DataError(f"checkpoint '{path}' does not fit this recipe's {name} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+
+
+# -- the sharded layout (FSDP): torch.distributed.checkpoint in safetensors files ------------------------------
+#
+#   videos-N/sharded/shard-0000R-model-00001-of-00001.safetensors   every process's shards of every model and
+#                                                                   optimiser tensor (DCP's placement of each
+#                                                                   shard in the file's safetensors header)
+#   videos-N/optim_g.json  optim_d.json                            param_groups + any non-tensor state
+#   videos-N/rng-rankR.*   state.json                              as above
+#
+# DCP's Hugging Face storage writes and reads plain safetensors (no pickled `.metadata` file, unlike its
+# default FileSystemWriter): nothing is unpickled on resume. Reading reshards onto any number of processes.
+
+SHARDED = "sharded"
+
+
+def is_sharded(path: Path) -> bool:
+    return (path / SHARDED).is_dir()
+
+
+def _sharded_state(modules, optimizers) -> tuple[dict, dict]:
+    """(tensors for DCP: {name: {key: tensor}}, JSON rest: {optimizer name: {...}})."""
+    tensors, rest = {}, {}
+    for name, module in modules.items():
+        tensors[name] = distributed.model_state(module)
+    for name, (opt, module) in optimizers.items():
+        sd = distributed.optimizer_state(module, opt)  # by parameter name; creates AdamW's zero state if none yet
+        tensors[name], state_rest = _split(sd["state"], "state/")
+        rest[name] = {"param_groups": sd["param_groups"], "state": state_rest}
+    return tensors, rest
+
+
+def _save_sharded(folder: Path, world, modules, optimizers) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    tensors, rest = _sharded_state(modules, optimizers)
+    dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(str(folder / SHARDED), save_distributed=True))
+    if world.is_main:
+        for name, r in rest.items():
+            (folder / f"{name}.json").write_text(json.dumps(r))
+
+
+def _load_sharded(folder: Path, modules, optimizers) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    tensors, _ = _sharded_state(modules, optimizers)  # targets: this process's shards, filled in place
+    dcp.load(tensors, storage_reader=dcp.HuggingFaceStorageReader(str(folder / SHARDED)))
+    for name, module in modules.items():
+        _check_fit(folder, name, *distributed.load_model_state(module, tensors[name]))
+    for name, (opt, module) in optimizers.items():
+        meta = json.loads((folder / f"{name}.json").read_text())
+        state: dict = {}
+        for key, value in tensors[name].items():  # state/<parameter name>/<entry>
+            _, param, entry = key.split("/", 2)
+            state.setdefault(param, {})[entry] = value
+        for param, entries in meta["state"].items():
+            state.setdefault(param, {}).update(entries)
+        distributed.load_optimizer_state(module, opt, {"state": state, "param_groups": meta["param_groups"]})
+
+
+def read_full(path: Path, like: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Whole tensors from a sharded checkpoint on this process alone (no process group), consolidating every
+    process's shards: `like` names what to read, {model or optimiser name: {key: tensor of the full shape}}."""
+    import torch.distributed.checkpoint as dcp
+
+    out = {name: {k: torch.empty_like(v, device="cpu") for k, v in tensors.items()} for name, tensors in like.items()}
+    dcp.load(out, storage_reader=dcp.HuggingFaceStorageReader(str(path / SHARDED)), no_dist=True)
+    return out
+
+
+def read_full_weights(path: Path, name: str, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One model's whole weights from a checkpoint of either layout, on one process: `like` gives the keys,
+    shapes and dtypes (e.g. the teacher UNet's state dict). `sfv export --checkpoint` uses it."""
+    if not is_sharded(path):
+        return load_file(path / f"{name}.safetensors")
+    return read_full(path, {name: like})[name]

@@ -274,22 +274,37 @@ def cmd_export(args) -> int:
     generator, teacher_dir = args.generator, args.teacher
     if (generator is None) == (args.checkpoint is None):
         raise InputError("pass exactly one of --generator PATH or --checkpoint DIR")
+    sharded = False
     if args.checkpoint is not None:
-        generator, teacher_dir = _checkpoint_weights(Path(args.checkpoint), args.weights, teacher_dir)
+        generator, teacher_dir, sharded = _checkpoint_weights(Path(args.checkpoint), args.weights, teacher_dir)
     if teacher_dir is None:
         raise InputError("--teacher is required with --generator")
-    SFVGenerator.check_source(generator)  # before the (slow) teacher load
+    if not sharded:
+        SFVGenerator.check_source(generator)  # before the (slow) teacher load
     t0 = time.perf_counter()
     teacher = SVDTeacher.from_pretrained(teacher_dir)
-    unet = SFVGenerator.load_unet(generator, teacher)
+    if sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
+        from sfv import checkpoint
+
+        name = {"ema": "generator_ema", "raw": "generator"}[args.weights]
+        try:
+            state = checkpoint.read_full_weights(Path(args.checkpoint), name, teacher.unet.state_dict())
+        except (OSError, ValueError, KeyError, RuntimeError, AssertionError) as e:  # missing shards, another model
+            raise ModelLoadError(f"cannot read {name} from sharded checkpoint '{args.checkpoint}': {first_line(e)[:300]}") from None
+        unet = SFVGenerator.unet_from_state(state, teacher, generator)
+    else:
+        unet = SFVGenerator.load_unet(generator, teacher)
     export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)})
     print(f"sfv export: {out} (student UNet + teacher VAE/CLIP/scheduler) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
-def _checkpoint_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None]:
-    """(student weights file, teacher folder) of a training checkpoint; the teacher from its recipe by default."""
+def _checkpoint_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None, bool]:
+    """(student weights, teacher folder, sharded?) of a training checkpoint; the teacher from its recipe by default.
+    A sharded (FSDP) checkpoint holds the weights in its `sharded/` folder, consolidated on export."""
     import json
+
+    from sfv.checkpoint import is_sharded
 
     state = ckpt / "state.json"
     if not state.is_file():
@@ -297,7 +312,8 @@ def _checkpoint_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[
     name = {"ema": "generator_ema.safetensors", "raw": "generator.safetensors"}[weights]
     if teacher is None:
         teacher = json.loads(state.read_text()).get("recipe", {}).get("model", {}).get("teacher") or None
-    return str(ckpt / name), teacher
+    sharded = is_sharded(ckpt)
+    return str(ckpt / "sharded" if sharded else ckpt / name), teacher, sharded
 
 
 def cmd_distill(args) -> int:

@@ -90,12 +90,19 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    mode: str = "ddp"  # ddp (replicated G) | fsdp (FSDP2-sharded G, EMA and optimiser state; sfv/distributed.py)
+    cpu_offload: bool = False  # fsdp: keep sharded parameters, gradients and optimiser state in CPU memory
+
+
+@dataclass
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -137,7 +144,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     recipe = _build(Recipe, data, "")
     for key, value, choices in (("discriminator.r1", recipe.discriminator.r1, ("approx", "exact", "none")),
                                 ("discriminator.heads", recipe.discriminator.heads, ("spatial", "temporal", "both")),
-                                ("train.precision", recipe.train.precision, ("auto", "fp32", "bf16"))):
+                                ("train.precision", recipe.train.precision, ("auto", "fp32", "bf16")),
+                                ("parallel.mode", recipe.parallel.mode, ("ddp", "fsdp"))):
         if value not in choices:
             raise InputError(f"recipe key '{key}' must be one of {', '.join(choices)}, not {value!r}")
     _check_ranges(recipe)

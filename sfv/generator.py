@@ -103,6 +103,11 @@ class SFVGenerator(torch.nn.Module):
                     f"generator UNet '{path}' does not fit the teacher: {', '.join(f'{k}={unet.config.get(k)} (teacher {teacher.unet.config.get(k)})' for k in mismatched)}"
                 )
             return unet
+        return cls.unet_from_state(state, teacher, path)
+
+    @staticmethod
+    def unet_from_state(state: dict[str, torch.Tensor], teacher: SVDTeacher, path) -> UNetSpatioTemporalConditionModel:
+        """The teacher's UNet architecture holding the student weights `state` (read from `path`); strict."""
         unet = copy.deepcopy(teacher.unet)
         try:
             missing, unexpected = unet.load_state_dict(state, strict=False)

@@ -54,8 +54,8 @@ class Monitor:
             entry[0], entry[1] = entry[0] + float(v), entry[1] + 1
         if self.due(state.videos, self.cfg.log_every) or state.videos >= self.cfg.total_videos:
             self.log(state)
-        if self.due(state.videos, self.cfg.sample_every):
-            self.sample(state.videos, ema_unet)
+        if self.due(state.videos, self.cfg.sample_every):  # gathering a sharded EMA is collective: every process
+            self.sample(state.videos, distributed.unsharded(ema_unet, self.world, like=self.teacher.unet))
         if self.bar is not None:
             self.bar.update(state.videos - self.bar.n)
         self.before = state.videos
@@ -102,15 +102,16 @@ class Monitor:
         self.writer.flush()
         return path
 
-    def finish(self, state, unet, weights: str = "ema") -> None:
+    def finish(self, state, unet, weights: str = "ema", extra: dict | None = None) -> None:
         skipped = sorted({s for lst in distributed.gather_objects(state.skipped_files, self.world) for s in lst})
+        unet = distributed.unsharded(unet, self.world, like=self.teacher.unet)  # collective; None off process 0
         if not self.world.is_main:
             return
         if self.bar is not None:
             self.bar.close()
         self.sample(state.videos, unet)
         report = {"videos": state.videos, "g_steps": state.g_steps, "d_steps": state.d_steps,
-                  "skipped_steps": state.skipped_steps, "skipped_files": skipped}
+                  "skipped_steps": state.skipped_steps, "skipped_files": skipped, **(extra or {})}
         (self.run_dir / "report.json").write_text(json.dumps(report, indent=1))
         if skipped:
             print(f"sfv distill: skipped {len(skipped)} unusable video file(s) (see {self.run_dir / 'report.json'}):")

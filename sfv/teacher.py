@@ -162,6 +162,18 @@ def euler_sample(
 # The UNet's encoder: SF-V's discriminator backbone
 
 
+def sharding_units(unet: UNetSpatioTemporalConditionModel) -> list[torch.nn.Module]:
+    """The UNet's repeated blocks (every SpatioTemporalResBlock and TransformerSpatioTemporalModel, in order):
+    the units FSDP shards and gathers one at a time. What is left (conv_in/out, embeddings, up/down samplers)
+    belongs to the root. A size-based policy would trip on the UNet's ModuleList containers."""
+    from diffusers.models.resnet import SpatioTemporalResBlock
+    from diffusers.models.transformers.transformer_temporal import (
+        TransformerSpatioTemporalModel,
+    )
+
+    return [m for m in unet.modules() if isinstance(m, (SpatioTemporalResBlock, TransformerSpatioTemporalModel))]
+
+
 class SVDEncoder(torch.nn.Module):
     """The encoder half of an SVD UNet (time and added-time embeddings, conv_in, down blocks) with the
     teacher's weights shared, not copied: SF-V's frozen discriminator backbone (§3.2).

@@ -8,7 +8,10 @@ Per iteration, on a batch of real clips x0 with conditioning c (frame 0):
            σ′ ~ discretised log-normal (the same for real and fake);
            L_D = hinge(D(x0 + σ′ε₁), D(fake + σ′ε₂)) [+ γ/2·R1 on the real input every r1_interval steps]
   G phase  x̂0 = G(x0 + σ_t·ε, σ_t, c);  L_G = −D(x̂0 + σ′ε) + λ·pseudo-Huber(x̂0, x0);  EMA of G
-Lengths and cadences are counted in videos drawn from the data, over all processes.
+Lengths and cadences are counted in videos drawn from the data, over all processes. Every random draw of a
+micro-batch (σ_t, σ′, ε, noise augmentation) comes from a generator seeded by its global data position, so a
+run gives the same numbers on any number of processes (for the same global batch and batch_per_device).
+Parallelism (DDP or FSDP2, recipe `parallel`) is laid out by sfv/distributed.py.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from sfv.generator import SFVGenerator
 from sfv.model_dir import check_model_dir, check_video_size
 from sfv.monitor import Monitor, crossed
 from sfv.noise import LogNormalSigmaSampler
-from sfv.teacher import SVDCondition, SVDEncoder, SVDTeacher
+from sfv.teacher import SVDCondition, SVDEncoder, SVDTeacher, sharding_units
 
 
 class TrainingError(SFVError):
@@ -89,30 +92,39 @@ class Parts:
     teacher: SVDTeacher  # frozen; its UNet encoder is D's backbone
     G: SFVGenerator
     D: Discriminator
-    G_ddp: torch.nn.Module  # G / D as the processes see them (DDP-wrapped on several processes)
+    G_ddp: torch.nn.Module  # G / D as the processes see them (DDP-wrapped or FSDP-sharded: sfv/distributed.py)
     D_ddp: torch.nn.Module
     ema: AveragedModel
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     sigma_d: LogNormalSigmaSampler
-    gen: torch.Generator  # every random draw of the loop (noise, σ, σ′, noise augmentation)
     amp: object
 
-    def noised(self, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # x0 + σ·ε, one σ per video
-        return x0 + sigma.reshape(-1, 1, 1, 1, 1) * torch.randn(x0.shape, generator=self.gen, device=x0.device)
+
+def noised(x0: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:  # x0 + σ·ε, one σ per video
+    return x0 + sigma.reshape(-1, 1, 1, 1, 1) * torch.randn(x0.shape, generator=gen, device=x0.device)
 
 
-def build(recipe: Recipe, world: distributed.World) -> Parts:
-    """Frozen teacher, G (a copy of its UNet), D (its encoder + heads), EMA of G, one optimiser each."""
+def round_generator(seed: int, position: int, device) -> torch.Generator:
+    """The generator of the micro-batch whose first video is global data position `position`."""
+    return torch.Generator(device).manual_seed(seed * 2**32 + position)
+
+
+def build(recipe: Recipe, world: distributed.World, teacher: SVDTeacher | None = None) -> Parts:
+    """Frozen teacher, G (a copy of its UNet), D (its encoder + heads), EMA of G, one optimiser each; laid out
+    over the processes per `recipe.parallel`. `teacher`: already built (e.g. random full-size weights for the
+    memory report) instead of loaded from model.teacher."""
     gcfg, dcfg = recipe.generator, recipe.discriminator
-    if not recipe.model.teacher:
+    if teacher is None and not recipe.model.teacher:
         raise InputError("the recipe has no model.teacher; set it to an SVD diffusers folder (model.teacher=/path)")
     torch.manual_seed(recipe.train.seed + world.rank)
-    teacher = SVDTeacher.from_pretrained(recipe.model.teacher, device=world.device).requires_grad_(False)
+    if teacher is None:
+        teacher = SVDTeacher.from_pretrained(recipe.model.teacher, device=world.device)
+    teacher.requires_grad_(False)
     for module in (teacher.unet, teacher.vae, teacher.image_encoder):
         module.eval()
     G = SFVGenerator.from_teacher(teacher, recipe.model.t_g)
-    if recipe.model.gradient_checkpointing:
+    if recipe.model.gradient_checkpointing:  # per UNet block (recomputed in the backward)
         G.unet.enable_gradient_checkpointing()
     blocks = len(teacher.unet.down_blocks)
     if dcfg.blocks is not None and not all(0 <= k < blocks for k in dcfg.blocks):
@@ -120,16 +132,18 @@ def build(recipe: Recipe, world: distributed.World) -> Parts:
     D = Discriminator(SVDEncoder(teacher.unet), teacher.image_encoder.config.projection_dim, dcfg.heads,
                       dcfg.head_channels, dcfg.blocks).to(world.device)
     ema = AveragedModel(G.unet, multi_avg_fn=get_ema_multi_avg_fn(gcfg.ema), use_buffers=True)
-    opt_g, opt_d = build_optimizer(G.parameters(), gcfg), build_optimizer(D.trainable_parameters(), dcfg)
+    bf16 = _bf16(recipe.train.precision, world)
+    G_ddp, D_ddp = distributed.parallelize(world, recipe.parallel.mode, G, sharding_units(G.unet), ema.module,
+                                           sharding_units(ema.module), D, [teacher.unet], bf16=bf16,
+                                           cpu_offload=recipe.parallel.cpu_offload)
+    opt_g, opt_d = build_optimizer(G.parameters(), gcfg), build_optimizer(D.trainable_parameters(), dcfg)  # after sharding
     sigma_d = LogNormalSigmaSampler(teacher.sigma_min, teacher.sigma_max, dcfg.p_mean, dcfg.p_std, dcfg.t_d)
-    gen = torch.Generator(world.device).manual_seed(recipe.train.seed * 1000 + world.rank)
-    amp = torch.autocast(world.device.type, torch.bfloat16) if _bf16(recipe.train.precision, world) else nullcontext()
-    return Parts(recipe, world, teacher, G, D, distributed.wrap(G, world), distributed.wrap(D, world), ema, opt_g, opt_d,
-                 sigma_d, gen, amp)
+    amp = torch.autocast(world.device.type, torch.bfloat16) if bf16 else nullcontext()
+    return Parts(recipe, world, teacher, G, D, G_ddp, D_ddp, ema, opt_g, opt_d, sigma_d, amp)
 
 
 def d_step(p: Parts, batches: list, state: State) -> dict:
-    """One D update over the accumulation rounds `batches` [(x0, cond), ...]; G and the backbone stay untouched.
+    """One D update over the accumulation rounds `batches` [(x0, cond, gen), ...]; G and the backbone stay untouched.
 
     L_D = E[max(0, 1 − D(x0 + σ′ε₁))] + E[max(0, 1 + D(x̂0 + σ′ε₂))]  (+ γ/2 · R1 every r1_interval steps, ×interval)
     """
@@ -137,16 +151,16 @@ def d_step(p: Parts, batches: list, state: State) -> dict:
     reg = dcfg.r1 != "none" and state.d_steps % dcfg.r1_interval == 0
     exact = reg and dcfg.r1 == "exact"
     stats = {}
-    for r, (x0, cond) in enumerate(batches):
+    for r, (x0, cond, gen) in enumerate(batches):
         b = len(x0)
         with torch.no_grad(), p.amp:
-            sigma_t = p.G.sample_sigma(b, p.gen).to(x0.device)
-            fake = p.G(p.noised(x0, sigma_t), sigma_t, cond)
-        s = p.sigma_d(b, p.gen).to(x0.device)  # the same σ′ for real and fake
-        x_real, x_fake = p.noised(x0, s), p.noised(fake, s)
+            sigma_t = p.G.sample_sigma(b, gen).to(x0.device)
+            fake = p.G(noised(x0, sigma_t, gen), sigma_t, cond)
+        s = p.sigma_d(b, gen).to(x0.device)  # the same σ′ for real and fake
+        x_real, x_fake = noised(x0, s, gen), noised(fake, s, gen)
         inputs = [x_real.requires_grad_(exact), x_fake]
         if reg and dcfg.r1 == "approx":
-            inputs.append(x_real + dcfg.r1_eps * torch.randn(x_real.shape, generator=p.gen, device=x_real.device))
+            inputs.append(x_real + dcfg.r1_eps * torch.randn(x_real.shape, generator=gen, device=x_real.device))
         n = len(inputs)
         # the exact R1 needs a double backward, which only the math SDPA kernel has on CPU
         kernel = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH) if exact else nullcontext()
@@ -176,14 +190,14 @@ def g_step(p: Parts, batches: list, state: State) -> dict:
     stats = {}
     p.D.heads_requires_grad_(False)  # D is only a critic here: no head gradients in the G phase
     try:
-        for r, (x0, cond) in enumerate(batches):
+        for r, (x0, cond, gen) in enumerate(batches):
             b = len(x0)
-            sigma_t = p.G.sample_sigma(b, p.gen).to(x0.device)
-            s = p.sigma_d(b, p.gen).to(x0.device)
+            sigma_t = p.G.sample_sigma(b, gen).to(x0.device)
+            s = p.sigma_d(b, gen).to(x0.device)
             with distributed.sync(p.G_ddp, r == len(batches) - 1):
                 with p.amp:
-                    x0_pred = p.G_ddp(p.noised(x0, sigma_t), sigma_t, cond)
-                    adv = losses.g_hinge_loss(p.D(p.noised(x0_pred, s), s, cond))
+                    x0_pred = p.G_ddp(noised(x0, sigma_t, gen), sigma_t, cond)
+                    adv = losses.g_hinge_loss(p.D(noised(x0_pred, s, gen), s, cond))
                     c = gcfg.huber_c if gcfg.huber_c is not None else losses.default_huber_c(x0[0].numel())
                     rec = losses.pseudo_huber(x0_pred, x0, c)
                     loss = adv + gcfg.huber_weight * rec
@@ -199,7 +213,7 @@ def g_step(p: Parts, batches: list, state: State) -> dict:
 
 def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
     """Train per the recipe (resuming from a checkpoint if asked); returns the run folder."""
-    world = distributed.init(cpu=cpu)
+    world = distributed.init(cpu=cpu, group=recipe.parallel.mode == "fsdp")
     cfg, dcfg = recipe.train, recipe.discriminator
     run_dir, micro = Path(cfg.run_dir), cfg.batch_per_device
     if cfg.batch_size % (micro * world.size):
@@ -213,10 +227,10 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
         check_video_size(d.height, d.width, d.frames, check_model_dir(recipe.model.teacher).vae_scale_factor)
     p = build(recipe, world)
     state = State()
+    modules = {"generator": p.G.unet, "generator_ema": p.ema.module, "discriminator_heads": p.D}
+    optimizers = {"optim_g": (p.opt_g, p.G.unet), "optim_d": (p.opt_d, p.D)}
     if ckpt:
-        saved = checkpoint.load(ckpt, world,
-                                {"generator": p.G.unet, "generator_ema": p.ema.module, "discriminator_heads": p.D},
-                                {"optim_g": p.opt_g, "optim_d": p.opt_d}, {"loop": p.gen})
+        saved = checkpoint.load(ckpt, world, modules, optimizers, {})
         state = State(**saved["state"])
         p.ema.n_averaged.fill_(state.g_steps)  # one EMA update per G step
     sampler = ResumableSampler(len(dataset), cfg.seed, world.rank, world.size, start=state.videos // world.size)
@@ -232,8 +246,9 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
     def next_round():
         batch = next(loader)
         state.skipped_files = sorted(set(state.skipped_files).union(batch["skipped"]))  # unique paths + reasons
+        gen = round_generator(cfg.seed, state.videos + world.rank, world.device)  # this micro-batch's first position
         state.videos += micro * world.size
-        return prepare(batch, p.teacher, recipe, p.gen)
+        return (*prepare(batch, p.teacher, recipe, gen), gen)
 
     monitor.start(state)
     while state.videos < cfg.total_videos:
@@ -255,10 +270,11 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
             raise TrainingError(f"stopped: {state.nonfinite_in_row} steps in a row had a non-finite loss "
                                 f"(at {state.videos} videos); lower the learning rates or check the data")
         if crossed(before, state.videos, cfg.checkpoint_every) or state.videos >= cfg.total_videos:
-            weights = {"generator": p.G.unet.state_dict(), "generator_ema": p.ema.module.state_dict(), "discriminator_heads": p.D.head_state_dict()}
-            checkpoint.save(run_dir / "checkpoints", state.videos, world, weights, {"optim_g": p.opt_g, "optim_d": p.opt_d},
-                            {"loop": p.gen}, {"state": state.__dict__, "recipe": recipe.to_dict()}, cfg.keep_checkpoints)
-    monitor.finish(state, p.ema.module if state.g_steps else p.G.unet, "ema" if state.g_steps else "initial (no G step yet)")
+            checkpoint.save(run_dir / "checkpoints", state.videos, world, modules, optimizers, {},
+                            {"state": state.__dict__, "recipe": recipe.to_dict()}, cfg.keep_checkpoints,
+                            sharded=recipe.parallel.mode == "fsdp")
+    layout = {"parallel": recipe.parallel.mode, "processes": world.size, "generator_parameters": distributed.parameter_layout(p.G, world)}
+    monitor.finish(state, p.ema.module if state.g_steps else p.G.unet, "ema" if state.g_steps else "initial (no G step yet)", layout)
     distributed.shutdown(world)
     return run_dir
 
@@ -285,14 +301,14 @@ def _apply(opt, params, clip: float, loss, world, state: State) -> float:
     """Clip and step — unless the loss or gradients are non-finite on any process: then skip and count."""
     grads = [p.grad for p in params if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf) if grads else torch.tensor(0.0)
-    if distributed.any_true(not (torch.isfinite(loss) and torch.isfinite(norm)), world):
+    if distributed.any_true(not (torch.isfinite(loss) and torch.isfinite(distributed.full_value(norm))), world):
         state.skipped_steps += 1
         state.nonfinite_in_row += 1
     else:
         opt.step()
         state.nonfinite_in_row = 0
     opt.zero_grad(set_to_none=True)
-    return float(norm)
+    return float(distributed.full_value(norm))
 
 
 # -- command line -------------------------------------------------------------------------------------------

@@ -53,3 +53,13 @@ def test_bad_recipe_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [unclosed")
     with pytest.raises(InputError, match="not valid YAML"):
         load_recipe(tmp_path / "bad.yaml")
+
+
+def test_full_size_recipes_shard_and_the_accelerate_config_only_starts_processes():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    for name in ("svd_14f_768x448", "svd_xt_25f_1024x576"):
+        assert load_recipe(f"recipes/{name}.yaml").parallel.mode == "fsdp"
+    assert load_recipe("recipes/tiny_cpu.yaml").parallel.mode == "ddp"
+    config = load_config_from_file("recipes/accelerate/fsdp_8gpu.yaml")  # sfv applies FSDP2 itself
+    assert config.distributed_type.value == "MULTI_GPU" and config.num_processes == 8 and config.mixed_precision == "no"

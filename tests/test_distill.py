@@ -69,6 +69,7 @@ def test_tiny_run_logs_samples_exports_and_skips_a_corrupt_video(tmp_path, tiny_
 @pytest.mark.parametrize("extra, message", [
     (["train.totl_videos=5"], "unknown recipe key 'train.totl_videos'; valid keys in train:"),
     (["train.total_videos=many"], "recipe key 'train.total_videos' must be int, got str 'many'"),
+    (["parallel.mode=zero3"], "recipe key 'parallel.mode' must be one of ddp, fsdp, not 'zero3'"),
     (["data.videos=/nonexistent/videos"], "data folder '/nonexistent/videos' does not exist"),
     (["--resume", "latest"], "no complete checkpoint"),
 ])

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_recipe
 from sfv import distributed
 from sfv.data import collate
-from sfv.train import State, build, build_data, d_step, g_step, prepare, run
+from sfv.train import State, build, build_data, d_step, g_step, prepare, round_generator, run
 
 CPU = distributed.World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -21,12 +21,18 @@ def _changed(before, module):
     return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
 
 
+def _rounds(batch, p, recipe):
+    """One accumulation round as the loop makes it: (x0, cond, the round's generator)."""
+    gen = round_generator(recipe.train.seed, 0, CPU.device)
+    return [(*prepare(batch, p.teacher, recipe, gen), gen)]
+
+
 @pytest.fixture
 def parts_and_batch(tiny_dir, video_dir, tmp_path):
     recipe = tiny_recipe(tiny_dir, video_dir, tmp_path / "run", discriminator__r1_interval=1)
     p = build(recipe, CPU)
     batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
-    return p, [prepare(batch, p.teacher, recipe, p.gen)]
+    return p, _rounds(batch, p, recipe)
 
 
 def test_d_step_changes_only_the_heads(parts_and_batch):
@@ -56,7 +62,7 @@ def test_exact_r1_double_backward_runs_on_cpu(tiny_dir, video_dir, tmp_path):
     recipe = tiny_recipe(tiny_dir, video_dir, tmp_path / "run", discriminator__r1="exact", discriminator__r1_interval=1)
     p = build(recipe, CPU)
     batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
-    stats = d_step(p, [prepare(batch, p.teacher, recipe, p.gen)], State())
+    stats = d_step(p, _rounds(batch, p, recipe), State())
     assert stats["loss/r1"] > 0 and torch.isfinite(torch.tensor(stats["loss/r1"]))
 
 
@@ -88,12 +94,12 @@ def test_stop_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tiny_dir, 
 
 
 def test_a_non_finite_loss_skips_the_update_and_is_counted(parts_and_batch):
-    p, [(x0, cond)] = parts_and_batch
+    p, [(x0, cond, gen)] = parts_and_batch
     heads = _snapshot(p.D)
     state = State()
     x0 = x0.clone()
     x0[0, 0, 0, 0, 0] = float("nan")
-    d_step(p, [(x0, cond)], state)
+    d_step(p, [(x0, cond, gen)], state)
     assert state.skipped_steps == 1 and state.nonfinite_in_row == 1 and not _changed(heads, p.D)
     assert all(q.grad is None for q in p.D.trainable_parameters())
     d_step(p, parts_and_batch[1], state)  # a finite step updates and resets the run of failures
@@ -107,7 +113,7 @@ def test_activation_checkpointing_gives_the_same_update(tiny_dir, video_dir, tmp
         p = build(recipe, CPU)
         assert p.G.unet.is_gradient_checkpointing == (ckpt == "true")
         batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
-        g_step(p, [prepare(batch, p.teacher, recipe, p.gen)], State())
+        g_step(p, _rounds(batch, p, recipe), State())
         after.append(_snapshot(p.G))
     for k in after[0]:
         torch.testing.assert_close(after[0][k], after[1][k], rtol=1e-5, atol=1e-6)
