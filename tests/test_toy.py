@@ -133,11 +133,11 @@ def test_demo_runs_end_to_end_and_writes_a_well_formed_report(tmp_path, capsys):
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     names = [r["name"] for r in report["rows"]]
-    assert names == ["teacher-2", "teacher-1", "student-1", "real"]
-    for r in report["rows"][:-1]:
+    assert names == ["teacher-2", "teacher-1", "teacher-1-nocfg", "student-1", "real→VAE", "real"]
+    for r in report["rows"][:-2]:
         assert len(r["toy_error_per_seed"]) == 2 and all(math.isfinite(e) for e in r["toy_error_per_seed"])
         assert r["seconds_per_video"] > 0 and set(r["parts"]) == set(PARTS)
-        assert r["unet_evals"] == (1 if r["name"].startswith("student") else 2 * r["steps"])
+        assert r["unet_evals"] == (2 * r["steps"] if r["cfg"] > 1 else r["steps"])
     assert report["distill"]["g_steps"] == 2 and report["eval"] == {"conditionings": 3, "seeds": 2, "frames": 8, "size": 32}
     assert "student_better_than_teacher_1" in report["targets"]  # (no teacher-25 here, so no speed-up target)
     md = (out / "report.md").read_text()
@@ -145,7 +145,7 @@ def test_demo_runs_end_to_end_and_writes_a_well_formed_report(tmp_path, capsys):
     from PIL import Image
 
     with Image.open(out / "grid-seed1.gif") as gif:
-        assert gif.n_frames == 8 and gif.size == (3 * (3 * 34 + 2), 3 * (3 * 34 + 2))  # columns real, teacher-1, student-1
+        assert gif.n_frames == 8 and gif.size == (3 * (4 * 34 + 2), 3 * (3 * 34 + 2))  # real, teacher-1 (± CFG), student-1
     assert Image.open(out / "quality-vs-time.png").size == (640, 420)
     assert (out / "distill" / "export" / "model_index.json").is_file()
     assert "student-1" in capsys.readouterr().out  # the summary table

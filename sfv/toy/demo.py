@@ -29,7 +29,7 @@ from sfv.errors import InputError
 
 DEFAULT_TEACHER = "models/toy-svd"
 DEFAULT_FULL = "models/toy-sfv-full"
-GRID_METHODS = ("teacher-25", "teacher-4", "teacher-1", "student-1", "student-full-1")
+GRID_METHODS = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "student-1", "student-full-1")
 
 
 def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -131,6 +131,8 @@ def _parse_steps(text: str) -> list[int]:
 
 def _methods(args, steps: list[int], export: Path) -> list[dict]:
     methods = [{"name": f"teacher-{k}", "model": args.teacher, "steps": k, "cfg": 3.0, "unet_evals": 2 * k} for k in steps]
+    # the teacher's one step without CFG is exactly the student before any training (G starts as a copy)
+    methods.append({"name": "teacher-1-nocfg", "model": args.teacher, "steps": 1, "cfg": 1.0, "unet_evals": 1})
     methods.append({"name": "student-1", "model": str(export), "steps": 1, "cfg": 1.0, "unet_evals": 1})
     if args.full_student and Path(args.full_student, "model_index.json").is_file():
         methods.append({"name": "student-full-1", "model": args.full_student, "steps": 1, "cfg": 1.0, "unet_evals": 1})
@@ -179,6 +181,15 @@ def _evaluate(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[di
                      "toy_error_per_seed": errs, "parts": parts, "seconds_per_video": statistics.median(times),
                      "seconds_per_video_per_seed": times})
     bar.close()
+    # the ceiling of any generator in this latent space: the real clips encoded and decoded by the teacher's VAE
+    vae = models[methods[0]["model"]]
+    t = time.perf_counter()
+    recon = vae.postprocess(vae.decode(vae.encode_video(frames.float())), "np")
+    recon_s = (time.perf_counter() - t) / n
+    s = score((np.clip(recon, 0, 1) * 255).round().astype(np.uint8), real)
+    rows.append({"name": "real→VAE", "model": methods[0]["model"], "steps": 0, "cfg": 0.0, "unet_evals": 0,
+                 "toy_error": s["toy_error"], "toy_error_std": 0.0, "toy_error_per_seed": [s["toy_error"]],
+                 "parts": {k: s[k] for k in s if k not in ("toy_error", "videos")}, "seconds_per_video": recon_s})
     rows.append({"name": "real", "model": "", "steps": 0, "cfg": 0.0, "unet_evals": 0, "toy_error": score(real, real)["toy_error"],
                  "toy_error_std": 0.0, "parts": {}, "seconds_per_video": 0.0})
     write_grids(out, real, videos)
@@ -195,6 +206,8 @@ def _targets(rows: list[dict]) -> dict:
     if "student-1" in by and "teacher-1" in by:
         t["student_better_than_teacher_1"] = by["student-1"]["toy_error"] < by["teacher-1"]["toy_error"]
         t["teacher_1_over_student"] = round(ratio("teacher-1", "student-1"), 3)
+    if "student-1" in by and "teacher-1-nocfg" in by:  # what distillation added to its starting point
+        t["teacher_1_nocfg_over_student"] = round(ratio("teacher-1-nocfg", "student-1"), 3)
     if "student-1" in by and "teacher-25" in by:
         t["speedup_student_vs_teacher_25_cfg"] = round(by["teacher-25"]["seconds_per_video"] / by["student-1"]["seconds_per_video"], 2)
         t["student_over_teacher_25"] = round(ratio("student-1", "teacher-25"), 3)
@@ -237,7 +250,8 @@ def write_report(report: dict, out: Path) -> None:
         f"torch {report['environment']['torch']}, {report['environment']['threads']} threads, {report['environment']['date']}.",
         "",
         "toy_error (lower = better; mean ± std over seeds) and its parts (means); time = median end-to-end seconds per video "
-        "(CLIP + VAE encode + sampling + VAE decode), all measured in this run.",
+        "(CLIP + VAE encode + sampling + VAE decode), all measured in this run. `real→VAE`: the real clips encoded and "
+        "decoded by the teacher's VAE — the best any generator in this latent space can score.",
         "",
         "| method | UNet evals | toy_error ↓ | " + " | ".join(PARTS) + " | s/video | speed-up vs teacher-25 |",
         "|---|---|---|" + "---|" * len(PARTS) + "---|---|",
