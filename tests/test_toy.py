@@ -171,3 +171,26 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
     assert main(["--out", str(precious), "--teacher", str(TOY_TEACHER)]) == 2
     assert (precious / "notes.txt").read_text() == "keep me"
     assert "not a previous demo output" in capsys.readouterr().err
+
+
+def test_the_teacher_tool_trains_and_saves_a_loadable_teacher(tmp_path):
+    """tools/train_toy_teacher.py end to end for a few seconds on 6 videos: a diffusers folder that SVDTeacher loads,
+    with the VAE's scaling factor calibrated to its latents and the training history recorded."""
+    import subprocess
+    import sys
+
+    from sfv.teacher import SVDTeacher
+
+    world = write_world(tmp_path / "world", 6, seed=3)
+    out = tmp_path / "teacher"
+    cmd = [sys.executable, str(TOY_TEACHER.parents[1] / "tools/train_toy_teacher.py"), "--world", str(world), "--out", str(out),
+           "--clips-cache", str(tmp_path / "clips.safetensors"), "--vae-minutes", "0.02", "--unet-minutes", "0.02", "--vae-batch", "1", "--unet-batch", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "clips.safetensors").is_file()
+    info = json.loads((out / "toy_teacher.json").read_text())
+    run = info["history"][-1]
+    assert run["clips"] == 24 and run["vae"]["steps"] >= 1  # 6 videos × 4 mirror flips
+    teacher = SVDTeacher.from_pretrained(out)
+    assert teacher.vae.config.scaling_factor == pytest.approx(run["vae"]["scaling_factor"])
+    assert tuple(teacher.unet.config.down_block_types) == ("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal")

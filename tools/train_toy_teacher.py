@@ -23,12 +23,26 @@ from sfv.teacher import SVDTeacher
 from sfv.toy.teacher import TeacherTraining, build_teacher, flip_augment, load_world, save_teacher, train_unet, train_vae
 
 
+def load_clips(world: str, count: int | None, cache: str | None):
+    from safetensors.torch import load_file, save_file
+
+    if cache and Path(cache).is_file():
+        saved = load_file(cache)
+        return saved["frames"][:count], saved["buckets"][:count]
+    frames, buckets = load_world(world, count)
+    if cache:
+        save_file({"frames": frames.contiguous(), "buckets": buckets.contiguous()}, cache)
+    return frames, buckets
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--world", required=True, help="toy-world folder (sfv.toy.world.write_world)")
     p.add_argument("--out", required=True)
     p.add_argument("--init", help="start from this toy teacher folder instead of random weights")
     p.add_argument("--count", type=int, default=None, help="use the first N videos")
+    p.add_argument("--clips-cache", help="safetensors file of the decoded clips: read if present, else written (decoding "
+                                         "2000 mp4 files takes minutes)")
     for f, v in asdict(TeacherTraining()).items():
         p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
     args = p.parse_args()
@@ -38,7 +52,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.train.jsonl"
     t0 = time.perf_counter()
-    frames, buckets = load_world(args.world, args.count)
+    frames, buckets = load_clips(args.world, args.count, args.clips_cache)
     frames, buckets = flip_augment(frames, buckets)
     print(f"loaded {len(frames)} clips (with flips) in {time.perf_counter() - t0:.0f} s", flush=True)
     teacher = SVDTeacher.from_pretrained(args.init) if args.init else build_teacher()
