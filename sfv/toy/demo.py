@@ -321,12 +321,12 @@ def plot(report: dict, path: Path) -> None:
         _, Y = px(x0, frac * y1)
         d.text((8, Y - 6), f"{frac * y1:.2f}", fill="black")
     d.text((W / 2 - 80, H - 22), "seconds per video (end to end, log)", fill="black")
-    d.text((m, 12), "toy_error (lower = better) vs time — " + report["environment"]["date"], fill="black")
+    d.text((m, 12), "toy_error (lower = better) vs time, " + report["environment"]["date"], fill="black")  # ASCII: PIL's default font
     for r, x, y in zip(rows, xs, ys):
         X, Y = px(x, y)
         colour = (200, 60, 40) if r["name"].startswith("student") else (40, 90, 200)
         d.ellipse([X - 5, Y - 5, X + 5, Y + 5], fill=colour)
-        d.text((X + 7, Y - 7), r["name"], fill=colour)
+        d.text((X + 7, Y - 7), r["name"].replace("→", "->"), fill=colour)
     img.save(path)
 
 
