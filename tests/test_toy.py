@@ -194,3 +194,6 @@ def test_the_teacher_tool_trains_and_saves_a_loadable_teacher(tmp_path):
     teacher = SVDTeacher.from_pretrained(out)
     assert teacher.vae.config.scaling_factor == pytest.approx(run["vae"]["scaling_factor"])
     assert tuple(teacher.unet.config.down_block_types) == ("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal")
+    bad = subprocess.run([*cmd[:3], str(tmp_path / "no-world"), "--out", str(tmp_path / "t2")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("sfv: error: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "t2").exists()

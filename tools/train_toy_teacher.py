@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from sfv.teacher import SVDTeacher
-from sfv.toy.teacher import TeacherTraining, build_teacher, flip_augment, load_world, save_teacher, train_unet, train_vae
 
 
 def load_clips(world: str, count: int | None, cache: str | None):
     from safetensors.torch import load_file, save_file
+
+    from sfv.toy.teacher import load_world
 
     if cache and Path(cache).is_file():
         saved = load_file(cache)
@@ -37,8 +36,10 @@ def load_clips(world: str, count: int | None, cache: str | None):
     return frames, buckets
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from sfv.toy.teacher import TeacherTraining
+
+    p = parser_class(prog="train_toy_teacher.py", description=__doc__.split("\n")[0])
     p.add_argument("--world", required=True, help="toy-world folder (sfv.toy.world.write_world)")
     p.add_argument("--out", required=True)
     p.add_argument("--init", help="start from this toy teacher folder instead of random weights")
@@ -47,14 +48,32 @@ def main() -> None:
                                          "2000 mp4 files takes minutes)")
     for f, v in asdict(TeacherTraining()).items():
         p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sfv.cli import ArgParser, _quiet_libraries, run_command
+
+    _quiet_libraries()  # before the model libraries are imported: their import-time warnings would bury sfv's error line
+    return run_command(build_parser(ArgParser), train, argv)
+
+
+def train(args) -> int:
+    import torch
+
+    from sfv.errors import InputError
+    from sfv.teacher import SVDTeacher
+    from sfv.toy.teacher import TeacherTraining, build_teacher, flip_augment, save_teacher, train_unet, train_vae
+
+    if not Path(args.world).is_dir() and not (args.clips_cache and Path(args.clips_cache).is_file()):
+        raise InputError(f"--world '{args.world}' is not a folder; write one with sfv.toy.world.write_world")
     cfg = TeacherTraining(**{f: getattr(args, f) for f in asdict(TeacherTraining())})
     torch.manual_seed(cfg.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.train.jsonl"
     t0 = time.perf_counter()
-    frames, buckets = load_clips(args.world, args.count, args.clips_cache)
+    frames, buckets = load_clips(args.world, args.count, args.clips_cache)  # bad input fails here, before writing
+    out.mkdir(parents=True, exist_ok=True)
     frames, buckets = flip_augment(frames, buckets)
     print(f"loaded {len(frames)} clips (with flips) in {time.perf_counter() - t0:.0f} s", flush=True)
     teacher = SVDTeacher.from_pretrained(args.init) if args.init else build_teacher()
@@ -68,7 +87,8 @@ def main() -> None:
 
     save(*train_unet(teacher, frames, buckets, cfg, log, snapshot=save))
     print(f"saved {out}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
