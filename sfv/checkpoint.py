@@ -14,6 +14,11 @@ Process 0 writes into `.videos-….partial`, every process adds its RNG state, a
 folder once all have finished — so a checkpoint that exists under its final name is complete, and
 `latest` never picks a half-written one. Old checkpoints beyond `keep` are deleted after the rename.
 (A shared filesystem across nodes is assumed, as with any multi-node checkpointing.)
+
+state.json also lists every file of the checkpoint with its size (`files`). Before anything is loaded,
+`verify` checks that each is there, has that size and parses (safetensors header and extent, JSON), so a
+checkpoint damaged after it was written (a full disk, a broken copy) stops a resume with one line that names
+the file and the previous checkpoint to resume from, before the run folder is touched.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.api import CheckpointException
 
 from sfv import distributed
-from sfv.errors import DataError, InputError, first_line
+from sfv.errors import CheckpointError, DataError, InputError, first_line
 
 NAME = re.compile(r"^videos-(\d{9})$")
 
@@ -46,16 +53,64 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def resolve(resume: str, run_dir: Path) -> Path:
-    """`latest` (newest complete checkpoint of the run) or an explicit checkpoint folder."""
+    """`latest` (newest complete checkpoint of the run) or an explicit checkpoint folder; verified intact."""
     if resume == "latest":
         found = list_checkpoints(run_dir / "checkpoints")
         if not found:
             raise InputError(f"--resume latest: no complete checkpoint under '{run_dir / 'checkpoints'}'")
-        return found[-1]
-    path = Path(resume)
-    if not (path / "state.json").is_file():
-        raise InputError(f"--resume '{resume}' is not a complete checkpoint folder (no state.json)")
+        path = found[-1]
+    else:
+        path = Path(resume)
+        if not (path / "state.json").is_file():
+            raise InputError(f"--resume '{resume}' is not a complete checkpoint folder (no state.json)")
+    verify(path)
     return path
+
+
+def verify(path: Path) -> dict:
+    """Check every file of checkpoint `path` before any is loaded; return its state.json. A damaged file raises
+    CheckpointError naming it and the checkpoint to fall back to. Checkpoints written before state.json listed
+    its files are checked file by file as found (every safetensors and JSON file must parse)."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(_damaged(path, "state.json", first_line(e)[:200])) from None
+    listed = state.get("files")
+    if listed is None:
+        listed = {str(f.relative_to(path)): None for f in sorted(path.rglob("*"))
+                  if f.is_file() and f.suffix in (".safetensors", ".json") and f.name != "state.json"}
+    for rel, size in listed.items():
+        problem = _file_problem(path / rel, size)
+        if problem:
+            raise CheckpointError(_damaged(path, rel, problem))
+    return state
+
+
+def _file_problem(file: Path, size: int | None) -> str | None:
+    """What is wrong with one checkpoint file (None: nothing found)."""
+    if not file.is_file():
+        return "missing"
+    actual = file.stat().st_size
+    if size is not None and actual != size:
+        return f"{actual} bytes, {size} written ({'truncated' if actual < size else 'changed since'})"
+    try:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), "pt"):  # reads the header and checks it covers the whole file
+                pass
+        elif file.suffix == ".json":
+            json.loads(file.read_text())
+    except (OSError, ValueError, SafetensorError) as e:
+        return f"unreadable ({first_line(e)[:150]})"
+    return None
+
+
+def _damaged(path: Path, rel: str, problem: str) -> str:
+    earlier = [p for p in list_checkpoints(path.parent) if p.name < path.name]
+    fix = (f"resume from the previous checkpoint with --resume {earlier[-1]}" if earlier
+           else "no earlier checkpoint to resume from; start the run again without --resume")
+    return f"checkpoint '{path}' is damaged: {rel} is {problem}; {fix}"
 
 
 # -- optimizers and RNGs as tensors + JSON ---------------------------------------------------------------
@@ -161,7 +216,8 @@ def save(
     (tmp / f"rng-rank{world.rank}.json").write_text(json.dumps(rest))
     distributed.barrier(world)
     if world.is_main:
-        meta = {**state, "world_size": world.size, "format": "sharded" if sharded else "single"}
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        meta = {**state, "world_size": world.size, "format": "sharded" if sharded else "single", "files": files}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))  # last: marks complete
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -197,7 +253,7 @@ def load(
         rng = path / f"rng-rank{world.rank}.safetensors"
         if state.get("world_size") == world.size and rng.is_file():
             restore_rng(load_file(rng), json.loads(rng.with_suffix(".json").read_text()), generators)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AssertionError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AssertionError, SafetensorError, CheckpointException) as e:
         raise DataError(f"cannot resume from '{path}': {first_line(e)[:300]}") from None
     return state
 

@@ -302,16 +302,14 @@ def cmd_export(args) -> int:
 def _checkpoint_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None, bool]:
     """(student weights, teacher folder, sharded?) of a training checkpoint; the teacher from its recipe by default.
     A sharded (FSDP) checkpoint holds the weights in its `sharded/` folder, consolidated on export."""
-    import json
+    from sfv.checkpoint import is_sharded, verify
 
-    from sfv.checkpoint import is_sharded
-
-    state = ckpt / "state.json"
-    if not state.is_file():
+    if not (ckpt / "state.json").is_file():
         raise InputError(f"checkpoint '{ckpt}' is not a complete training checkpoint (no state.json)")
+    state = verify(ckpt)  # a damaged file is one line naming it, before the teacher is loaded
     name = {"ema": "generator_ema.safetensors", "raw": "generator.safetensors"}[weights]
     if teacher is None:
-        teacher = json.loads(state.read_text()).get("recipe", {}).get("model", {}).get("teacher") or None
+        teacher = state.get("recipe", {}).get("model", {}).get("teacher") or None
     sharded = is_sharded(ckpt)
     return str(ckpt / "sharded" if sharded else ckpt / name), teacher, sharded
 

@@ -25,3 +25,7 @@ def first_line(e: BaseException) -> str:
 
 class DataError(SFVError):
     """A training data folder, metadata file or latent cache is missing, empty or unusable."""
+
+
+class CheckpointError(DataError):
+    """A training checkpoint is damaged (a file missing, truncated or unreadable); the message names the file."""
