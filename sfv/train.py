@@ -211,6 +211,13 @@ def g_step(p: Parts, batches: list, state: State) -> dict:
     return stats
 
 
+def checkpointed(p: Parts) -> tuple[dict, dict]:
+    """What a checkpoint holds: (models by file name, optimisers by file name with the module each steps)."""
+    modules = {"generator": p.G.unet, "generator_ema": p.ema.module, "discriminator_heads": p.D}
+    optimizers = {"optim_g": (p.opt_g, p.G.unet), "optim_d": (p.opt_d, p.D)}
+    return modules, optimizers
+
+
 def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
     """Train per the recipe (resuming from a checkpoint if asked); returns the run folder."""
     world = distributed.init(cpu=cpu, group=recipe.parallel.mode == "fsdp")
@@ -227,8 +234,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
         check_video_size(d.height, d.width, d.frames, check_model_dir(recipe.model.teacher).vae_scale_factor)
     p = build(recipe, world)
     state = State()
-    modules = {"generator": p.G.unet, "generator_ema": p.ema.module, "discriminator_heads": p.D}
-    optimizers = {"optim_g": (p.opt_g, p.G.unet), "optim_d": (p.opt_d, p.D)}
+    modules, optimizers = checkpointed(p)
     if ckpt:
         saved = checkpoint.load(ckpt, world, modules, optimizers, {})
         state = State(**saved["state"])

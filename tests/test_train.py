@@ -106,14 +106,22 @@ def test_a_non_finite_loss_skips_the_update_and_is_counted(parts_and_batch):
     assert state.nonfinite_in_row == 0 and _changed(heads, p.D)
 
 
-def test_activation_checkpointing_gives_the_same_update(tiny_dir, video_dir, tmp_path):
-    after = []
+def test_activation_checkpointing_gives_the_same_gradients(tiny_dir, video_dir, tmp_path):
+    """Recomputing each block in the backward changes no gradient beyond rounding. Gradients, not updated weights,
+    are compared: AdamW's first step moves each weight by ≈ lr·sign(g), so a rounding-level difference in a
+    near-zero gradient would become an lr-sized weight difference on some CPUs and not on others."""
+    grads = []
     for ckpt in ("false", "true"):
         recipe = tiny_recipe(tiny_dir, video_dir, tmp_path / "run", model__gradient_checkpointing=ckpt)
         p = build(recipe, CPU)
         assert p.G.unet.is_gradient_checkpointing == (ckpt == "true")
+        names = {id(q): n for n, q in p.G.named_parameters()}
+        p.opt_g.register_step_pre_hook(lambda opt, args, kwargs: grads.append(
+            {names[id(q)]: q.grad.clone() for group in opt.param_groups for q in group["params"] if q.grad is not None}))
         batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
         g_step(p, _rounds(batch, p, recipe), State())
-        after.append(_snapshot(p.G))
-    for k in after[0]:
-        torch.testing.assert_close(after[0][k], after[1][k], rtol=1e-5, atol=1e-6)
+    plain, recomputed = grads
+    assert plain.keys() == recomputed.keys() and len(plain) > 100
+    scale = max(g.abs().max().item() for g in plain.values())
+    worst = max((plain[k] - recomputed[k]).abs().max().item() for k in plain)
+    assert worst <= 1e-5 * scale, (worst, scale)
