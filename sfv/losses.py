@@ -57,14 +57,33 @@ def default_huber_c(dim: int) -> float:
 
 
 def logit_stats(real_logits: dict[str, torch.Tensor], fake_logits: dict[str, torch.Tensor]) -> dict[str, float]:
-    """What shows whether D learns: mean logits, their gap and the fraction on the right side of 0."""
+    """What shows whether D learns: mean logits, their gap and the fraction on the right side of 0 (per position),
+    and the same judged video by video (`video_stats`)."""
     real = torch.cat([v.detach().flatten().float() for v in real_logits.values()])
     fake = torch.cat([v.detach().flatten().float() for v in fake_logits.values()])
     return {
+        **video_stats(real_logits, fake_logits),
         "logits/real_mean": real.mean().item(),
         "logits/fake_mean": fake.mean().item(),
         "logits/gap": (real.mean() - fake.mean()).item(),
         "logits/real_positive": (real > 0).float().mean().item(),
         "logits/fake_negative": (fake < 0).float().mean().item(),
         "logits/sign_accuracy": 0.5 * ((real > 0).float().mean() + (fake < 0).float().mean()).item(),
+    }
+
+
+def video_stats(real_logits: dict[str, torch.Tensor], fake_logits: dict[str, torch.Tensor]) -> dict[str, float]:
+    """D's verdict video by video; real_logits[i] and fake_logits[i] share a conditioning (a pair).
+
+    Per-position sign accuracy hides a separation that is consistent but small next to the spread of the
+    per-position logits: D can rank every real video above its fake while half the positions sit on the wrong
+    side of 0. So: the pair-win rate P[D(real_i) > D(fake_i)] of the video scores, the video-level accuracy
+    (sign of each video's score), and the gap of the mean logits over the standard deviation of all logits."""
+    real, fake = video_score(real_logits).detach().float(), video_score(fake_logits).detach().float()  # [B]
+    every = torch.cat([v.detach().flatten().float() for v in (*real_logits.values(), *fake_logits.values())])
+    spread = every.std() if every.numel() > 1 else every.new_tensor(0.0)
+    return {
+        "logits/pair_win": (real > fake).float().mean().item(),
+        "logits/video_accuracy": 0.5 * ((real > 0).float().mean() + (fake < 0).float().mean()).item(),
+        "logits/gap_over_spread": ((real.mean() - fake.mean()) / spread.clamp_min(1e-12)).item(),
     }
