@@ -327,7 +327,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sfv.cli import ArgParser, run_command
+    from sfv.console import ArgParser, run_command
 
     def command(args):
         recipe = load_recipe(args.recipe, args.overrides)

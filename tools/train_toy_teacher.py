@@ -52,7 +52,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sfv.cli import ArgParser, _quiet_libraries, run_command
+    from sfv.console import ArgParser, run_command, quiet_libraries as _quiet_libraries
 
     _quiet_libraries()  # before the model libraries are imported: their import-time warnings would bury sfv's error line
     return run_command(build_parser(ArgParser), train, argv)

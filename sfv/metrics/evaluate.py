@@ -70,7 +70,7 @@ def _finite(value):
 
 
 def evaluate_cli(args) -> int:
-    from sfv.cli import parse_device
+    from sfv.console import parse_device
 
     device = parse_device(args.device)
     out = Path(args.out) if args.out else None

@@ -48,7 +48,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sfv.cli import ArgParser, run_command
+    from sfv.console import ArgParser, run_command
 
     return run_command(build_parser(ArgParser), demo, argv)
 
