@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of one SF-V training step (a D step with R1, then a G step) under FSDP2, as the trainer runs it.
 
-    python tools/memory_report.py --arch svd --device cuda --out runs/memory/svd.json     (a GPU session: the table)
+    python tools/memory_report.py --arch svd --device cuda --out runs/memory/svd.json     (on a GPU: the table)
     python tools/memory_report.py --arch tiny --device cpu --out runs/memory/tiny.json    (CI: the plumbing)
 
 Builds the full-size SVD architecture with random weights (`sfv.arch`; nothing is downloaded) or the tiny test
