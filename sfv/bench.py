@@ -48,6 +48,7 @@ class BenchConfig:
     warmup: int = 1
     seed: int = 0
     decode_chunk_size: int | None = None  # None: all frames in one decoder call (the pipelines' default)
+    decoder: str = "vae"  # the decoding slot (sfv.decoders) of teacher and student
     fast_paths: bool = False
     teacher: str | None = None  # folder, or None with arch
     student: str | None = None
@@ -209,9 +210,9 @@ class Bench:
     def __init__(self, config: BenchConfig, teacher, student_pipe, image):
         self.config, self.teacher, self.student, self.image = config, teacher, student_pipe, image
         self.device = torch.device(config.device)
-        from sfv.teacher import SVDTeacher
+        from sfv.teachers.svd import SVDTeacher
 
-        self.student_svd = SVDTeacher.from_pipeline(student_pipe)
+        self.student_svd = SVDTeacher.from_pipeline(student_pipe, decoder=student_pipe.decoder)
         self.timers = {"teacher": ComponentTimer(component_groups(teacher), self.device),
                        "student": ComponentTimer(component_groups(self.student_svd), self.device)}
 
@@ -411,24 +412,28 @@ def _json_default(value):
 def load_models(config: BenchConfig):
     """(teacher SVDTeacher, student SFVPipeline) from folders, or random full-size ones for --arch."""
     from sfv.pipeline import SFVPipeline
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers import load_teacher
+    from sfv.teachers.svd import SVDTeacher
 
     dtype, device = getattr(torch, config.dtype), torch.device(config.device)
     if config.arch is not None:
         from sfv.arch import build_random_svd
 
         pipe = build_random_svd(config.arch, device, dtype, seed=config.seed)
-        teacher = SVDTeacher.from_pipeline(pipe)
+        teacher = SVDTeacher.from_pipeline(pipe, decoder=config.decoder)
         # The student shares the teacher's modules: same architecture, and speed does not depend on weights.
         student = SFVPipeline(pipe.vae, pipe.image_encoder, pipe.unet, pipe.scheduler, pipe.feature_extractor)
+        student.decoder = config.decoder
         return teacher, student
     from sfv.errors import ModelLoadError, first_line
 
-    teacher = SVDTeacher.from_pretrained(config.teacher, torch_dtype=dtype, device=device)
+    teacher = load_teacher(config.teacher, torch_dtype=dtype, device=device)
+    teacher.set_decoder(config.decoder)
     try:
         student = SFVPipeline.from_pretrained(config.student, dtype=dtype, use_safetensors=True).to(device)
     except Exception as e:
         raise ModelLoadError(f"could not load student '{config.student}': {first_line(e)}") from None
+    student.decoder = config.decoder
     for name in ("in_channels", "cross_attention_dim", "addition_time_embed_dim"):
         if student.unet.config.get(name) != teacher.unet.config.get(name):
             raise InputError(f"student and teacher differ in UNet {name} ({student.unet.config.get(name)} vs "

@@ -204,9 +204,10 @@ def cmd_sample(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from sfv import checkpoint
     from sfv.generator import SFVGenerator
     from sfv.pipeline import check_export_target, export_pipeline
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers import load_teacher
 
     out = check_export_target(args.out)
     generator, teacher_dir = args.generator, args.teacher
@@ -214,17 +215,15 @@ def cmd_export(args) -> int:
         raise InputError("pass exactly one of --generator PATH or --checkpoint DIR")
     sharded = False
     if args.checkpoint is not None:
-        generator, teacher_dir, sharded = _checkpoint_weights(Path(args.checkpoint), args.weights, teacher_dir)
+        generator, teacher_dir, sharded = checkpoint.student_weights(Path(args.checkpoint), args.weights, teacher_dir)
     if teacher_dir is None:
         raise InputError("--teacher is required with --generator")
     if not sharded:
         SFVGenerator.check_source(generator)  # before the (slow) teacher load
     t0 = time.perf_counter()
-    teacher = SVDTeacher.from_pretrained(teacher_dir)
+    teacher = load_teacher(teacher_dir)
     if sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
-        from sfv import checkpoint
-
-        name = {"ema": "generator_ema", "raw": "generator"}[args.weights]
+        name = checkpoint.STUDENT_WEIGHTS[args.weights]
         try:
             state = checkpoint.read_full_weights(Path(args.checkpoint), name, teacher.unet.state_dict())
         except (OSError, ValueError, KeyError, RuntimeError, AssertionError) as e:  # missing shards, another model
@@ -235,21 +234,6 @@ def cmd_export(args) -> int:
     export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)})
     print(f"sfv export: {out} (student UNet + teacher VAE/CLIP/scheduler) in {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def _checkpoint_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None, bool]:
-    """(student weights, teacher folder, sharded?) of a training checkpoint; the teacher from its recipe by default.
-    A sharded (FSDP) checkpoint holds the weights in its `sharded/` folder, consolidated on export."""
-    from sfv.checkpoint import is_sharded, verify
-
-    if not (ckpt / "state.json").is_file():
-        raise InputError(f"checkpoint '{ckpt}' is not a complete training checkpoint (no state.json)")
-    state = verify(ckpt)  # a damaged file is one line naming it, before the teacher is loaded
-    name = {"ema": "generator_ema.safetensors", "raw": "generator.safetensors"}[weights]
-    if teacher is None:
-        teacher = state.get("recipe", {}).get("model", {}).get("teacher") or None
-    sharded = is_sharded(ckpt)
-    return str(ckpt / "sharded" if sharded else ckpt / name), teacher, sharded
 
 
 def cmd_distill(args) -> int:
@@ -275,9 +259,9 @@ def cmd_cache(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers import load_teacher
 
-    teacher = SVDTeacher.from_pretrained(args.teacher, device=device)
+    teacher = load_teacher(args.teacher, device=device)
     with tqdm(total=len(dataset), unit="video", desc="sfv cache") as bar:
         index = write_cache(teacher, dataset, out, args.noise_aug_strength, args.shard_size, seed=args.seed, progress=bar.update)
     print(f"sfv cache: {index['clips']} clips in {len(index['shards'])} shard(s) at {out}; skipped {len(index['skipped'])} file(s)")

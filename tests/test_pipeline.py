@@ -12,7 +12,8 @@ from conftest import max_abs_diff
 from sfv.errors import InputError
 from sfv.generator import SFVGenerator
 from sfv.pipeline import SFVPipeline, export_pipeline
-from sfv.teacher import SVDTeacher, check_model_dir
+from sfv.model_dir import check_model_dir
+from sfv.teachers.svd import SVDTeacher
 from sfv.tiny import example_image
 
 

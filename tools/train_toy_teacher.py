@@ -62,7 +62,7 @@ def train(args) -> int:
     import torch
 
     from sfv.errors import InputError
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers.svd import SVDTeacher
     from sfv.toy.teacher import TeacherTraining, build_teacher, flip_augment, save_teacher, train_unet, train_vae
 
     if not Path(args.world).is_dir() and not (args.clips_cache and Path(args.clips_cache).is_file()):
