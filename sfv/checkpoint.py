@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.api import CheckpointException
 
 from sfv import distributed
-from sfv.errors import CheckpointError, DataError, InputError, first_line
+from sfv.errors import CheckpointError, DataError, InputError, SFVError, first_line
 
 NAME = re.compile(r"^videos-(\d{9})$")
 STUDENT_WEIGHTS = {"ema": "generator_ema", "raw": "generator"}  # `sfv export --weights` -> the model's file name
@@ -254,6 +254,8 @@ def load(
         rng = path / f"rng-rank{world.rank}.safetensors"
         if state.get("world_size") == world.size and rng.is_file():
             restore_rng(load_file(rng), json.loads(rng.with_suffix(".json").read_text()), generators)
+    except SFVError:
+        raise  # already one clear line (InputError is also a ValueError)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AssertionError, SafetensorError, CheckpointException) as e:
         raise DataError(f"cannot resume from '{path}': {first_line(e)[:300]}") from None
     return state

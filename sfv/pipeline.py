@@ -58,7 +58,9 @@ class SFVPipeline(DiffusionPipeline):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
+        if isinstance(self._guidance_scale, (int, float)):
+            return self._guidance_scale > 1
+        return bool(self._guidance_scale.max() > 1)
 
     @property
     def num_timesteps(self) -> int:
@@ -100,6 +102,9 @@ class SFVPipeline(DiffusionPipeline):
         cond = svd.encode_condition(
             image, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt or 1, generator
         )
+        # as the stock pipeline, step callbacks see the per-frame CFG ramp, [B, F, 1, 1, 1] in the UNet's dtype
+        ramp = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).unsqueeze(0)
+        self._guidance_scale = ramp.to(svd.device, self.unet.dtype).repeat(len(cond), 1)[..., None, None, None]
 
         def on_step(i: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             if callback_on_step_end is None:
