@@ -16,7 +16,7 @@ __all__ = ["SFVError", "InputError", "ModelLoadError", "SVDTeacher", "SFVGenerat
 def __getattr__(name):
     # Heavy imports (torch, diffusers) only when a model class is asked for, so `sfv --help` is quick.
     if name == "SVDTeacher":
-        from sfv.teacher import SVDTeacher
+        from sfv.teachers.svd import SVDTeacher
 
         return SVDTeacher
     if name == "SFVGenerator":

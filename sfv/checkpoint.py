@@ -36,9 +36,10 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.api import CheckpointException
 
 from sfv import distributed
-from sfv.errors import CheckpointError, DataError, InputError, first_line
+from sfv.errors import CheckpointError, DataError, InputError, SFVError, first_line
 
 NAME = re.compile(r"^videos-(\d{9})$")
+STUDENT_WEIGHTS = {"ema": "generator_ema", "raw": "generator"}  # `sfv export --weights` -> the model's file name
 
 
 def checkpoint_name(videos: int) -> str:
@@ -253,6 +254,8 @@ def load(
         rng = path / f"rng-rank{world.rank}.safetensors"
         if state.get("world_size") == world.size and rng.is_file():
             restore_rng(load_file(rng), json.loads(rng.with_suffix(".json").read_text()), generators)
+    except SFVError:
+        raise  # already one clear line (InputError is also a ValueError)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AssertionError, SafetensorError, CheckpointException) as e:
         raise DataError(f"cannot resume from '{path}': {first_line(e)[:300]}") from None
     return state
@@ -342,3 +345,16 @@ def read_full_weights(path: Path, name: str, like: dict[str, torch.Tensor]) -> d
     if not is_sharded(path):
         return load_file(path / f"{name}.safetensors")
     return read_full(path, {name: like})[name]
+
+
+def student_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None, bool]:
+    """(student weights, teacher folder, sharded?) of a training checkpoint; the teacher from its recipe by default.
+    A sharded (FSDP) checkpoint holds the weights in its `sharded/` folder, consolidated on export."""
+    if not (ckpt / "state.json").is_file():
+        raise InputError(f"checkpoint '{ckpt}' is not a complete training checkpoint (no state.json)")
+    state = verify(ckpt)  # a damaged file is one line naming it, before the teacher is loaded
+    name = f"{STUDENT_WEIGHTS[weights]}.safetensors"
+    if teacher is None:
+        teacher = state.get("recipe", {}).get("model", {}).get("teacher") or None
+    sharded = is_sharded(ckpt)
+    return str(ckpt / SHARDED if sharded else ckpt / name), teacher, sharded

@@ -16,16 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from sfv.errors import InputError, ModelLoadError, SFVError, first_line
-
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse that raises (one line, exit 2 via main) instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise InputError(f"{message} (see `{self.prog} --help`)")
+from sfv.console import ArgParser, parse_device, parse_dtype, run_command
+from sfv.errors import InputError, ModelLoadError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,61 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(build_parser(), lambda args: args.func(args), argv)
 
 
-def run_command(parser: argparse.ArgumentParser, command, argv: list[str] | None = None) -> int:
-    """Parse, run, and turn user errors (SFVError) into one line on stderr and exit code 2."""
-    try:
-        args = parser.parse_args(argv)
-        _quiet_libraries()
-        return command(args) or 0
-    except SFVError as e:
-        print(f"sfv: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sfv: interrupted", file=sys.stderr)
-        return 130
-
-
 # ----------------------------------------------------------------------------------------------------
-
-
-def parse_dtype(name: str):
-    import torch
-
-    if name.lower() not in DTYPES:
-        raise InputError(f"unknown dtype '{name}'; choose fp32, bf16 or fp16")
-    return getattr(torch, DTYPES[name.lower()])
-
-
-def parse_device(name: str, dtype=None):
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"unknown device '{name}'; choose cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device '{name}' requested but MPS is not available here; use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unsupported device '{name}'; choose cpu, cuda, cuda:N or mps")
-    if device.type == "cpu" and dtype == torch.float16:
-        raise InputError("fp16 is not supported on CPU; use --dtype fp32 or bf16 (or a GPU)")
-    return device
-
-
-def _quiet_libraries() -> None:
-    # Library chatter (torchvision fallbacks, deprecations, loading bars) would bury sfv's own lines;
-    # the sampling progress bar and sfv's summary stay.
-    import diffusers
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def load_image(path: str):
@@ -266,9 +204,10 @@ def cmd_sample(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from sfv import checkpoint
     from sfv.generator import SFVGenerator
     from sfv.pipeline import check_export_target, export_pipeline
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers import load_teacher
 
     out = check_export_target(args.out)
     generator, teacher_dir = args.generator, args.teacher
@@ -276,17 +215,15 @@ def cmd_export(args) -> int:
         raise InputError("pass exactly one of --generator PATH or --checkpoint DIR")
     sharded = False
     if args.checkpoint is not None:
-        generator, teacher_dir, sharded = _checkpoint_weights(Path(args.checkpoint), args.weights, teacher_dir)
+        generator, teacher_dir, sharded = checkpoint.student_weights(Path(args.checkpoint), args.weights, teacher_dir)
     if teacher_dir is None:
         raise InputError("--teacher is required with --generator")
     if not sharded:
         SFVGenerator.check_source(generator)  # before the (slow) teacher load
     t0 = time.perf_counter()
-    teacher = SVDTeacher.from_pretrained(teacher_dir)
+    teacher = load_teacher(teacher_dir)
     if sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
-        from sfv import checkpoint
-
-        name = {"ema": "generator_ema", "raw": "generator"}[args.weights]
+        name = checkpoint.STUDENT_WEIGHTS[args.weights]
         try:
             state = checkpoint.read_full_weights(Path(args.checkpoint), name, teacher.unet.state_dict())
         except (OSError, ValueError, KeyError, RuntimeError, AssertionError) as e:  # missing shards, another model
@@ -297,21 +234,6 @@ def cmd_export(args) -> int:
     export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)})
     print(f"sfv export: {out} (student UNet + teacher VAE/CLIP/scheduler) in {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def _checkpoint_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None, bool]:
-    """(student weights, teacher folder, sharded?) of a training checkpoint; the teacher from its recipe by default.
-    A sharded (FSDP) checkpoint holds the weights in its `sharded/` folder, consolidated on export."""
-    from sfv.checkpoint import is_sharded, verify
-
-    if not (ckpt / "state.json").is_file():
-        raise InputError(f"checkpoint '{ckpt}' is not a complete training checkpoint (no state.json)")
-    state = verify(ckpt)  # a damaged file is one line naming it, before the teacher is loaded
-    name = {"ema": "generator_ema.safetensors", "raw": "generator.safetensors"}[weights]
-    if teacher is None:
-        teacher = state.get("recipe", {}).get("model", {}).get("teacher") or None
-    sharded = is_sharded(ckpt)
-    return str(ckpt / "sharded" if sharded else ckpt / name), teacher, sharded
 
 
 def cmd_distill(args) -> int:
@@ -337,9 +259,9 @@ def cmd_cache(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers import load_teacher
 
-    teacher = SVDTeacher.from_pretrained(args.teacher, device=device)
+    teacher = load_teacher(args.teacher, device=device)
     with tqdm(total=len(dataset), unit="video", desc="sfv cache") as bar:
         index = write_cache(teacher, dataset, out, args.noise_aug_strength, args.shard_size, seed=args.seed, progress=bar.update)
     print(f"sfv cache: {index['clips']} clips in {len(index['shards'])} shard(s) at {out}; skipped {len(index['skipped'])} file(s)")

@@ -4,8 +4,9 @@
                      optional metadata (.jsonl or .csv: file, fps, motion_bucket_id; other columns ignored).
                      A clip: F frames resampled from the file's real fps to the target fps, resized to cover
                      H×W and centre-cropped -> frames [F, 3, H, W] in [0, 1].
-    LatentCache      what `sfv cache` writes: VAE latents, first-frame conditioning latents and CLIP image
-                     embeddings in safetensors shards + index.json; training reads it instead of the videos.
+    LatentCache      what `sfv cache` writes: the teacher's x0 latents and frame-0 condition (Teacher.encode_batch)
+                     with each clip's labels, in safetensors shards + index.json; training reads it instead of
+                     the videos.
     ResumableSampler the order of samples, a pure function of (seed, position): resuming at a position
                      continues the exact stream, on any number of processes.
 
@@ -27,10 +28,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from sfv.errors import DataError, first_line
+from sfv.files import atomic_path
 
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-CACHE_KEYS = ("latents", "image_latents", "image_embeds", "fps", "motion_bucket_id")
+EPOCH_SEED_STRIDE = 1_000_003  # a prime above any epoch count: epoch e of seed s is seeded s·stride + e, no two (s, e) alike
 
 
 @dataclass
@@ -187,7 +189,7 @@ class VideoFolder(torch.utils.data.Dataset):
 
 
 class LatentCache(torch.utils.data.Dataset):
-    """Clips precomputed by `sfv cache`: item -> dict(latents, image_latents, image_embeds, fps, motion_bucket_id)."""
+    """Clips precomputed by `sfv cache`: item -> dict(latents, the condition's cache tensors, labels)."""
 
     def __init__(self, root: str | Path, spec: ClipSpec | None = None, noise_aug_strength: float | None = None):
         self.root = Path(root)
@@ -215,8 +217,8 @@ class LatentCache(torch.utils.data.Dataset):
         index = item[0] if isinstance(item, tuple) else item
         shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
         row = index - int(self.offsets[shard])
-        with safe_open(self.shards[shard][0], framework="pt") as f:
-            out = {k: f.get_slice(k)[row : row + 1][0] for k in CACHE_KEYS}
+        with safe_open(self.shards[shard][0], framework="pt") as f:  # every key write_cache stored
+            out = {k: f.get_slice(k)[row : row + 1][0] for k in f.keys()}
         return {**out, "skipped": []}
 
 
@@ -234,7 +236,7 @@ class ResumableSampler(torch.utils.data.Sampler):
             position = k * self.world_size + self.rank
             epoch, i = divmod(position, self.size)
             if epoch != perm_epoch:
-                perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+                perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch))
                 perm_epoch = epoch
             yield int(perm[i]), epoch
             k += 1
@@ -250,65 +252,56 @@ def collate(items: list[dict]) -> dict:
 @torch.no_grad()
 def write_cache(teacher, dataset: VideoFolder, out: str | Path, noise_aug_strength: float, shard_size: int = 256,
                 batch_size: int = 4, seed: int = 0, progress=None) -> dict:
-    """Encode one clip per video (the epoch-0 clip) with the teacher's VAE and CLIP into safetensors shards.
+    """Encode one clip per video (the epoch-0 clip) with the teacher (Teacher.encode_batch) into safetensors shards.
 
-    Per clip: `latents` [F, C, h, w] (VAE mode × scaling factor), `image_latents` [C, h, w] (unscaled VAE mode of
-    the noise-augmented frame 0, as the UNet is conditioned), `image_embeds` [1, D], `fps`, `motion_bucket_id`.
-    Written to a temporary folder and renamed, so a half-written cache is never read. Returns the index.
+    Per clip: `latents` [F, C, h, w] (x0, as training denoises it), the condition's `cache_tensors()` and the
+    clip's labels (every other tensor of the dataset item: fps, ...). Written to a temporary folder and renamed,
+    so a half-written cache is never read. Returns the index.
     """
-    import os
-    import shutil
-
     from safetensors.torch import save_file
 
     out = Path(out)
     if out.exists():
         raise DataError(f"cache folder '{out}' already exists; pick a new one")
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    spec = dataset.spec
-    generator = torch.Generator(teacher.device).manual_seed(seed)  # the noise-augmentation draws
-    shards, skipped, pending = [], [], {k: [] for k in CACHE_KEYS}
+    with atomic_path(out, f".{out.name}.partial") as tmp:
+        tmp.mkdir(parents=True)
+        spec = dataset.spec
+        generator = torch.Generator(teacher.device).manual_seed(seed)  # the noise-augmentation draws
+        shards, skipped, pending = [], [], {}
 
-    def flush():
-        if not pending["latents"]:
-            return
-        name = f"shard-{len(shards):05d}.safetensors"
-        save_file({k: torch.cat(v).contiguous() for k, v in pending.items()}, tmp / name)
-        shards.append({"file": name, "count": sum(len(t) for t in pending["latents"])})
-        for v in pending.values():
-            v.clear()
+        def flush():
+            if not pending.get("latents"):
+                return
+            name = f"shard-{len(shards):05d}.safetensors"
+            save_file({k: torch.cat(v).contiguous() for k, v in pending.items()}, tmp / name)
+            shards.append({"file": name, "count": sum(len(t) for t in pending["latents"])})
+            for v in pending.values():
+                v.clear()
 
-    batch: list[dict] = []
-    for i in range(len(dataset)):
-        try:
-            batch.append(dataset.load(i))
-        except Exception as e:
-            skipped.append(f"{dataset.files[i]}: {first_line(e)[:160]}")
-        if batch and (len(batch) == batch_size or i == len(dataset) - 1):
-            clips = collate([{**b, "skipped": []} for b in batch])
-            frames = clips["frames"]  # [B, F, 3, H, W]
-            cond = teacher.encode_condition(frames[:, 0], spec.height, spec.width, spec.fps, 127, noise_aug_strength, generator=generator)
-            pending["latents"].append(teacher.encode_video(frames).cpu())
-            pending["image_latents"].append(cond.image_latents.float().cpu())
-            pending["image_embeds"].append(cond.image_embeds.float().cpu())
-            pending["fps"].append(clips["fps"])
-            pending["motion_bucket_id"].append(clips["motion_bucket_id"])
-            batch = []
-            if sum(len(t) for t in pending["latents"]) >= shard_size:
-                flush()
-        if progress is not None:
-            progress()
-    flush()
-    if not shards:
-        shutil.rmtree(tmp)
-        raise DataError(f"no usable videos in '{dataset.root}' ({len(skipped)} skipped; first: {skipped[0] if skipped else '-'})")
-    index = {
-        "frames": spec.frames, "height": spec.height, "width": spec.width, "fps": spec.fps,
-        "noise_aug_strength": noise_aug_strength, "source": str(dataset.root), "shards": shards,
-        "clips": sum(s["count"] for s in shards), "skipped": skipped,
-    }
-    (tmp / "index.json").write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out)
+        batch: list[dict] = []
+        for i in range(len(dataset)):
+            try:
+                batch.append(dataset.load(i))
+            except Exception as e:
+                skipped.append(f"{dataset.files[i]}: {first_line(e)[:160]}")
+            if batch and (len(batch) == batch_size or i == len(dataset) - 1):
+                clips = collate([{**b, "skipped": []} for b in batch])
+                x0, cond = teacher.encode_batch(clips, spec.height, spec.width, noise_aug_strength, generator)
+                labels = {k: v for k, v in clips.items() if k not in ("frames", "skipped")}
+                for k, v in {"latents": x0.cpu(), **cond.cache_tensors(), **labels}.items():
+                    pending.setdefault(k, []).append(v)
+                batch = []
+                if sum(len(t) for t in pending["latents"]) >= shard_size:
+                    flush()
+            if progress is not None:
+                progress()
+        flush()
+        if not shards:
+            raise DataError(f"no usable videos in '{dataset.root}' ({len(skipped)} skipped; first: {skipped[0] if skipped else '-'})")
+        index = {
+            "frames": spec.frames, "height": spec.height, "width": spec.width, "fps": spec.fps,
+            "noise_aug_strength": noise_aug_strength, "source": str(dataset.root), "shards": shards,
+            "clips": sum(s["count"] for s in shards), "skipped": skipped,
+        }
+        (tmp / "index.json").write_text(json.dumps(index, indent=1))
     return index

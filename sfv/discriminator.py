@@ -16,9 +16,12 @@ import math
 import torch
 from torch import nn
 
-from sfv.teacher import SVDCondition, SVDEncoder
+from sfv.teachers import Condition
 
 HEAD_KINDS = ("spatial", "temporal")
+EMBED_DIM = 64  # width of each part of e(c): the condition's pooled vector, σ′ and the frame index
+COND_DIM = 3 * EMBED_DIM  # the three parts side by side
+NOISE_SPREAD = 10  # c_noise(σ′) = ¼·ln σ′ spans ≈ [−1.6, 1.6] on [0.002, 700]; ×10 reaches the faster Fourier frequencies
 
 
 def _fourier(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -64,13 +67,14 @@ class Head(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Frozen SVD encoder backbone + trainable heads. `forward` returns one logit map per head (a dict);
-    only `heads` and `cond_embed` have trainable parameters (`trainable_parameters()`)."""
+    """Frozen teacher-encoder backbone (Teacher.encoder()) + trainable heads. `forward` returns one logit map per
+    head (a dict); only `heads` and `cond_embed` have trainable parameters (`trainable_parameters()`).
+    The backbone gives `block_channels` and its `precond` (for c_noise(σ′))."""
 
     def __init__(
         self,
-        backbone: SVDEncoder,
-        image_embed_dim: int,
+        backbone: nn.Module,
+        condition_dim: int,
         heads: str = "both",
         head_channels: int = 128,
         blocks: list[int] | None = None,
@@ -81,13 +85,12 @@ class Discriminator(nn.Module):
             raise ValueError(f"heads must be 'spatial', 'temporal' or 'both', not {heads!r}")
         self.backbone = backbone
         self.blocks = list(range(len(backbone.block_channels))) if blocks is None else list(blocks)
-        cond_dim = 3 * 64
         self.cond_embed = nn.ModuleDict({
-            "image": nn.Linear(image_embed_dim, 64),  # CLIP image embedding
-            "mix": nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, cond_dim)),
+            "image": nn.Linear(condition_dim, EMBED_DIM),  # the condition's pooled vector (SVD: CLIP image embedding)
+            "mix": nn.Sequential(nn.SiLU(), nn.Linear(COND_DIM, COND_DIM)),
         })
         self.heads = nn.ModuleDict({
-            f"{kind}{k}": Head(kind, k, backbone.block_channels[k], head_channels, cond_dim) for k in self.blocks for kind in kinds
+            f"{kind}{k}": Head(kind, k, backbone.block_channels[k], head_channels, COND_DIM) for k in self.blocks for kind in kinds
         })
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -101,15 +104,16 @@ class Discriminator(nn.Module):
         """The trainable state only (the backbone is the teacher's and is saved with it)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
-    def condition(self, sigma: torch.Tensor, cond: SVDCondition, frames: int) -> torch.Tensor:
-        """e(c): image embedding ‖ c_noise(σ′) ‖ frame index -> [B, F, E]."""
+    def condition(self, sigma: torch.Tensor, cond: Condition, frames: int) -> torch.Tensor:
+        """e(c): pooled condition ‖ c_noise(σ′) ‖ frame index -> [B, F, E]."""
         batch = sigma.shape[0]
-        image = self.cond_embed["image"](cond.image_embeds[:, 0].float())[:, None].expand(batch, frames, -1)
-        noise = _fourier(0.25 * sigma.float().log() * 10, 64)[:, None].expand(batch, frames, -1)  # c_noise, spread
-        index = _fourier(torch.arange(frames, device=sigma.device), 64)
+        image = self.cond_embed["image"](cond.pooled().float())[:, None].expand(batch, frames, -1)
+        c_noise = self.backbone.precond.c_noise(sigma.float())
+        noise = _fourier(c_noise * NOISE_SPREAD, EMBED_DIM)[:, None].expand(batch, frames, -1)
+        index = _fourier(torch.arange(frames, device=sigma.device), EMBED_DIM)
         return self.cond_embed["mix"](torch.cat([image, noise, index[None].expand(batch, -1, -1)], dim=-1))
 
-    def forward(self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: SVDCondition) -> dict[str, torch.Tensor]:
+    def forward(self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> dict[str, torch.Tensor]:
         """x_noisy = x0 + σ′·ε, [B, F, C, h, w]; sigma: [B] -> {head name: logits}."""
         frames = x_noisy.shape[1]
         features = self.backbone(x_noisy, sigma, cond)

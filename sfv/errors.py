@@ -13,8 +13,11 @@ class ModelLoadError(SFVError):
     """A model folder or hub id is missing, incomplete or cannot be loaded."""
 
 
-class InputError(SFVError):
-    """An argument or input file is invalid (image, size, frame count, dtype, device, output path)."""
+class InputError(SFVError, ValueError):
+    """An argument or input file is invalid (image, size, frame count, dtype, device, output path).
+
+    Also a ValueError: what diffusers' pipelines raise for bad input, so code written against the stock
+    pipeline (`except ValueError`) catches SFVPipeline's errors too."""
 
 
 def first_line(e: BaseException) -> str:

@@ -18,28 +18,32 @@ from safetensors.torch import load_file
 
 from sfv.errors import ModelLoadError, first_line
 from sfv.noise import generator_sigma_levels
-from sfv.teacher import SVDCondition, SVDTeacher, svd_denoise
+from sfv.teachers import Condition, Teacher
 
 
 class SFVGenerator(torch.nn.Module):
-    """A trainable SVD-layout UNet behind the teacher's preconditioning: forward(x_t, σ, cond) -> x0."""
+    """A trainable copy of the teacher's network behind the teacher's preconditioning: forward(x_t, σ, cond) -> x0.
 
-    def __init__(self, unet: UNetSpatioTemporalConditionModel, sigma_min: float = 0.002, sigma_max: float = 700.0, t_g: int = 4):
+    `denoise_with(net, x, σ, cond)` is the teacher family's denoiser (Teacher.denoise_with), so G knows no
+    model's quirks."""
+
+    def __init__(self, unet: torch.nn.Module, denoise_with, sigma_min: float = 0.002, sigma_max: float = 700.0, t_g: int = 4):
         super().__init__()
         self.unet = unet
+        self.denoise_with = denoise_with
         self.sigma_min, self.sigma_max, self.t_g = float(sigma_min), float(sigma_max), int(t_g)
 
     @classmethod
-    def from_teacher(cls, teacher: SVDTeacher, t_g: int = 4) -> "SFVGenerator":
+    def from_teacher(cls, teacher: Teacher, t_g: int = 4) -> "SFVGenerator":
         """G initialised as an independent copy of the teacher UNet (the teacher stays frozen and untouched)."""
         unet = copy.deepcopy(teacher.unet)
         unet.requires_grad_(True)
         unet.train()
-        return cls(unet, teacher.sigma_min, teacher.sigma_max, t_g)
+        return cls(unet, teacher.denoise_with, teacher.sigma_min, teacher.sigma_max, t_g)
 
-    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor | float, cond: SVDCondition) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor | float, cond: Condition) -> torch.Tensor:
         """x_t: [B, F, C, h, w] = x0 + σ·ε; sigma: scalar or [B] -> predicted x0 [B, F, C, h, w] (float32)."""
-        return svd_denoise(self.unet, x_t, sigma, cond)
+        return self.denoise_with(self.unet, x_t, sigma, cond)
 
     def sigma_levels(self) -> torch.Tensor:
         """The training levels {σ_1 .. σ_{T_g−1}}: top T_g − 1 of a T_g-level Karras grid, descending."""
@@ -53,7 +57,7 @@ class SFVGenerator(torch.nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, teacher: SVDTeacher, cond: SVDCondition, num_frames: int, height: int, width: int, generator=None, latents=None
+        self, teacher: Teacher, cond: Condition, num_frames: int, height: int, width: int, generator=None, latents=None
     ) -> torch.Tensor:
         """One step from pure noise at σ_max, no CFG: x0 latents [B, F, C, h, w] (decode with teacher.decode)."""
         return teacher.sample(
@@ -83,7 +87,7 @@ class SFVGenerator(torch.nn.Module):
         return path
 
     @classmethod
-    def load_unet(cls, path: str | os.PathLike, teacher: SVDTeacher) -> UNetSpatioTemporalConditionModel:
+    def load_unet(cls, path: str | os.PathLike, teacher: Teacher) -> UNetSpatioTemporalConditionModel:
         """Student UNet weights from a diffusers UNet folder, a folder holding `unet/`, or a .safetensors
         state dict (keys as in the UNet, optionally prefixed `unet.`) loaded into the teacher's architecture.
         The student must have the teacher's interface (channels, conditioning sizes): it is run with the
@@ -106,7 +110,7 @@ class SFVGenerator(torch.nn.Module):
         return cls.unet_from_state(state, teacher, path)
 
     @staticmethod
-    def unet_from_state(state: dict[str, torch.Tensor], teacher: SVDTeacher, path) -> UNetSpatioTemporalConditionModel:
+    def unet_from_state(state: dict[str, torch.Tensor], teacher: Teacher, path) -> UNetSpatioTemporalConditionModel:
         """The teacher's UNet architecture holding the student weights `state` (read from `path`); strict."""
         unet = copy.deepcopy(teacher.unet)
         try:

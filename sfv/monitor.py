@@ -12,6 +12,10 @@ import torch
 
 from sfv import distributed
 
+# Fixed seeds of the sample videos, apart from the data-position seeds of training (sfv.train.round_generator):
+SAMPLE_CONDITION_SEED = 12345  # the noise augmentation of the fixed conditioning frames
+SAMPLE_NOISE_SEED = 54321  # the initial noise σ_max·ε of the sample videos, the same at every sampling
+
 
 def crossed(before: int, after: int, every: int) -> bool:
     """Did the count pass a multiple of `every` between before (exclusive) and after (inclusive)?"""
@@ -33,7 +37,7 @@ class Monitor:
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.sample_cond = sample_cond  # fixed conditioning for the sample videos (frame 0 of the first clips)
         count = len(sample_cond) if sample_cond is not None else 0
-        d, gen = recipe.data, torch.Generator(teacher.device).manual_seed(54321)
+        d, gen = recipe.data, torch.Generator(teacher.device).manual_seed(SAMPLE_NOISE_SEED)
         self.sample_noise = torch.randn(count, d.frames, teacher.latent_channels, d.height // teacher.vae_scale_factor,
                                         d.width // teacher.vae_scale_factor, generator=gen, device=teacher.device)
 

@@ -1,4 +1,5 @@
-"""Noise levels: the Karras σ discretisation that SVD samples on and that SF-V trains the generator at.
+"""The forward process x = x0 + σ·ε: EDM's preconditioning, the Karras σ discretisation that SVD samples on and
+that SF-V trains the generator at, and D's log-normal σ′.
 
 Karras et al. 2022 (EDM), eq. 5:  σ_i = (σ_max^(1/ρ) + i/(N−1) · (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ,
 with SVD's σ_min = 0.002, σ_max = 700, ρ = 7 (read from the scheduler config, never hard-coded here).
@@ -6,8 +7,50 @@ with SVD's σ_min = 0.002, σ_max = 700, ρ = 7 (read from the scheduler config,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class EDMPrecond:
+    """EDM's preconditioning (Karras et al. 2022, Tab. 1), written once for the denoiser, D's encoder input and
+    the pipeline's timesteps:
+
+        x0 = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ), cond)
+        c_skip = σ_d²/(σ²+σ_d²),  c_out = sign·σ·σ_d/√(σ²+σ_d²),  c_in = 1/√(σ²+σ_d²),  c_noise = ¼·ln σ
+
+    SVD (`VScalingWithEDMcNoise`) is σ_d = 1 with sign −1 (its network predicts v). `scale_input` and `combine`
+    apply c_in and (c_skip, c_out) in the floating-point form of diffusers' EulerDiscreteScheduler
+    (x/√(σ²+1), x/(σ²+1)), which is what keeps the stock pipeline reproduced bit for bit; multiplying by
+    σ_d = 1 is exact, so the general form costs nothing there.
+    """
+
+    sigma_data: float = 1.0
+    out_sign: float = 1.0
+
+    def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_skip, c_out, c_in, c_noise) at σ."""
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = self.out_sign * sigma * self.sigma_data / (sigma**2 + sd2) ** 0.5
+        c_in = 1 / (sigma**2 + sd2) ** 0.5
+        return c_skip, c_out, c_in, self.c_noise(sigma)
+
+    @staticmethod
+    def c_noise(sigma: torch.Tensor) -> torch.Tensor:
+        """The network's noise-level input (SVD's continuous timestep): ¼·ln σ."""
+        return 0.25 * sigma.log()
+
+    def scale_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """c_in·x, as x/√(σ²+σ_d²); σ broadcastable to x."""
+        return x / (sigma**2 + self.sigma_data**2) ** 0.5
+
+    def combine(self, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x0 = c_out·F + c_skip·x, as F·(sign·σ·σ_d/√(σ²+σ_d²)) + x·σ_d²/(σ²+σ_d²); σ broadcastable to x."""
+        sd2 = self.sigma_data**2
+        return out * (self.out_sign * sigma * self.sigma_data / (sigma**2 + sd2) ** 0.5) + x * sd2 / (sigma**2 + sd2)
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -26,8 +25,10 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 
 import sfv
 from sfv.errors import InputError
+from sfv.files import atomic_path
+from sfv.images import check_output_type
 from sfv.model_dir import check_video_size
-from sfv.teacher import SVDTeacher, check_output_type
+from sfv.teachers.svd import SVDTeacher
 
 EXPORT_INFO = "sfv.json"
 
@@ -37,6 +38,7 @@ class SFVPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
     _callback_tensor_inputs = ["latents"]
+    decoder = "vae"  # the decoding slot (sfv.decoders), built on this pipeline's VAE; set per instance to switch
 
     def __init__(self, vae: AutoencoderKLTemporalDecoder, image_encoder, unet: UNetSpatioTemporalConditionModel,
                  scheduler: EulerDiscreteScheduler, feature_extractor):
@@ -56,7 +58,9 @@ class SFVPipeline(DiffusionPipeline):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
+        if isinstance(self._guidance_scale, (int, float)):
+            return self._guidance_scale > 1
+        return bool(self._guidance_scale.max() > 1)
 
     @property
     def num_timesteps(self) -> int:
@@ -90,7 +94,7 @@ class SFVPipeline(DiffusionPipeline):
         Returns StableVideoDiffusionPipelineOutput(frames=...) (or the frames alone with return_dict=False):
         'pil' lists of frames, 'np' [B, F, H, W, 3], 'pt' [B, F, 3, H, W] in [0, 1], or 'latent'.
         """
-        svd = SVDTeacher.from_pipeline(self, execution_device=self._execution_device)
+        svd = SVDTeacher.from_pipeline(self, execution_device=self._execution_device, decoder=self.decoder)
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
         check_video_size(height, width, num_frames, svd.vae_scale_factor)
         check_output_type(output_type)
@@ -98,12 +102,15 @@ class SFVPipeline(DiffusionPipeline):
         cond = svd.encode_condition(
             image, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt or 1, generator
         )
+        # as the stock pipeline, step callbacks see the per-frame CFG ramp, [B, F, 1, 1, 1] in the UNet's dtype
+        ramp = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).unsqueeze(0)
+        self._guidance_scale = ramp.to(svd.device, self.unet.dtype).repeat(len(cond), 1)[..., None, None, None]
 
         def on_step(i: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             if callback_on_step_end is None:
                 return x
             kwargs = {k: x for k in callback_on_step_end_tensor_inputs if k == "latents"}
-            return callback_on_step_end(self, i, 0.25 * sigma.log(), kwargs).pop("latents", x)
+            return callback_on_step_end(self, i, svd.precond.c_noise(sigma), kwargs).pop("latents", x)  # t = c_noise(σ)
 
         self._num_timesteps = len(sigmas) - 1 if sigmas is not None else num_inference_steps
         with self.progress_bar(total=self._num_timesteps) as bar:
@@ -177,20 +184,14 @@ def export_pipeline(
     """
     out = check_export_target(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_path(out) as tmp:
         teacher.to_pipeline(unet=unet).save_pretrained(tmp, safe_serialization=True)
         meta = {
             "sfv_version": sfv.__version__,
             "pipeline": "SFVPipeline",
             "sampling": {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": teacher.sigma_max},
+            "decoder": teacher.decoder_name,
             **(info or {}),
         }
         (tmp / EXPORT_INFO).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -34,9 +34,9 @@ from sfv.discriminator import Discriminator
 from sfv.errors import InputError, SFVError
 from sfv.generator import SFVGenerator
 from sfv.model_dir import check_model_dir, check_video_size
-from sfv.monitor import Monitor, crossed
+from sfv.monitor import SAMPLE_CONDITION_SEED, Monitor, crossed
 from sfv.noise import LogNormalSigmaSampler
-from sfv.teacher import SVDCondition, SVDEncoder, SVDTeacher, sharding_units
+from sfv.teachers import Condition, Teacher, load_teacher
 
 
 class TrainingError(SFVError):
@@ -69,18 +69,10 @@ def build_data(recipe: Recipe):
     return VideoFolder(d.videos, spec, seed=recipe.train.seed, metadata=d.metadata)
 
 
-def prepare(batch: dict, teacher: SVDTeacher, recipe: Recipe, gen: torch.Generator) -> tuple[torch.Tensor, SVDCondition]:
+def prepare(batch: dict, teacher: Teacher, recipe: Recipe, gen: torch.Generator) -> tuple[torch.Tensor, Condition]:
     """A data batch -> (x0 latents [B, F, C, h, w], conditioning). Videos are encoded by the frozen teacher."""
-    d, dev = recipe.data, teacher.device
-    if "latents" in batch:  # from the latent cache
-        cond = SVDCondition(batch["image_embeds"].to(dev), batch["image_latents"].to(dev), None)
-        x0 = batch["latents"].to(dev)
-    else:
-        frames = batch["frames"]  # [B, F, 3, H, W] in [0, 1]
-        cond = teacher.encode_condition(frames[:, 0], d.height, d.width, d.fps, 127, d.noise_aug_strength, generator=gen)
-        x0 = teacher.encode_video(frames)
-    cond.added_time_ids = teacher.time_ids(batch["fps"], batch["motion_bucket_id"], d.noise_aug_strength, len(x0))
-    return x0, cond
+    d = recipe.data
+    return teacher.encode_batch(batch, d.height, d.width, d.noise_aug_strength, gen)
 
 
 @dataclass
@@ -89,7 +81,7 @@ class Parts:
 
     recipe: Recipe
     world: distributed.World
-    teacher: SVDTeacher  # frozen; its UNet encoder is D's backbone
+    teacher: Teacher  # frozen; its UNet encoder is D's backbone
     G: SFVGenerator
     D: Discriminator
     G_ddp: torch.nn.Module  # G / D as the processes see them (DDP-wrapped or FSDP-sharded: sfv/distributed.py)
@@ -110,7 +102,7 @@ def round_generator(seed: int, position: int, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed * 2**32 + position)
 
 
-def build(recipe: Recipe, world: distributed.World, teacher: SVDTeacher | None = None) -> Parts:
+def build(recipe: Recipe, world: distributed.World, teacher: Teacher | None = None) -> Parts:
     """Frozen teacher, G (a copy of its UNet), D (its encoder + heads), EMA of G, one optimiser each; laid out
     over the processes per `recipe.parallel`. `teacher`: already built (e.g. random full-size weights for the
     memory report) instead of loaded from model.teacher."""
@@ -119,22 +111,22 @@ def build(recipe: Recipe, world: distributed.World, teacher: SVDTeacher | None =
         raise InputError("the recipe has no model.teacher; set it to an SVD diffusers folder (model.teacher=/path)")
     torch.manual_seed(recipe.train.seed + world.rank)
     if teacher is None:
-        teacher = SVDTeacher.from_pretrained(recipe.model.teacher, device=world.device)
+        teacher = load_teacher(recipe.model.teacher, device=world.device)
     teacher.requires_grad_(False)
-    for module in (teacher.unet, teacher.vae, teacher.image_encoder):
+    for module in teacher.modules():
         module.eval()
     G = SFVGenerator.from_teacher(teacher, recipe.model.t_g)
     if recipe.model.gradient_checkpointing:  # per UNet block (recomputed in the backward)
         G.unet.enable_gradient_checkpointing()
-    blocks = len(teacher.unet.down_blocks)
+    backbone = teacher.encoder()
+    blocks = len(backbone.block_channels)
     if dcfg.blocks is not None and not all(0 <= k < blocks for k in dcfg.blocks):
         raise InputError(f"discriminator.blocks {dcfg.blocks} must index the teacher's {blocks} encoder blocks (0..{blocks - 1})")
-    D = Discriminator(SVDEncoder(teacher.unet), teacher.image_encoder.config.projection_dim, dcfg.heads,
-                      dcfg.head_channels, dcfg.blocks).to(world.device)
+    D = Discriminator(backbone, teacher.condition_dim, dcfg.heads, dcfg.head_channels, dcfg.blocks).to(world.device)
     ema = AveragedModel(G.unet, multi_avg_fn=get_ema_multi_avg_fn(gcfg.ema), use_buffers=True)
     bf16 = _bf16(recipe.train.precision, world)
-    G_ddp, D_ddp = distributed.parallelize(world, recipe.parallel.mode, G, sharding_units(G.unet), ema.module,
-                                           sharding_units(ema.module), D, [teacher.unet], bf16=bf16,
+    G_ddp, D_ddp = distributed.parallelize(world, recipe.parallel.mode, G, teacher.sharding_units(G.unet), ema.module,
+                                           teacher.sharding_units(ema.module), D, [teacher.unet], bf16=bf16,
                                            cpu_offload=recipe.parallel.cpu_offload)
     opt_g, opt_d = build_optimizer(G.parameters(), gcfg), build_optimizer(D.trainable_parameters(), dcfg)  # after sharding
     sigma_d = LogNormalSigmaSampler(teacher.sigma_min, teacher.sigma_max, dcfg.p_mean, dcfg.p_std, dcfg.t_d)
@@ -166,7 +158,7 @@ def d_step(p: Parts, batches: list, state: State) -> dict:
         kernel = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH) if exact else nullcontext()
         with distributed.sync(p.D_ddp, r == len(batches) - 1), kernel:
             with p.amp:
-                logits = p.D_ddp(torch.cat(inputs), s.repeat(n), _repeat(cond, n))  # one pass: real ‖ fake (‖ perturbed)
+                logits = p.D_ddp(torch.cat(inputs), s.repeat(n), cond.repeat(n))  # one pass: real ‖ fake (‖ perturbed)
                 real, fake_logits, *perturbed = [{k: v.chunk(n)[i] for k, v in logits.items()} for i in range(n)]
                 hinge = loss = losses.d_hinge_loss(real, fake_logits)
                 if reg:
@@ -213,7 +205,8 @@ def g_step(p: Parts, batches: list, state: State) -> dict:
 
 def checkpointed(p: Parts) -> tuple[dict, dict]:
     """What a checkpoint holds: (models by file name, optimisers by file name with the module each steps)."""
-    modules = {"generator": p.G.unet, "generator_ema": p.ema.module, "discriminator_heads": p.D}
+    names = checkpoint.STUDENT_WEIGHTS
+    modules = {names["raw"]: p.G.unet, names["ema"]: p.ema.module, "discriminator_heads": p.D}
     optimizers = {"optim_g": (p.opt_g, p.G.unet), "optim_d": (p.opt_d, p.D)}
     return modules, optimizers
 
@@ -244,7 +237,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
                                               generator=torch.Generator().manual_seed(cfg.seed)))  # leaves the global RNG alone
     count = min(cfg.sample_count, len(dataset))  # fixed conditioning for sample videos: frame 0 of the first clips
     sample_cond = prepare(collate([dataset[(i, 0)] for i in range(count)]), p.teacher, recipe,
-                          torch.Generator(world.device).manual_seed(12345))[1] if world.is_main and count else None
+                          torch.Generator(world.device).manual_seed(SAMPLE_CONDITION_SEED))[1] if world.is_main and count else None
     monitor = Monitor(run_dir, recipe, world, p.teacher, sample_cond)  # tensorboard, samples, progress, export
     if world.is_main:
         save_recipe(recipe, run_dir / "config.yaml")
@@ -294,10 +287,6 @@ def _bf16(precision: str, world) -> bool:
     return precision == "bf16" or (precision == "auto" and world.device.type == "cuda")
 
 
-def _repeat(cond: SVDCondition, n: int) -> SVDCondition:
-    return SVDCondition(*(t.repeat(n, *[1] * (t.ndim - 1)) for t in (cond.image_embeds, cond.image_latents, cond.added_time_ids)))
-
-
 def _add(stats: dict, values: dict, n: int) -> None:
     for k, v in values.items():
         stats[k] = stats.get(k, 0.0) + v / n
@@ -327,7 +316,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sfv.cli import ArgParser, run_command
+    from sfv.console import ArgParser, run_command
 
     def command(args):
         recipe = load_recipe(args.recipe, args.overrides)

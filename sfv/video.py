@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from sfv.errors import InputError
+from sfv.files import atomic_path
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -29,8 +30,7 @@ def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
     if suffix not in VIDEO_SUFFIXES:
         raise InputError(f"output '{path}' must end in .mp4 or .gif")
     frames = to_uint8_frames(frames)
-    tmp = path.with_name(f".{path.stem}.partial{suffix}")
-    try:
+    with atomic_path(path, f".{path.stem}.partial{suffix}") as tmp:  # the writers read the suffix
         if suffix == ".mp4":
             import imageio.v2 as imageio
 
@@ -46,9 +46,6 @@ def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
 
             images = [Image.fromarray(f) for f in frames]
             images[0].save(tmp, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

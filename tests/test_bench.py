@@ -12,7 +12,7 @@ from sfv.arch import ARCH_FRAMES, build_modules, parameter_count, random_init_
 from sfv.bench import BenchConfig, run_bench
 from sfv.cli import main
 from sfv.pipeline import SFVPipeline, export_pipeline
-from sfv.teacher import SVDTeacher
+from sfv.teachers.svd import SVDTeacher
 from sfv.tiny import example_image
 
 SIZE = ["--frames", "2", "--height", "16", "--width", "16"]

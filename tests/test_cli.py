@@ -113,7 +113,7 @@ def test_console_script_bad_input_has_no_traceback(tmp_path, image_path):
 
 def test_export_cli_roundtrip_and_errors(tiny_dir, image_path, tmp_path, capsys):
     from sfv.generator import SFVGenerator
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers.svd import SVDTeacher
 
     SFVGenerator.from_teacher(SVDTeacher.from_pretrained(tiny_dir)).save_pretrained(tmp_path / "g")
     code, stdout, _ = run_cli(["export", "--generator", tmp_path / "g", "--teacher", tiny_dir, "--out", tmp_path / "student"], capsys)

@@ -9,7 +9,7 @@ import torch
 
 from sfv.data import ClipSpec, LatentCache, ResumableSampler, VideoFolder, clip_indices, collate, resize_crop, write_cache
 from sfv.errors import DataError
-from sfv.teacher import SVDTeacher
+from sfv.teachers.svd import SVDTeacher
 from sfv.tiny import write_moving_squares
 from sfv.video import write_video
 

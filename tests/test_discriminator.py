@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sfv.discriminator import Discriminator
-from sfv.teacher import SVDEncoder, SVDTeacher, svd_denoise
+from sfv.teachers.svd import SVDEncoder, SVDTeacher, svd_denoise
 
 
 @pytest.fixture

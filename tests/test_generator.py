@@ -6,8 +6,10 @@ from safetensors.torch import save_file
 
 from sfv.errors import ModelLoadError
 from sfv.generator import SFVGenerator
-from sfv.teacher import SVDTeacher, precondition
+from sfv.teachers.svd import PRECOND, SVDTeacher
 from sfv.tiny import example_image
+
+precondition = PRECOND.coefficients  # SVD's (c_skip, c_out, c_in, c_noise)
 
 
 @pytest.fixture

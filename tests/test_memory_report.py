@@ -1,4 +1,4 @@
-"""tools/memory_report.py on CPU at the tiny size: the JSON a GPU session fills in (full-size SVD) has its fields."""
+"""tools/memory_report.py on CPU at the tiny size: the JSON that a GPU run fills in (full-size SVD) has its fields."""
 
 import json
 import os

@@ -12,7 +12,8 @@ from conftest import max_abs_diff
 from sfv.errors import InputError
 from sfv.generator import SFVGenerator
 from sfv.pipeline import SFVPipeline, export_pipeline
-from sfv.teacher import SVDTeacher, check_model_dir
+from sfv.model_dir import check_model_dir
+from sfv.teachers.svd import SVDTeacher
 from sfv.tiny import example_image
 
 
@@ -101,3 +102,30 @@ def test_decode_chunk_size_runs_and_steps_callback(exported):
                callback_on_step_end=on_step, generator=torch.Generator().manual_seed(0)).frames
     assert out.shape == (1, 4, 32, 32, 3) and np.isfinite(out).all()
     assert len(seen) == 1 and seen[0][0] == 0 and abs(seen[0][1] - 0.25 * np.log(700.0)) < 1e-5
+
+
+def test_step_callbacks_see_what_the_stock_pipeline_exposes(exported):
+    """Inside a step callback `pipe.guidance_scale` is the per-frame ramp [B, F, 1, 1, 1], as in the stock pipeline."""
+    seen = {}
+
+    def on_step(p, i, t, kwargs):
+        seen[type(p).__name__] = (p.guidance_scale.clone(), p.do_classifier_free_guidance)
+        return kwargs
+
+    kw = dict(height=32, width=32, num_frames=3, num_inference_steps=1, min_guidance_scale=1.0, max_guidance_scale=2.0,
+              output_type="latent", callback_on_step_end=on_step, num_videos_per_prompt=2)
+    for cls in (StableVideoDiffusionPipeline, SFVPipeline):
+        pipe = cls.from_pretrained(exported, use_safetensors=True)
+        pipe.set_progress_bar_config(disable=True)
+        pipe(example_image(32, 32), generator=torch.Generator().manual_seed(0), **kw)
+    stock, ours = seen["StableVideoDiffusionPipeline"], seen["SFVPipeline"]
+    assert ours[0].shape == stock[0].shape == (2, 3, 1, 1, 1) and torch.equal(ours[0], stock[0])
+    assert ours[1] is True and bool(stock[1])  # CFG on: max > 1
+
+
+def test_bad_input_is_a_value_error_as_in_the_stock_pipeline(exported):
+    pipe = SFVPipeline.from_pretrained(exported, use_safetensors=True)
+    with pytest.raises(ValueError):  # what code written against the stock pipeline catches
+        pipe(example_image(32, 32), height=33, width=32, num_frames=3)  # not a multiple of the VAE factor
+    with pytest.raises(InputError):
+        pipe(example_image(32, 32), height=32, width=32, num_frames=3, output_type="gif")

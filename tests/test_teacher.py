@@ -10,8 +10,10 @@ from diffusers import EulerDiscreteScheduler
 
 from conftest import max_abs_diff
 from sfv.errors import InputError, ModelLoadError
-from sfv.teacher import SVDTeacher, precondition, svd_denoise
+from sfv.teachers.svd import PRECOND, SVDTeacher, svd_denoise
 from sfv.tiny import SVD_SCHEDULER_CONFIG, TinySVDConfig, build_tiny_svd, example_image
+
+precondition = PRECOND.coefficients  # SVD's (c_skip, c_out, c_in, c_noise)
 
 
 # ---------------------------------------------------------------------------------------------------

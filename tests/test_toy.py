@@ -179,7 +179,7 @@ def test_the_teacher_tool_trains_and_saves_a_loadable_teacher(tmp_path):
     import subprocess
     import sys
 
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers.svd import SVDTeacher
 
     world = write_world(tmp_path / "world", 6, seed=3)
     out = tmp_path / "teacher"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of one SF-V training step (a D step with R1, then a G step) under FSDP2, as the trainer runs it.
 
-    python tools/memory_report.py --arch svd --device cuda --out runs/memory/svd.json     (a GPU session: the table)
+    python tools/memory_report.py --arch svd --device cuda --out runs/memory/svd.json     (on a GPU: the table)
     python tools/memory_report.py --arch tiny --device cpu --out runs/memory/tiny.json    (CI: the plumbing)
 
 Builds the full-size SVD architecture with random weights (`sfv.arch`; nothing is downloaded) or the tiny test
@@ -32,7 +32,7 @@ SHARDED_BYTES_PER_PARAM = 4 + 4 + 8 + 4  # fp32 weight + fp32 gradient + AdamW e
 
 
 def _teacher(arch: str, device, frames: int):
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers.svd import SVDTeacher
 
     if arch == "tiny":
         from sfv.tiny import TinySVDConfig, build_tiny_svd
@@ -60,7 +60,7 @@ def _reset(device) -> None:
 
 def measure(args, world, checkpointing: bool) -> dict:
     from sfv.config import load_recipe
-    from sfv.teacher import SVDCondition
+    from sfv.teachers.svd import SVDCondition
     from sfv.train import State, build, d_step, g_step, round_generator
 
     device = world.device

@@ -52,7 +52,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sfv.cli import ArgParser, _quiet_libraries, run_command
+    from sfv.console import ArgParser, run_command, quiet_libraries as _quiet_libraries
 
     _quiet_libraries()  # before the model libraries are imported: their import-time warnings would bury sfv's error line
     return run_command(build_parser(ArgParser), train, argv)
@@ -62,7 +62,7 @@ def train(args) -> int:
     import torch
 
     from sfv.errors import InputError
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers.svd import SVDTeacher
     from sfv.toy.teacher import TeacherTraining, build_teacher, flip_augment, save_teacher, train_unet, train_vae
 
     if not Path(args.world).is_dir() and not (args.clips_cache and Path(args.clips_cache).is_file()):

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sfv.errors import InputError
+from sfv.files import atomic_path
 from sfv.metrics import pairs
 from sfv.metrics.fvd import FVDProtocol, check_detector_file, fvd, load_detector
 from sfv.metrics.videos import list_videos
@@ -70,7 +71,7 @@ def _finite(value):
 
 
 def evaluate_cli(args) -> int:
-    from sfv.cli import parse_device
+    from sfv.console import parse_device
 
     device = parse_device(args.device)
     out = Path(args.out) if args.out else None
@@ -85,9 +86,8 @@ def evaluate_cli(args) -> int:
     if out is None:
         print(text, end="")
         return 0
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    with atomic_path(out, f".{out.name}.partial") as tmp:
+        tmp.write_text(text)
     summary = [f"{m} {result[m]['mean']:.4g}" for m in ("psnr", "ssim", "lpips") if m in result]
     if "fvd" in result:
         proto = result["fvd"]["protocol"]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sfv.errors import InputError, first_line
+from sfv.files import atomic_path
 from sfv.metrics.frechet import frechet_distance, gaussian_stats
 from sfv.metrics.videos import load_video
 
@@ -130,9 +131,8 @@ def reference_stats(detector, detector_sha256: str, reference: dict[str, Path], 
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-            save_file({"mu": mu.contiguous(), "sigma": sigma.contiguous()}, str(tmp), metadata={"key": key})
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file({"mu": mu.contiguous(), "sigma": sigma.contiguous()}, str(tmp), metadata={"key": key})
             info["status"] = "miss (computed and saved)"
         except OSError as e:
             info["status"] = f"miss (not saved: {first_line(e)})"

@@ -48,7 +48,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sfv.cli import ArgParser, run_command
+    from sfv.console import ArgParser, run_command
 
     return run_command(build_parser(ArgParser), demo, argv)
 
@@ -146,7 +146,7 @@ def _evaluate(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[di
     from tqdm import tqdm
 
     from sfv.metrics.toy import score
-    from sfv.teacher import SVDTeacher
+    from sfv.teachers.svd import SVDTeacher
     from sfv.toy.teacher import FPS, NOISE_AUG, load_world
 
     frames, buckets = load_world(out / "world-eval")

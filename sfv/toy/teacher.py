@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfv.teacher import SVDCondition, SVDTeacher, svd_denoise
+from sfv.teachers.svd import SVDCondition, SVDTeacher, svd_denoise
 from sfv.tiny import TinySVDConfig, build_tiny_svd
 
 SIZE, FRAMES, FPS = 32, 8, 8

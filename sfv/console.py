@@ -1,0 +1,76 @@
+"""What every sfv command line shares: the argument parser that raises, the run wrapper that turns user
+errors into one line and exit code 2, device and dtype parsing, and the quieting of library chatter.
+
+cli.py, train.py, metrics/evaluate.py, the toy demo and tools/ import it; it imports nothing of sfv but
+errors.py, so no command module has to import another to get these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sfv.errors import InputError, SFVError
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that raises (one line, exit 2 via run_command) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise InputError(f"{message} (see `{self.prog} --help`)")
+
+
+def run_command(parser: argparse.ArgumentParser, command, argv: list[str] | None = None) -> int:
+    """Parse, run, and turn user errors (SFVError) into one line on stderr and exit code 2."""
+    try:
+        args = parser.parse_args(argv)
+        quiet_libraries()
+        return command(args) or 0
+    except SFVError as e:
+        print(f"sfv: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sfv: interrupted", file=sys.stderr)
+        return 130
+
+
+def parse_dtype(name: str):
+    import torch
+
+    if name.lower() not in DTYPES:
+        raise InputError(f"unknown dtype '{name}'; choose fp32, bf16 or fp16")
+    return getattr(torch, DTYPES[name.lower()])
+
+
+def parse_device(name: str, dtype=None):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device '{name}'; choose cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device '{name}' requested but MPS is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unsupported device '{name}'; choose cpu, cuda, cuda:N or mps")
+    if device.type == "cpu" and dtype == torch.float16:
+        raise InputError("fp16 is not supported on CPU; use --dtype fp32 or bf16 (or a GPU)")
+    return device
+
+
+def quiet_libraries() -> None:
+    # Library chatter (torchvision fallbacks, deprecations, loading bars) would bury sfv's own lines;
+    # the sampling progress bar and sfv's summary stay.
+    import diffusers
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()

@@ -1,0 +1,111 @@
+"""Teachers: one file per model family behind one small protocol. The only place that knows a model's quirks.
+
+The trainer, D, the pipeline, the bench and the latent cache talk to a teacher through `Teacher` and its
+`Condition`; what a family hides behind it (SVD: v-prediction, ¼·ln σ timesteps, image latents concatenated
+on channels, added time ids, CFG) stays in its file. Adding a family = one new file here implementing
+`Teacher` + one entry in FAMILIES (docs/architecture.md).
+
+    encode_batch(batch, ...)            -> (x0 [B, F, C, h, w], cond)     a data batch, encoded frozen
+    denoise(x, σ, cond[, guidance])     -> x0                              x = x0 + σ·ε, EDM-preconditioned
+    denoise_with(net, x, σ, cond)       -> x0                              the same for another network (G)
+    encoder()                           -> module: (x, σ′, cond) -> [features per block]   D's backbone
+    decode(latents, chunk)              -> frames [B, 3, F, H, W] in [-1, 1]                the decoder slot
+    sigmas(steps) / sigma_min, sigma_max                                   the σ schedule
+    sharding_units(net)                 -> the blocks FSDP shards
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import import_module
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import torch
+
+from sfv.errors import ModelLoadError
+from sfv.noise import EDMPrecond
+
+
+class Condition(Protocol):
+    """What a teacher's network is conditioned on, for B videos (the conditional branch)."""
+
+    def __len__(self) -> int: ...
+
+    def to(self, *args, **kwargs) -> "Condition": ...
+
+    def repeat(self, n: int) -> "Condition": ...  # [n·B]: the batch n times over
+
+    def negative(self) -> "Condition": ...  # CFG's unconditional branch
+
+    def pooled(self) -> torch.Tensor: ...  # [B, E] one vector per video (D's projection heads)
+
+    def cache_tensors(self) -> dict[str, torch.Tensor]: ...  # per-clip tensors a latent cache stores
+
+
+class Teacher(Protocol):
+    precond: EDMPrecond  # c_skip, c_out, c_in, c_noise
+    device: torch.device
+    dtype: torch.dtype
+    latent_channels: int
+    vae_scale_factor: int
+    default_num_frames: int
+    condition_dim: int  # width of Condition.pooled()
+    sigma_min: float
+    sigma_max: float
+    unet: torch.nn.Module  # the denoising network G is copied from
+
+    def modules(self) -> list[torch.nn.Module]: ...
+
+    def encode_batch(self, batch: dict, height: int, width: int, noise_aug_strength: float,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, Condition]: ...
+
+    def denoise(self, x: torch.Tensor, sigma, cond: Condition, guidance: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    @staticmethod
+    def denoise_with(net: torch.nn.Module, x: torch.Tensor, sigma, cond: Condition,
+                     guidance: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def sample(self, cond: Condition, num_frames: int, height: int, width: int, num_inference_steps: int = 25,
+               sigmas: Sequence[float] | None = None, min_guidance_scale: float = 1.0, max_guidance_scale: float = 3.0,
+               generator=None, latents: torch.Tensor | None = None, unet: torch.nn.Module | None = None,
+               callback=None, progress=None) -> torch.Tensor: ...
+
+    def encoder(self) -> torch.nn.Module: ...
+
+    def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor: ...
+
+    def set_decoder(self, name: str) -> "Teacher": ...  # the decoding slot, by name (sfv.decoders)
+
+    def postprocess(self, frames: torch.Tensor, output_type: str = "np"): ...
+
+    def sigmas(self, num_steps: int | None = None, custom: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def sharding_units(self, net: torch.nn.Module | None = None) -> list[torch.nn.Module]: ...
+
+
+# model_index.json's pipeline class -> "module:class" of the family that loads it
+FAMILIES = {"StableVideoDiffusionPipeline": "sfv.teachers.svd:SVDTeacher"}
+DEFAULT_FAMILY = "StableVideoDiffusionPipeline"  # for hub ids, whose model_index.json is not on disk
+
+
+def family_of(path_or_id: str | os.PathLike) -> str:
+    """The pipeline class a local diffusers folder names in model_index.json (hub ids: DEFAULT_FAMILY)."""
+    index = Path(path_or_id) / "model_index.json"
+    if not index.is_file():
+        return DEFAULT_FAMILY  # a hub id, or a folder the family's own checks will report as incomplete
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise ModelLoadError(f"cannot parse '{index}': {e}") from None
+    if name not in FAMILIES:
+        raise ModelLoadError(f"'{path_or_id}' is a {name} folder; sfv has teachers for {', '.join(FAMILIES)}")
+    return name
+
+
+def load_teacher(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None,
+                 device: str | torch.device | None = None) -> Teacher:
+    """Load a teacher, picking its family from the folder (model_index.json's pipeline class)."""
+    module, cls = FAMILIES[family_of(path_or_id)].split(":")
+    return getattr(import_module(module), cls).from_pretrained(path_or_id, torch_dtype=torch_dtype, device=device)

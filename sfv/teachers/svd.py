@@ -1,0 +1,349 @@
+"""Stable Video Diffusion (image-to-video) as an sfv teacher (the protocol in sfv/teachers/__init__.py).
+With svd_condition.py (conditioning) and svd_encoder.py (D's backbone) it is the only code that knows SVD.
+
+Everything else in sfv talks to SVD through one contract (EDM / k-diffusion style):
+
+    denoise(x, sigma, cond) -> x0          x: noisy latents [B, F, C, h, w], x = x0 + sigma * eps
+
+What that hides (SFV_METHOD.md, "Teacher"):
+  * preconditioning `VScalingWithEDMcNoise` (EDM with sigma_data = 1 and a v-sign):
+        c_skip = 1/(σ²+1),  c_out = −σ/√(σ²+1),  c_in = 1/√(σ²+1),  c_noise = ¼·ln σ
+        x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond)
+  * conditioning: CLIP image embedding (sequence length 1), the *unscaled* VAE mode of the
+    noise-augmented first frame concatenated to every frame on the channel dim (dim 2 of
+    [B, F, C, h, w]), and added_time_ids = [fps − 1, motion_bucket_id, noise_aug_strength];
+  * classifier-free guidance with a per-frame scale ramp (negative = zeros), applied to the
+    network output in one doubled UNet batch, exactly as diffusers' pipeline does.
+
+The multi-step sampler below reproduces `diffusers.StableVideoDiffusionPipeline` frame for frame for the
+same seed (tests/test_teacher.py): same RNG draw order, same floating-point form. That holds bit for bit
+in float32. In bf16/fp16 sfv keeps the latent state, CFG mix and preconditioning in float32 (the stock
+pipeline rounds the state to the network dtype every step), so half-precision outputs differ from stock
+at the rounding level — by design: precision is decided in svd_denoise and initial_latents only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Sequence
+
+import torch
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    EulerDiscreteScheduler,
+    StableVideoDiffusionPipeline,
+    UNetSpatioTemporalConditionModel,
+)
+
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+
+from sfv.decoders import build_decoder
+from sfv.errors import InputError, ModelLoadError, first_line
+from sfv.images import check_output_type
+from sfv.model_dir import check_model_dir, check_video_size
+from sfv.sampling import euler_sample
+from sfv.teachers.svd_condition import SVDCondition, SVDConditioning
+from sfv.teachers.svd_encoder import PRECOND, SVDEncoder, sharding_units
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+_SIGMAS_CACHE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (scheduler config, steps) -> levels
+
+
+def svd_denoise(
+    unet: UNetSpatioTemporalConditionModel,
+    x: torch.Tensor,
+    sigma: torch.Tensor | float,
+    cond: SVDCondition,
+    guidance: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond) for any UNet in SVD layout (teacher or student).
+
+    x: [B, F, C, h, w] noisy latents (x0 + σ·ε); sigma: scalar or [B]; guidance: None (one UNet batch of B)
+    or a per-frame CFG scale broadcastable to [B, F, 1, 1, 1] (one doubled batch, negative first).
+    The preconditioning is computed in float32 and written in the same floating-point form as diffusers'
+    EulerDiscreteScheduler (x/√(σ²+1), x/(σ²+1)) so the stock pipeline is reproduced bit for bit; the
+    network runs in its own dtype.
+    """
+    x = x.float()
+    sigma = torch.as_tensor(sigma, dtype=torch.float32)
+    s = sigma.reshape(-1, 1, 1, 1, 1).to(x.device) if sigma.ndim else sigma
+    c_noise = PRECOND.c_noise(sigma)
+    x_in = PRECOND.scale_input(x, s)  # c_in · x
+    if guidance is None:
+        net_cond = cond
+    else:
+        net_cond = SVDCondition.cat([cond.negative(), cond])
+        x_in = torch.cat([x_in, x_in])
+        c_noise = torch.cat([c_noise, c_noise]) if c_noise.ndim else c_noise
+    frames = x_in.shape[1]
+    image_latents = net_cond.image_latents.unsqueeze(1).repeat(1, frames, 1, 1, 1)  # [B, F, C, h, w]
+    out = unet(
+        torch.cat([x_in.to(unet.dtype), image_latents.to(unet.dtype)], dim=2),  # channels: noisy ‖ image latent
+        c_noise.to(x.device),
+        encoder_hidden_states=net_cond.image_embeds.to(unet.dtype),
+        added_time_ids=net_cond.added_time_ids.to(unet.dtype),
+        return_dict=False,
+    )[0].float()
+    if guidance is not None:
+        out_uncond, out_cond = out.chunk(2)
+        out = out_uncond + guidance * (out_cond - out_uncond)
+    return PRECOND.combine(out, x, s)  # c_out · F + c_skip · x
+
+
+# ----------------------------------------------------------------------------------------------------
+# The teacher
+
+
+class SVDTeacher(SVDConditioning):
+    """Stable Video Diffusion's components behind sfv's teacher protocol (sfv.teachers.Teacher).
+
+    Any SVD-layout model works: the real teacher, a tiny test model, or an exported one-step student
+    (SFVPipeline drives its own components through this class). Modules are shared, never copied.
+    `decoder` picks the decoding slot (sfv.decoders): the stock temporal VAE today.
+    """
+
+    precond = PRECOND
+    denoise_with = staticmethod(svd_denoise)  # (net, x, σ, cond, guidance) -> x0 for any SVD-layout UNet (G's too)
+
+    def __init__(
+        self,
+        unet: UNetSpatioTemporalConditionModel,
+        vae: AutoencoderKLTemporalDecoder,
+        image_encoder,
+        feature_extractor,
+        scheduler: EulerDiscreteScheduler,
+        execution_device: torch.device | None = None,
+        decoder: str = "vae",
+    ):
+        self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
+        self.set_decoder(decoder)
+        self.execution_device = execution_device  # set under model offload, where unet.device says "cpu"
+        self.feature_extractor, self.scheduler = feature_extractor, scheduler
+        self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
+        cfg = scheduler.config
+        if not isinstance(scheduler, EulerDiscreteScheduler) or cfg.prediction_type != "v_prediction" or cfg.timestep_type != "continuous":
+            raise ModelLoadError(
+                f"scheduler is {type(scheduler).__name__} ({cfg.prediction_type}, {cfg.timestep_type}); SVD's "
+                "preconditioning needs EulerDiscreteScheduler with prediction_type='v_prediction' and "
+                "timestep_type='continuous' (the scheduler config SVD ships)"
+            )
+
+    # -- loading ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None
+    ) -> "SVDTeacher":
+        """Load from a local diffusers folder or a hub id (e.g. stabilityai/stable-video-diffusion-img2vid)."""
+        name = str(path_or_id)
+        local = os.path.exists(name) or not _HUB_ID.match(name)
+        if local:
+            check_model_dir(name)
+        try:
+            pipe = StableVideoDiffusionPipeline.from_pretrained(name, dtype=torch_dtype, use_safetensors=True)
+        except Exception as e:  # diffusers/huggingface_hub raise a zoo of types for "not there" / "broken"
+            first = first_line(e)
+            where = "" if local else (
+                f" (there is no local folder '{name}'; as a hub id it could not be fetched — download it once "
+                "with network access and pass the local folder)"
+            )
+            raise ModelLoadError(f"could not load SVD model '{name}': {first}{where}") from e
+        teacher = cls.from_pipeline(pipe)
+        return teacher.to(device) if device is not None else teacher
+
+    @classmethod
+    def from_pipeline(cls, pipe, execution_device: torch.device | None = None, decoder: str = "vae") -> "SVDTeacher":
+        return cls(pipe.unet, pipe.vae, pipe.image_encoder, pipe.feature_extractor, pipe.scheduler, execution_device, decoder)
+
+    def to_pipeline(self, unet: UNetSpatioTemporalConditionModel | None = None) -> StableVideoDiffusionPipeline:
+        """The stock diffusers pipeline over these components (optionally with another UNet)."""
+        return StableVideoDiffusionPipeline(
+            vae=self.vae,
+            image_encoder=self.image_encoder,
+            unet=unet if unet is not None else self.unet,
+            scheduler=self.scheduler,
+            feature_extractor=self.feature_extractor,
+        )
+
+    def set_decoder(self, name: str) -> "SVDTeacher":
+        """Select the decoding slot by name (sfv.decoders.DECODERS), built on this teacher's VAE."""
+        self.decoder, self.decoder_name = build_decoder(name, self.vae), name
+        return self
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every network the teacher holds (frozen during distillation)."""
+        return [self.unet, self.vae, self.image_encoder]
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "SVDTeacher":
+        for module in self.modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def requires_grad_(self, flag: bool) -> "SVDTeacher":
+        for module in self.modules():
+            module.requires_grad_(flag)
+        return self
+
+    def encoder(self) -> SVDEncoder:
+        """D's frozen backbone: the UNet's encoder half, weights shared."""
+        return SVDEncoder(self.unet, self.precond)
+
+    def sharding_units(self, net: torch.nn.Module | None = None) -> list[torch.nn.Module]:
+        """The blocks FSDP shards one at a time in `net` (default: the teacher's UNet; G's copy has the same)."""
+        return sharding_units(net if net is not None else self.unet)
+
+    # -- facts about the model -----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.execution_device if self.execution_device is not None else self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def condition_dim(self) -> int:
+        """Width of `SVDCondition.pooled()`: the CLIP projection."""
+        return self.image_encoder.config.projection_dim
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels // 2  # noisy latents ‖ image latents
+
+    @property
+    def default_num_frames(self) -> int:
+        return self.unet.config.num_frames
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.scheduler.config.sigma_min)
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.scheduler.config.sigma_max)
+
+    def sigmas(self, num_steps: int | None = None, custom: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σ levels with the final one appended, initial-noise scale), float32 on CPU.
+
+        Taken from the scheduler config itself (a fresh EulerDiscreteScheduler, so every flag — Karras,
+        σ range, final σ type, spacing — is honoured exactly as the stock pipeline honours it). `custom`
+        lists the levels including the final one (usually 0). For SVD: Karras ρ = 7 on [0.002, 700]
+        (sfv.noise.karras_sigmas, tested equal), and init noise √(σ_max² + 1) for "leading" spacing.
+        Step-count schedules are cached per scheduler config (building the scheduler costs ~8 ms per call,
+        a visible share of a one-step run on small models); callers get fresh copies.
+        """
+        if custom is None and num_steps is not None and num_steps >= 1:
+            key = (json.dumps(dict(self.scheduler.config), sort_keys=True, default=repr), num_steps)
+            if key not in _SIGMAS_CACHE:
+                _SIGMAS_CACHE[key] = self._fresh_sigmas(num_steps, None)
+            sigmas, init_sigma = _SIGMAS_CACHE[key]
+            return sigmas.clone(), init_sigma.clone()
+        return self._fresh_sigmas(num_steps, custom)
+
+    def _fresh_sigmas(self, num_steps: int | None, custom: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        scheduler = EulerDiscreteScheduler.from_config(self.scheduler.config)
+        if custom is not None:
+            custom = [float(v) for v in custom]
+            if len(custom) < 2 or any(a <= b for a, b in zip(custom, custom[1:])):
+                raise InputError("custom sigmas must be at least two strictly decreasing levels, ending in the final one (usually 0)")
+            scheduler.set_timesteps(sigmas=custom)
+        else:
+            if num_steps is None or num_steps < 1:
+                raise InputError(f"num_inference_steps must be at least 1 (got {num_steps})")
+            scheduler.set_timesteps(num_steps)
+        return scheduler.sigmas, torch.as_tensor(scheduler.init_noise_sigma, dtype=torch.float32)
+
+    # -- denoising and sampling ------------------------------------------------------------------------
+    def denoise(self, x: torch.Tensor, sigma, cond: SVDCondition, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond) with the teacher's UNet (see svd_denoise)."""
+        return svd_denoise(self.unet, x, sigma, cond, guidance)
+
+    def initial_latents(
+        self, batch_size: int, num_frames: int, height: int, width: int, init_sigma: torch.Tensor, generator=None, latents=None
+    ) -> torch.Tensor:
+        """Pure noise at the top level, [B, F, C, h, w], drawn like the stock pipeline."""
+        f = self.vae_scale_factor
+        shape = (batch_size, num_frames, self.latent_channels, height // f, width // f)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise InputError(f"got {len(generator)} generators for {batch_size} videos; pass one per video")
+        if latents is None:
+            # float32 whatever the network's dtype: σ_max·ε at 700 would lose digits in bf16/fp16
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        return latents.to(self.device, torch.float32) * init_sigma
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: SVDCondition,
+        num_frames: int,
+        height: int,
+        width: int,
+        num_inference_steps: int = 25,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 3.0,
+        generator=None,
+        latents: torch.Tensor | None = None,
+        unet: UNetSpatioTemporalConditionModel | None = None,
+        callback=None,
+        progress=None,
+    ) -> torch.Tensor:
+        """Multi-step Euler sampling with SVD's per-frame CFG ramp; returns x0 latents [B, F, C, h, w].
+
+        `sigmas` (descending, ending in the final level, usually 0) overrides the Karras schedule;
+        `unet` runs another SVD-layout network (the one-step student) under the same conditioning.
+        CFG is on when max_guidance_scale > 1 (as in the stock pipeline): a doubled UNet batch per step.
+        """
+        sigmas, init_sigma = self.sigmas(num_inference_steps, custom=sigmas)
+        unet = unet if unet is not None else self.unet
+        guidance = None
+        if max_guidance_scale > 1:
+            guidance = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames)  # [F] ramp, frame 0 → last
+            guidance = guidance.to(self.device, torch.float32).reshape(1, num_frames, 1, 1, 1)
+        x = self.initial_latents(len(cond), num_frames, height, width, init_sigma, generator, latents)
+        return euler_sample(lambda x, s: svd_denoise(unet, x, s, cond, guidance), x, sigmas, callback, progress)
+
+    # -- decoding --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
+        """Latents [B, F, C, h, w] -> frames [B, 3, F, H, W] in [-1, 1] (float32) with the decoder slot,
+        decode_chunk_size frames at a time (default: all frames at once)."""
+        return self.decoder(latents, decode_chunk_size)
+
+    def postprocess(self, frames: torch.Tensor, output_type: str = "np"):
+        """[B, 3, F, H, W] in [-1, 1] -> 'np' [B, F, H, W, 3] / 'pt' [B, F, 3, H, W] in [0, 1] / 'pil' lists."""
+        check_output_type(output_type)
+        return self.video_processor.postprocess_video(video=frames, output_type=output_type)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        image,
+        height: int,
+        width: int,
+        num_frames: int | None = None,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        decode_chunk_size: int | None = None,
+        generator=None,
+        output_type: str = "np",
+        **sample_kwargs,
+    ):
+        """Image -> video end to end (the stock pipeline's defaults: 25 steps, CFG ramp 1 → 3)."""
+        num_frames = self.default_num_frames if num_frames is None else num_frames
+        check_video_size(height, width, num_frames, self.vae_scale_factor)
+        check_output_type(output_type)
+        cond = self.encode_condition(image, height, width, fps, motion_bucket_id, noise_aug_strength, generator=generator)
+        latents = self.sample(cond, num_frames, height, width, generator=generator, **sample_kwargs)
+        if output_type == "latent":
+            return latents
+        return self.postprocess(self.decode(latents, decode_chunk_size), output_type)
