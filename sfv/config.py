@@ -46,7 +46,8 @@ class GeneratorConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm (0 = off)
-    huber_weight: float = 0.1  # λ of the pseudo-Huber reconstruction term
+    huber_weight: float = 0.1  # λ of the pseudo-Huber reconstruction term (0: adversarial only, an ablation)
+    adv_weight: float = 1.0  # weight of the adversarial term (SF-V: 1; 0: reconstruction only, an ablation)
     huber_c: float | None = None  # None: 0.00054·√d of the video latent
     ema: float = 0.95  # EMA decay per G step (the paper's 0.95)
 
@@ -164,11 +165,14 @@ def _check_ranges(r: Recipe) -> None:
         ("discriminator.r1_gamma", r.discriminator.r1_gamma, 0, True),
         *[(k, v, 0, False) for k, v in (("discriminator.p_std", r.discriminator.p_std), ("discriminator.r1_eps", r.discriminator.r1_eps),
                                         ("generator.lr", r.generator.lr), ("discriminator.lr", r.discriminator.lr))],
-        ("generator.ema", r.generator.ema, 0, True),
+        ("generator.ema", r.generator.ema, 0, True), ("generator.huber_weight", r.generator.huber_weight, 0, True),
+        ("generator.adv_weight", r.generator.adv_weight, 0, True),
     ]
     for key, value, low, inclusive in rules:
         if value < low or (value == low and not inclusive):
             raise InputError(f"recipe key '{key}' must be {'at least' if inclusive else 'greater than'} {low}, got {value}")
+    if r.generator.adv_weight == 0 and r.generator.huber_weight == 0:
+        raise InputError("generator.adv_weight and generator.huber_weight are both 0: G would get no gradient; set one above 0")
     if r.generator.ema >= 1:
         raise InputError(f"recipe key 'generator.ema' must be below 1 (a decay per G step), got {r.generator.ema}")
 

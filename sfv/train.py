@@ -176,7 +176,11 @@ def d_step(p: Parts, batches: list, state: State) -> dict:
 def g_step(p: Parts, batches: list, state: State) -> dict:
     """One G update (+ EMA); D's heads and backbone and the teacher stay untouched.
 
-    L_G = −E[D(x̂0 + σ′ε)] + λ · pseudo-Huber(x̂0, x0),   x̂0 = G(x0 + σ_t·ε, σ_t, c)
+    L_G = −w·E[D(x̂0 + σ′ε)] + λ · pseudo-Huber(x̂0, x0),   x̂0 = G(x0 + σ_t·ε, σ_t, c)   (w = adv_weight, 1 in SF-V)
+
+    The two terms' gradients are taken at x̂0 apart, then sent through G together (x̂0.backward(w·∇adv + λ·∇rec),
+    the chain rule of the summed loss), so the log shows how strongly each term pulls on G's output at no extra
+    cost: `grad/g_adv` against `grad/g_rec` says whether D's signal reaches G at all.
     """
     gcfg = p.recipe.generator
     stats = {}
@@ -189,14 +193,19 @@ def g_step(p: Parts, batches: list, state: State) -> dict:
             with distributed.sync(p.G_ddp, r == len(batches) - 1):
                 with p.amp:
                     x0_pred = p.G_ddp(noised(x0, sigma_t, gen), sigma_t, cond)
-                    adv = losses.g_hinge_loss(p.D(noised(x0_pred, s, gen), s, cond))
+                    y = x0_pred.detach().requires_grad_(True)  # x̂0 as a leaf: each term's gradient at G's output
+                    adv = losses.g_hinge_loss(p.D(noised(y, s, gen), s, cond))
                     c = gcfg.huber_c if gcfg.huber_c is not None else losses.default_huber_c(x0[0].numel())
-                    rec = losses.pseudo_huber(x0_pred, x0, c)
-                    loss = adv + gcfg.huber_weight * rec
-                (loss / len(batches)).backward()
-            _add(stats, {"loss/g": loss.item(), "loss/g_adv": adv.item(), "loss/g_rec": rec.item()}, len(batches))
+                    rec = losses.pseudo_huber(y, x0, c)
+                    loss = gcfg.adv_weight * adv + gcfg.huber_weight * rec
+                pull_adv = gcfg.adv_weight * torch.autograd.grad(adv, y)[0]
+                pull_rec = gcfg.huber_weight * torch.autograd.grad(rec, y)[0]
+                x0_pred.backward((pull_adv + pull_rec) / len(batches))
+            _add(stats, {"loss/g": loss.item(), "loss/g_adv": adv.item(), "loss/g_rec": rec.item(),
+                         "grad/g_adv": pull_adv.norm().item(), "grad/g_rec": pull_rec.norm().item()}, len(batches))
     finally:
         p.D.heads_requires_grad_(True)
+    stats["grad/g_adv_over_rec"] = stats["grad/g_adv"] / max(stats["grad/g_rec"], 1e-12)
     stats["grad_norm/g"] = _apply(p.opt_g, list(p.G.parameters()), gcfg.grad_clip, loss, p.world, state)
     p.ema.update_parameters(p.G.unet)
     state.g_steps += 1

@@ -125,3 +125,39 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_dir, video_dir, 
     scale = max(g.abs().max().item() for g in plain.values())
     worst = max((plain[k] - recomputed[k]).abs().max().item() for k in plain)
     assert worst <= 1e-5 * scale, (worst, scale)
+
+
+@pytest.mark.parametrize("adv_weight", [1.0, 0.0])  # SF-V, and the reconstruction-only ablation
+def test_g_step_split_at_the_output_gives_the_gradient_of_the_summed_loss(tiny_dir, video_dir, tmp_path, adv_weight):
+    """g_step takes each term's gradient at x̂0 apart (to log how hard each pulls) and sends their sum through G:
+    by the chain rule that is the gradient of w·L_adv + λ·L_rec, computed here directly as the reference."""
+    recipe = tiny_recipe(tiny_dir, video_dir, tmp_path / "run", generator__adv_weight=adv_weight,
+                         generator__grad_clip=0)  # the optimiser sees the gradient unclipped
+    p = build(recipe, CPU)
+    names = {id(q): n for n, q in p.G.named_parameters()}
+    seen = []
+    p.opt_g.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
+        {names[id(q)]: q.grad.clone() for group in opt.param_groups for q in group["params"] if q.grad is not None}))
+    batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
+    [(x0, cond, gen)] = _rounds(batch, p, recipe)
+    start = gen.get_state()
+    before = _snapshot(p.G)
+    stats = g_step(p, [(x0, cond, gen)], State())
+    assert stats["grad/g_rec"] > 0 and (stats["grad/g_adv"] > 0) == (adv_weight > 0)
+    p.G.load_state_dict(before)
+    p.opt_g.zero_grad(set_to_none=True)
+    gen.set_state(start)  # the reference: the same draws, the summed loss, one backward
+    from sfv import losses
+    from sfv.train import noised
+
+    sigma_t, s = p.G.sample_sigma(2, gen), p.sigma_d(2, gen)
+    x0_pred = p.G(noised(x0, sigma_t, gen), sigma_t, cond)
+    p.D.heads_requires_grad_(False)
+    adv = losses.g_hinge_loss(p.D(noised(x0_pred, s, gen), s, cond))
+    rec = losses.pseudo_huber(x0_pred, x0, losses.default_huber_c(x0[0].numel()))
+    (adv_weight * adv + recipe.generator.huber_weight * rec).backward()
+    reference = {n: q.grad for n, q in p.G.named_parameters() if q.grad is not None}
+    assert reference.keys() == seen[0].keys() and len(reference) > 100
+    scale = max(g.abs().max().item() for g in reference.values())
+    worst = max((reference[k] - seen[0][k]).abs().max().item() for k in reference)
+    assert worst <= 1e-5 * scale, (worst, scale)
