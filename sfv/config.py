@@ -70,6 +70,9 @@ class DiscriminatorConfig:
     r1_interval: int = 4  # lazy regularisation: every N-th D step, weighted ×N
     r1_eps: float = 0.01  # perturbation size of the approximated R1
     steps_per_g: int = 1  # D steps per G step
+    # σ_t of the fakes D sees: `levels` (SF-V: G's training levels, as in the G phase) or `max` (σ_max only, the
+    # one-step generation D must judge at inference; the other levels' fakes are lightly denoised real clips)
+    fake_sigma: str = "levels"
     warmup_videos: int = 0  # D-only training before G starts (videos)
 
 
@@ -145,6 +148,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     recipe = _build(Recipe, data, "")
     for key, value, choices in (("discriminator.r1", recipe.discriminator.r1, ("approx", "exact", "none")),
                                 ("discriminator.heads", recipe.discriminator.heads, ("spatial", "temporal", "both")),
+                                ("discriminator.fake_sigma", recipe.discriminator.fake_sigma, ("levels", "max")),
                                 ("train.precision", recipe.train.precision, ("auto", "fp32", "bf16")),
                                 ("parallel.mode", recipe.parallel.mode, ("ddp", "fsdp"))):
         if value not in choices:

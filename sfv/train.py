@@ -146,7 +146,9 @@ def d_step(p: Parts, batches: list, state: State) -> dict:
     for r, (x0, cond, gen) in enumerate(batches):
         b = len(x0)
         with torch.no_grad(), p.amp:
-            sigma_t = p.G.sample_sigma(b, gen).to(x0.device)
+            sigma_t = p.G.sample_sigma(b, gen).to(x0.device)  # drawn either way: the later draws stay the same
+            if dcfg.fake_sigma == "max":
+                sigma_t = torch.full_like(sigma_t, p.G.sigma_max)
             fake = p.G(noised(x0, sigma_t, gen), sigma_t, cond)
         s = p.sigma_d(b, gen).to(x0.device)  # the same σ′ for real and fake
         x_real, x_fake = noised(x0, s, gen), noised(fake, s, gen)

@@ -161,3 +161,17 @@ def test_g_step_split_at_the_output_gives_the_gradient_of_the_summed_loss(tiny_d
     scale = max(g.abs().max().item() for g in reference.values())
     worst = max((reference[k] - seen[0][k]).abs().max().item() for k in reference)
     assert worst <= 1e-5 * scale, (worst, scale)
+
+
+@pytest.mark.parametrize("fake_sigma", ["levels", "max"])
+def test_d_sees_fakes_from_the_chosen_sigma_levels(tiny_dir, video_dir, tmp_path, fake_sigma):
+    recipe = tiny_recipe(tiny_dir, video_dir, tmp_path / "run", discriminator__fake_sigma=fake_sigma)
+    p = build(recipe, CPU)
+    seen = []
+    p.G.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
+    d_step(p, _rounds(batch, p, recipe), State())
+    sigmas = torch.cat(seen)
+    levels = p.G.sigma_levels()
+    assert len(sigmas) == 2 and all(torch.isclose(levels, s).any() for s in sigmas)
+    assert (sigmas == p.G.sigma_max).all() == (fake_sigma == "max")  # the paper's levels include the lower ones
