@@ -37,6 +37,7 @@ class DataConfig:
     motion_bucket_id: int = 127  # when the metadata has none for a video
     noise_aug_strength: float = 0.02
     num_workers: int = 0
+    eval_videos: str | None = None  # held-out videos for D's held-out pairs (train.d_eval_every); None: the first clips of `videos`
 
 
 @dataclass
@@ -89,6 +90,8 @@ class TrainConfig:
     sample_every: int = 32_000
     sample_count: int = 2  # fixed conditioning images (first frames of the first clips) for sample videos
     checkpoint_every: int = 32_000
+    d_eval_every: int = 0  # videos between judgements of D on fixed held-out real/fake pairs (sfv/heldout.py; 0 = off)
+    d_eval_count: int = 16  # held-out pairs
     keep_checkpoints: int = 3
     export: bool = True  # write the drop-in pipeline folder at the end
 
@@ -163,7 +166,9 @@ def _check_ranges(r: Recipe) -> None:
         *[(f"data.{k}", getattr(r.data, k), 1, True) for k in ("frames", "height", "width", "fps")],
         ("data.num_workers", r.data.num_workers, 0, True), ("model.t_g", r.model.t_g, 2, True),
         *[(f"train.{k}", getattr(r.train, k), 1, True) for k in ("batch_size", "batch_per_device", "total_videos", "max_nonfinite")],
-        *[(f"train.{k}", getattr(r.train, k), 0, True) for k in ("log_every", "sample_every", "sample_count", "checkpoint_every", "keep_checkpoints")],
+        *[(f"train.{k}", getattr(r.train, k), 0, True) for k in ("log_every", "sample_every", "sample_count", "checkpoint_every", "keep_checkpoints",
+                                                                 "d_eval_every")],
+        ("train.d_eval_count", r.train.d_eval_count, 1, True),
         *[(f"discriminator.{k}", getattr(r.discriminator, k), 1, True) for k in ("r1_interval", "steps_per_g", "head_channels")],
         ("discriminator.t_d", r.discriminator.t_d, 2, True), ("discriminator.warmup_videos", r.discriminator.warmup_videos, 0, True),
         ("discriminator.r1_gamma", r.discriminator.r1_gamma, 0, True),

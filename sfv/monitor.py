@@ -83,6 +83,15 @@ class Monitor:
         if self.bar is not None:
             self.bar.set_postfix({k.split("/")[-1]: f"{scalars[k]:.3g}" for k in ("loss/d", "loss/g", "logits/sign_accuracy") if k in scalars})
 
+    def heldout(self, state, values: dict) -> None:
+        """D's verdict on the held-out pairs (sfv/heldout.py) -> tensorboard and heldout.jsonl."""
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, state.videos)
+        with (self.run_dir / "heldout.jsonl").open("a") as f:
+            f.write(json.dumps({"videos": state.videos, "g_steps": state.g_steps, "d_steps": state.d_steps, **values}) + "\n")
+
     @torch.no_grad()
     def sample(self, videos: int, unet) -> Path | None:
         """One-step videos from `unet` on the fixed conditioning -> samples/videos-N.gif (+ .mp4) and tensorboard."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sfv import checkpoint, distributed, losses
+from sfv import checkpoint, distributed, heldout, losses
 from sfv.config import Recipe, add_train_arguments, load_recipe, save_recipe
 from sfv.data import ClipSpec, LatentCache, ResumableSampler, VideoFolder, collate
 from sfv.discriminator import Discriminator
@@ -252,6 +252,9 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
     monitor = Monitor(run_dir, recipe, world, p.teacher, sample_cond)  # tensorboard, samples, progress, export
     if world.is_main:
         save_recipe(recipe, run_dir / "config.yaml")
+    pairs = heldout_pairs(recipe, dataset, p) if cfg.d_eval_every else None
+    if pairs and state.videos == 0:
+        monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp))  # where D starts
 
     def next_round():
         batch = next(loader)
@@ -276,6 +279,8 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
             times["time/g_s"] = time.perf_counter() - t2
         stats.update({**times, "train/skipped_steps": state.skipped_steps})
         monitor.step(state, stats, p.ema.module)
+        if pairs and (crossed(before, state.videos, cfg.d_eval_every) or state.videos >= cfg.total_videos):
+            monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp))
         if state.nonfinite_in_row >= cfg.max_nonfinite:
             raise TrainingError(f"stopped: {state.nonfinite_in_row} steps in a row had a non-finite loss "
                                 f"(at {state.videos} videos); lower the learning rates or check the data")
@@ -290,6 +295,17 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
 
 
 # -- small helpers of the loop ----------------------------------------------------------------------------
+
+
+def heldout_pairs(recipe: Recipe, dataset, p: Parts) -> list[heldout.Pairs]:
+    """D's held-out pairs: frame 0 + clip of the first d_eval_count videos of data.eval_videos (else of the data)."""
+    d, cfg = recipe.data, recipe.train
+    source = dataset
+    if d.eval_videos:
+        source = VideoFolder(d.eval_videos, ClipSpec(d.frames, d.height, d.width, d.fps, d.motion_bucket_id), seed=cfg.seed)
+    n, chunk = min(cfg.d_eval_count, len(source)), cfg.batch_per_device
+    batches = [collate([source[(i, 0)] for i in range(j, min(j + chunk, n))]) for j in range(0, n, chunk)]
+    return heldout.make_pairs(batches, p.teacher, recipe, p.sigma_d)
 
 
 def _bf16(precision: str, world) -> bool:

@@ -175,3 +175,18 @@ def test_d_sees_fakes_from_the_chosen_sigma_levels(tiny_dir, video_dir, tmp_path
     levels = p.G.sigma_levels()
     assert len(sigmas) == 2 and all(torch.isclose(levels, s).any() for s in sigmas)
     assert (sigmas == p.G.sigma_max).all() == (fake_sigma == "max")  # the paper's levels include the lower ones
+
+
+def test_held_out_pairs_are_judged_on_cadence_and_leave_training_untouched(tiny_dir, video_dir, tmp_path):
+    common = dict(train__batch_size=2, train__total_videos=6, train__checkpoint_every=6, discriminator__r1_interval=3)
+    run(tiny_recipe(tiny_dir, video_dir, tmp_path / "plain", **common))
+    run(tiny_recipe(tiny_dir, video_dir, tmp_path / "judged", train__d_eval_every=4, train__d_eval_count=3,
+                    data__eval_videos=video_dir, **common))  # (a held-out folder; here the same clips)
+    rows = [json.loads(line) for line in (tmp_path / "judged" / "heldout.jsonl").read_text().splitlines()]
+    assert [r["videos"] for r in rows] == [0, 4, 6]  # where D starts, each crossing, the end
+    assert {"heldout/pair_win", "heldout/video_accuracy", "heldout/gap_over_spread", "heldout/sign_accuracy"} <= rows[0].keys()
+    assert all(min(abs(r["heldout/pair_win"] - k / 3) for k in range(4)) < 1e-6 for r in rows)  # 3 pairs
+    assert rows[0]["heldout/gap"] != rows[-1]["heldout/gap"]  # D (and G) moved in between
+    assert not (tmp_path / "plain" / "heldout.jsonl").exists()
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "judged")  # judging draws nothing from training's RNG
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -1,0 +1,64 @@
+"""D's verdict on a fixed held-out set of real/fake pairs, measured as training goes (`train.d_eval_every`).
+
+Per-position sign accuracy on the training batches is a poor gauge of whether D learns (`losses.video_stats`).
+Here everything is fixed except the two networks: the same real clips and conditioning, the same one-step
+input noise for G's fakes (x0 + σ_max·ε, G's σ_max training input, which generation from pure noise matches up
+to x0 ≪ σ_max), and the same σ′ and ε for D's re-noising. A change in the pair-win rate is then a change in D
+or in G's one-step videos, not in the draw. Every process computes it (G may be sharded); process 0 logs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sfv import losses
+
+HELDOUT_SEED = 2_718_281  # the held-out pairs' draws, apart from training (data-position seeds) and samples
+
+
+@dataclass
+class Pairs:
+    """One chunk of held-out pairs: real latents, conditioning and the fixed draws."""
+
+    x0: torch.Tensor  # [B, F, C, h, w]
+    cond: object  # the teacher's Condition for these B videos
+    noise: torch.Tensor  # ε of G's input x0 + σ_max·ε
+    sigma: torch.Tensor  # σ′ per pair, [B]
+    eps_real: torch.Tensor
+    eps_fake: torch.Tensor
+
+
+def make_pairs(batches: list[dict], teacher, recipe, sigma_d) -> list[Pairs]:
+    """Encode the held-out clips (collated chunks) once and draw every random number the judging needs."""
+    d = recipe.data
+    gen = torch.Generator(teacher.device).manual_seed(HELDOUT_SEED)
+    out = []
+    for batch in batches:
+        x0, cond = teacher.encode_batch(batch, d.height, d.width, d.noise_aug_strength, gen)
+        draw = lambda: torch.randn(x0.shape, generator=gen, device=x0.device)  # noqa: E731
+        out.append(Pairs(x0, cond, draw(), sigma_d(len(x0), gen).to(x0.device), draw(), draw()))
+    return out
+
+
+@torch.no_grad()
+def judge(pairs: list[Pairs], G, D, amp) -> dict[str, float]:
+    """D's logits on every real clip and on G's one-step video of the same conditioning -> logit and video stats."""
+    was = G.training
+    G.eval()
+    real: dict[str, list] = {}
+    fake: dict[str, list] = {}
+    try:
+        for p in pairs:
+            sigma_max = torch.full((len(p.x0),), G.sigma_max, device=p.x0.device)
+            with amp:
+                x_fake = G(p.x0 + G.sigma_max * p.noise, sigma_max, p.cond)
+                s = p.sigma.reshape(-1, 1, 1, 1, 1)
+                for store, x, eps in ((real, p.x0, p.eps_real), (fake, x_fake, p.eps_fake)):
+                    for k, v in D(x + s * eps, p.sigma, p.cond).items():
+                        store.setdefault(k, []).append(v.float())
+    finally:
+        G.train(was)
+    stats = losses.logit_stats({k: torch.cat(v) for k, v in real.items()}, {k: torch.cat(v) for k, v in fake.items()})
+    return {"heldout/" + k.split("/", 1)[1]: v for k, v in stats.items()}
