@@ -101,19 +101,25 @@ def read_clip(path: Path, spec: "ClipSpec", fps: float | None, rng: np.random.Ge
                 im.seek(i)
                 frames.append(np.asarray(im.convert("RGB")))
         return np.stack(frames)
-    import imageio.v2 as imageio
+    return _decode_clip(path, spec, fps, rng)
 
-    with imageio.get_reader(path, format="FFMPEG") as reader:
-        meta = reader.get_meta_data()
-        file_fps = float(meta.get("fps") or 0) or spec.fps
-        count = meta.get("nframes")
-        if not isinstance(count, int) or count <= 0:  # ffmpeg reports inf for some containers: use the duration
-            count = int(float(meta.get("duration") or 0) * file_fps)
+
+def _decode_clip(path: Path, spec: "ClipSpec", fps: float | None, rng: np.random.Generator) -> np.ndarray:
+    """mp4/webm/mkv/mov/avi decoded in this process by PyAV (FFmpeg's libraries), up to the clip's last frame."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        file_fps = float(stream.average_rate or 0) or spec.fps
+        count = stream.frames
+        if count <= 0:  # some containers (webm, mkv) do not store a frame count: use the duration
+            seconds = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / av.time_base
+            count = int(seconds * file_fps)
         idx = clip_indices(count, fps or file_fps, spec, rng)
         wanted, frames = set(idx), {}
-        for i, frame in enumerate(reader):
+        for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                frames[i] = np.asarray(frame)
+                frames[i] = frame.to_ndarray(format="rgb24")
             if i >= idx[-1]:
                 break
     if len(frames) < len(wanted):

@@ -106,3 +106,22 @@ def test_latent_cache_equals_encoding_on_the_fly(tmp_path, tiny_dir, video_dir):
     shutil.rmtree(tmp_path / "cache")
     with pytest.raises(DataError, match="not a latent cache"):
         LatentCache(tmp_path / "cache")
+
+
+def test_in_process_decoding_gives_the_frames_ffmpeg_gives(tmp_path):
+    """Clips are decoded by PyAV in this process; the frames are those of the ffmpeg program (imageio-ffmpeg) reading
+    the same file, up to the last bit of a colour conversion whose SIMD path may differ from one CPU to another."""
+    import imageio.v2 as imageio
+
+    from sfv.data import read_clip
+
+    rng = np.random.default_rng(0)
+    frames = (rng.uniform(size=(12, 48, 64, 3)) ** 3 * 255).astype(np.uint8)  # textured: chroma subsampling shows
+    path = write_video(tmp_path / "clip.mp4", frames, fps=8)
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        reference = np.stack([np.asarray(f) for f in reader])
+    clip = read_clip(path, ClipSpec(frames=12, height=48, width=64, fps=8), None, np.random.default_rng(0))
+    assert clip.shape == reference.shape == (12, 48, 64, 3)
+    diff = np.abs(clip.astype(int) - reference.astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.1, (diff.max(), diff.mean())
+    assert np.abs(clip.astype(int) - frames.astype(int)).mean() > 1  # the comparison can fail: H.264 is lossy
