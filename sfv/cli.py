@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=int, default=7, help="conditioning fps and output frame rate")
     s.add_argument("--motion-bucket-id", type=int, default=127)
     s.add_argument("--noise-aug-strength", type=float, default=0.02)
-    s.add_argument("--steps", type=int, default=1, help="Euler steps (1 = SF-V one-step sampling)")
+    s.add_argument("--steps", type=int, default=1,
+                   help="student steps on its own σ levels (1 = SF-V one-step sampling; up to T_g − 1 = 3)")
     s.add_argument("--max-guidance-scale", type=float, default=1.0, help=">1 turns on SVD's per-frame CFG ramp")
     s.add_argument("--min-guidance-scale", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)

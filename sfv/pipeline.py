@@ -7,6 +7,10 @@
 Same call signature and output type; the defaults are SF-V's inference: one UNet pass at σ_max from pure
 noise, no classifier-free guidance (UNet batch = number of videos, no unconditional branch).
 
+Beyond the stock signature, num_inference_steps = 2 .. T_g − 1 samples on the student's own training levels,
+re-noising x̂0 to the next level between steps (sfv.sampling.consistency_sample); 1 is the stock Euler step,
+`sigmas=` Euler on any schedule.
+
 `export_pipeline` writes the student as a plain diffusers folder: the student UNet in SVD layout plus the
 teacher's VAE, image encoder, feature extractor and scheduler. The stock pipeline then reproduces
 SFVPipeline's frames with `num_inference_steps=1, max_guidance_scale=1.0` (tests/test_pipeline.py).
@@ -28,6 +32,7 @@ from sfv.errors import InputError
 from sfv.files import atomic_path
 from sfv.images import check_output_type
 from sfv.model_dir import check_video_size
+from sfv.noise import generator_sigma_levels, student_schedule
 from sfv.teachers.svd import SVDTeacher
 
 EXPORT_INFO = "sfv.json"
@@ -39,6 +44,7 @@ class SFVPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "image_encoder->unet->vae"
     _callback_tensor_inputs = ["latents"]
     decoder = "vae"  # the decoding slot (sfv.decoders), built on this pipeline's VAE; set per instance to switch
+    t_g = 4  # T_g of the student's training grid (SF-V §3.2); its levels are the few-step sampler's schedule
 
     def __init__(self, vae: AutoencoderKLTemporalDecoder, image_encoder, unet: UNetSpatioTemporalConditionModel,
                  scheduler: EulerDiscreteScheduler, feature_extractor):
@@ -89,7 +95,10 @@ class SFVPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         return_dict: bool = True,
     ):
-        """Generate videos from conditioning image(s); arguments as StableVideoDiffusionPipeline.__call__.
+        """Generate videos from conditioning image(s); arguments as StableVideoDiffusionPipeline.__call__, plus:
+
+        num_inference_steps: 1 (SF-V) up to T_g − 1: the student's own σ levels (sfv.noise.student_schedule),
+            x̂0 re-noised to the next level between steps. `sigmas=` runs Euler on the given levels instead.
 
         Returns StableVideoDiffusionPipelineOutput(frames=...) (or the frames alone with return_dict=False):
         'pil' lists of frames, 'np' [B, F, H, W, 3], 'pt' [B, F, 3, H, W] in [0, 1], or 'latent'.
@@ -98,6 +107,10 @@ class SFVPipeline(DiffusionPipeline):
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
         check_video_size(height, width, num_frames, svd.vae_scale_factor)
         check_output_type(output_type)
+        sampler = "euler"
+        if sigmas is None and num_inference_steps != 1:  # the student's levels; 1 step stays the stock Euler step
+            levels = generator_sigma_levels(self.t_g, svd.sigma_min, svd.sigma_max)
+            sigmas, sampler = student_schedule(levels, num_inference_steps).tolist(), "consistency"
         self._guidance_scale = max_guidance_scale
         cond = svd.encode_condition(
             image, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt or 1, generator
@@ -116,7 +129,7 @@ class SFVPipeline(DiffusionPipeline):
         with self.progress_bar(total=self._num_timesteps) as bar:
             latents = svd.sample(
                 cond, num_frames, height, width, num_inference_steps, sigmas, min_guidance_scale, max_guidance_scale,
-                generator, latents, callback=on_step, progress=bar.update,
+                generator, latents, callback=on_step, progress=bar.update, sampler=sampler,
             )
         if output_type == "latent":
             frames = latents.to(self.unet.dtype)  # as the stock pipeline: latents in the model's dtype

@@ -129,3 +129,14 @@ def test_export_cli_roundtrip_and_errors(tiny_dir, image_path, tmp_path, capsys)
     code, _, stderr = run_cli(["export", "--generator", tmp_path / "corrupt.safetensors", "--teacher", tiny_dir, "--out", tmp_path / "s3"], capsys)
     assert code == 2 and "cannot read generator weights" in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s3").exists() and not list(tmp_path.glob(".s3*"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "4"], "num_inference_steps must be 1..3"),
+])
+def test_too_many_student_steps_is_one_line_exit_2(extra, message, tiny_dir, image_path, tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    code, _, stderr = run_cli(sample_args(tiny_dir, image_path, out, *extra), capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in stderr, stderr
+    assert not out.exists()
