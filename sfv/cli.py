@@ -34,13 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=int, default=7, help="conditioning fps and output frame rate")
     s.add_argument("--motion-bucket-id", type=int, default=127)
     s.add_argument("--noise-aug-strength", type=float, default=0.02)
-    s.add_argument("--steps", type=int, default=1, help="Euler steps (1 = SF-V one-step sampling)")
+    s.add_argument("--steps", type=int, default=1,
+                   help="student steps on its own σ levels (1 = SF-V one-step sampling; up to T_g − 1 = 3)")
     s.add_argument("--max-guidance-scale", type=float, default=1.0, help=">1 turns on SVD's per-frame CFG ramp")
     s.add_argument("--min-guidance-scale", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode call (default: all)")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    s.add_argument("--long", default=None, help="--frames beyond the model's window: chain or multidiffusion")
+    s.add_argument("--window", type=int, default=None, help="with --long: frames per window (default: the model's)")
+    s.add_argument("--overlap", type=int, default=None,
+                   help="with --long: frames shared by neighbouring windows (default: 1 chain, window/2 multidiffusion)")
+    s.add_argument("--noise-rescheduling", action="store_true", help="with --long: FreeNoise's repeated, shuffled initial noise")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("export", help="write a one-step student as a drop-in diffusers folder")
@@ -148,6 +154,17 @@ def _check_positive(args, *names: str) -> None:
             raise InputError(f"--{name} must be at least 1 (got {value})")
 
 
+def _check_long_video(args, num_frames: int, model_window: int) -> tuple[int | None, int | None]:
+    """(window, overlap) of --long, checked before anything loads."""
+    if args.long is None:
+        if args.window is not None or args.overlap is not None or args.noise_rescheduling:
+            raise InputError("--window, --overlap and --noise-rescheduling go with --long chain|multidiffusion")
+        return None, None
+    from sfv.sampling import long_video_windows
+
+    return long_video_windows(args.long, num_frames, args.window, args.overlap, model_window)
+
+
 def cmd_sample(args) -> int:
     # Validate everything cheap before loading anything, so bad input never leaves partial output.
     out = _check_out_file(args.out)
@@ -163,6 +180,7 @@ def cmd_sample(args) -> int:
     image = load_image(args.image)
     num_frames = args.frames or info.num_frames
     check_video_size(args.height, args.width, num_frames, info.vae_scale_factor)
+    window, overlap = _check_long_video(args, num_frames, info.num_frames)
 
     import torch
 
@@ -184,6 +202,7 @@ def cmd_sample(args) -> int:
             min_guidance_scale=args.min_guidance_scale, max_guidance_scale=args.max_guidance_scale, fps=args.fps,
             motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
             decode_chunk_size=args.decode_chunk_size, generator=generator, output_type="np",
+            long_video=args.long, window=window, overlap=overlap, noise_rescheduling=args.noise_rescheduling,
         ).frames[0]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -197,7 +216,8 @@ def cmd_sample(args) -> int:
         raise InputError(f"cannot write '{out}': {first_line(e)}") from None
     t3 = time.perf_counter()
     print(
-        f"sfv sample: {out} — {num_frames} frames {args.height}x{args.width}, {args.steps} step(s), "
+        f"sfv sample: {out} — {num_frames} frames {args.height}x{args.width}, {args.steps} step(s)"
+        f"{f', {args.long} windows of {window} overlapping by {overlap}' if args.long else ''}, "
         f"generate {t2 - t1:.2f} s (load {t1 - t0:.2f} s, write {t3 - t2:.2f} s, total {t3 - t0:.2f} s)"
     )
     return 0

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sfv.errors import InputError
+
 
 @dataclass(frozen=True)
 class EDMPrecond:
@@ -77,6 +79,20 @@ def generator_sigma_levels(t_g: int, sigma_min: float, sigma_max: float, rho: fl
     if t_g < 2:
         raise ValueError(f"T_g must be at least 2 (got {t_g}): the generator needs a level above σ_min")
     return karras_sigmas(t_g, sigma_min, sigma_max, rho)[:-1]
+
+
+def student_schedule(levels: torch.Tensor, steps: int) -> torch.Tensor:
+    """The σ schedule of `steps`-step sampling of a one-step generator on its L training levels (descending):
+    `steps` of them evenly spaced in index, always σ_max first and, from 2 steps on, the lowest last; then the
+    final 0. With SVD's T_g = 4 levels [700, 70.5, 2.27]: 1 → [700, 0], 2 → [700, 2.27, 0], 3 → all three, 0.
+    """
+    count = len(levels)
+    if not 1 <= steps <= count:
+        shown = ", ".join(f"{float(v):.3g}" for v in levels)
+        raise InputError(f"num_inference_steps must be 1..{count} for a student trained at its T_g − 1 = {count} "
+                         f"levels (σ = {shown}); got {steps} (pass sigmas= for Euler on another schedule)")
+    index = torch.linspace(0, count - 1, steps).round().long() if steps > 1 else torch.zeros(1, dtype=torch.long)
+    return torch.cat([levels[index], torch.zeros(1, dtype=levels.dtype)])
 
 
 class LogNormalSigmaSampler:

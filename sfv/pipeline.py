@@ -7,6 +7,12 @@
 Same call signature and output type; the defaults are SF-V's inference: one UNet pass at σ_max from pure
 noise, no classifier-free guidance (UNet batch = number of videos, no unconditional branch).
 
+Beyond the stock signature:
+  * num_inference_steps = 2 .. T_g − 1 samples on the student's own training levels, re-noising x̂0 to the next
+    level between steps (sfv.sampling.consistency_sample); 1 is the stock Euler step, `sigmas=` Euler on any schedule;
+  * long_video = "chain" | "multidiffusion" with window, overlap: num_frames longer than the model's window
+    (sfv.sampling.sample_long_video).
+
 `export_pipeline` writes the student as a plain diffusers folder: the student UNet in SVD layout plus the
 teacher's VAE, image encoder, feature extractor and scheduler. The stock pipeline then reproduces
 SFVPipeline's frames with `num_inference_steps=1, max_guidance_scale=1.0` (tests/test_pipeline.py).
@@ -28,6 +34,8 @@ from sfv.errors import InputError
 from sfv.files import atomic_path
 from sfv.images import check_output_type
 from sfv.model_dir import check_video_size
+from sfv.noise import generator_sigma_levels, student_schedule
+from sfv.sampling import long_video_windows, sample_long_video, window_starts
 from sfv.teachers.svd import SVDTeacher
 
 EXPORT_INFO = "sfv.json"
@@ -39,6 +47,7 @@ class SFVPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "image_encoder->unet->vae"
     _callback_tensor_inputs = ["latents"]
     decoder = "vae"  # the decoding slot (sfv.decoders), built on this pipeline's VAE; set per instance to switch
+    t_g = 4  # T_g of the student's training grid (SF-V §3.2); its levels are the few-step sampler's schedule
 
     def __init__(self, vae: AutoencoderKLTemporalDecoder, image_encoder, unet: UNetSpatioTemporalConditionModel,
                  scheduler: EulerDiscreteScheduler, feature_extractor):
@@ -88,8 +97,18 @@ class SFVPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         return_dict: bool = True,
+        long_video: str | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        noise_rescheduling: bool = False,
     ):
-        """Generate videos from conditioning image(s); arguments as StableVideoDiffusionPipeline.__call__.
+        """Generate videos from conditioning image(s); arguments as StableVideoDiffusionPipeline.__call__, plus:
+
+        num_inference_steps: 1 (SF-V) up to T_g − 1: the student's own σ levels (sfv.noise.student_schedule),
+            x̂0 re-noised to the next level between steps. `sigmas=` runs Euler on the given levels instead.
+        long_video: None, "chain" or "multidiffusion": num_frames in windows of `window` frames (default: the
+            model's) overlapping by `overlap` (default: 1 for chain, window // 2 for multidiffusion);
+            noise_rescheduling: FreeNoise's repeated, locally shuffled initial noise (sfv.sampling.reschedule_noise).
 
         Returns StableVideoDiffusionPipelineOutput(frames=...) (or the frames alone with return_dict=False):
         'pil' lists of frames, 'np' [B, F, H, W, 3], 'pt' [B, F, 3, H, W] in [0, 1], or 'latent'.
@@ -98,12 +117,20 @@ class SFVPipeline(DiffusionPipeline):
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
         check_video_size(height, width, num_frames, svd.vae_scale_factor)
         check_output_type(output_type)
+        sampler = "euler"
+        if sigmas is None and num_inference_steps != 1:  # the student's levels; 1 step stays the stock Euler step
+            levels = generator_sigma_levels(self.t_g, svd.sigma_min, svd.sigma_max)
+            sigmas, sampler = student_schedule(levels, num_inference_steps).tolist(), "consistency"
+        if long_video is not None:
+            window, overlap = long_video_windows(long_video, num_frames, window, overlap, self.unet.config.num_frames)
+        elif window is not None or overlap is not None or noise_rescheduling:
+            raise InputError("window, overlap and noise_rescheduling go with long_video='chain' or 'multidiffusion'")
         self._guidance_scale = max_guidance_scale
         cond = svd.encode_condition(
             image, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt or 1, generator
         )
         # as the stock pipeline, step callbacks see the per-frame CFG ramp, [B, F, 1, 1, 1] in the UNet's dtype
-        ramp = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).unsqueeze(0)
+        ramp = torch.linspace(min_guidance_scale, max_guidance_scale, window or num_frames).unsqueeze(0)
         self._guidance_scale = ramp.to(svd.device, self.unet.dtype).repeat(len(cond), 1)[..., None, None, None]
 
         def on_step(i: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -113,11 +140,16 @@ class SFVPipeline(DiffusionPipeline):
             return callback_on_step_end(self, i, svd.precond.c_noise(sigma), kwargs).pop("latents", x)  # t = c_noise(σ)
 
         self._num_timesteps = len(sigmas) - 1 if sigmas is not None else num_inference_steps
-        with self.progress_bar(total=self._num_timesteps) as bar:
-            latents = svd.sample(
-                cond, num_frames, height, width, num_inference_steps, sigmas, min_guidance_scale, max_guidance_scale,
-                generator, latents, callback=on_step, progress=bar.update,
-            )
+        sample_kwargs = dict(num_inference_steps=num_inference_steps, sigmas=sigmas, min_guidance_scale=min_guidance_scale,
+                             max_guidance_scale=max_guidance_scale, sampler=sampler, callback=on_step)
+        windows = 1 if long_video != "chain" else len(window_starts(num_frames, window, overlap))
+        with self.progress_bar(total=self._num_timesteps * windows) as bar:
+            if long_video is None:
+                latents = svd.sample(cond, num_frames, height, width, generator=generator, latents=latents,
+                                     progress=bar.update, **sample_kwargs)
+            else:
+                latents = sample_long_video(svd, cond, num_frames, height, width, long_video, window, overlap,
+                                            generator, latents, noise_rescheduling, progress=bar.update, **sample_kwargs)
         if output_type == "latent":
             frames = latents.to(self.unet.dtype)  # as the stock pipeline: latents in the model's dtype
         else:

@@ -54,3 +54,19 @@ def tiny_recipe(teacher, videos, run_dir, **overrides):
              "train.sample_every=0", "train.export=false", "train.log_every=2"]
     items += [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
     return load_recipe("recipes/tiny_cpu.yaml", items)
+
+
+@pytest.fixture(scope="module")
+def sfv_pipe(tiny_dir):
+    """SFVPipeline over the tiny SVD folder (the pipeline runs any SVD-layout folder; no training needed)."""
+    from sfv.pipeline import SFVPipeline
+
+    pipe = SFVPipeline.from_pretrained(tiny_dir, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_sfv_pipe(pipe, **kw):
+    """Latents of one 32×32 video from a fixed image and seed."""
+    return pipe(example_image(32, 32, seed=2), generator=torch.Generator().manual_seed(5), output_type="latent",
+                height=32, width=32, **kw).frames

@@ -129,3 +129,29 @@ def test_export_cli_roundtrip_and_errors(tiny_dir, image_path, tmp_path, capsys)
     code, _, stderr = run_cli(["export", "--generator", tmp_path / "corrupt.safetensors", "--teacher", tiny_dir, "--out", tmp_path / "s3"], capsys)
     assert code == 2 and "cannot read generator weights" in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s3").exists() and not list(tmp_path.glob(".s3*"))
+
+
+def test_sample_long_video_writes_every_frame(tiny_dir, image_path, tmp_path, capsys):
+    out = tmp_path / "long.gif"
+    code, stdout, _ = run_cli(sample_args(tiny_dir, image_path, out, "--frames", "7", "--long", "chain", "--window", "4",
+                                          "--steps", "2", "--noise-rescheduling"), capsys)
+    assert code == 0 and read_video(out)[0].shape == (7, 32, 48, 3)
+    assert "7 frames 32x48, 2 step(s), chain windows of 4 overlapping by 1" in stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--frames", "6", "--long", "chain", "--window", "4", "--overlap", "4"], "overlap must be at least 1 and less than the window"),
+    (["--frames", "6", "--long", "multidiffusion", "--window", "4", "--overlap", "0"], "overlap must be at least 1"),
+    (["--frames", "3", "--long", "multidiffusion", "--window", "4"], "3 frames are fewer than the window of 4"),
+    (["--frames", "3", "--long", "chain"], "3 frames are fewer than the window of 4"),  # the model's window: 4
+    (["--frames", "6", "--long", "loop"], "long-video mode must be one of chain, multidiffusion"),
+    (["--frames", "6", "--window", "4"], "--window, --overlap and --noise-rescheduling go with --long"),
+    (["--noise-rescheduling"], "--window, --overlap and --noise-rescheduling go with --long"),
+    (["--steps", "4"], "num_inference_steps must be 1..3"),
+])
+def test_bad_long_video_and_step_arguments_are_one_line_exit_2(extra, message, tiny_dir, image_path, tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    code, _, stderr = run_cli(sample_args(tiny_dir, image_path, out, *extra), capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in stderr, stderr
+    assert not out.exists()

@@ -10,6 +10,7 @@ on channels, added time ids, CFG) stays in its file. Adding a family = one new f
     denoise_with(net, x, σ, cond)       -> x0                              the same for another network (G)
     encoder()                           -> module: (x, σ′, cond) -> [features per block]   D's backbone
     decode(latents, chunk)              -> frames [B, 3, F, H, W] in [-1, 1]                the decoder slot
+    condition_on_frame(cond, x0 frame)  -> cond for a clip continued from a generated frame   I2V chaining
     sigmas(steps) / sigma_min, sigma_max                                   the σ schedule
     sharding_units(net)                 -> the blocks FSDP shards
 """
@@ -70,7 +71,13 @@ class Teacher(Protocol):
     def sample(self, cond: Condition, num_frames: int, height: int, width: int, num_inference_steps: int = 25,
                sigmas: Sequence[float] | None = None, min_guidance_scale: float = 1.0, max_guidance_scale: float = 3.0,
                generator=None, latents: torch.Tensor | None = None, unet: torch.nn.Module | None = None,
-               callback=None, progress=None) -> torch.Tensor: ...
+               callback=None, progress=None, sampler: str = "euler", window: int | None = None,
+               overlap: int | None = None) -> torch.Tensor: ...
+
+    def initial_latents(self, batch_size: int, num_frames: int, height: int, width: int, init_sigma: torch.Tensor,
+                        generator=None, latents: torch.Tensor | None = None) -> torch.Tensor: ...  # σ_0·ε
+
+    def condition_on_frame(self, cond: Condition, frame: torch.Tensor, generator=None) -> Condition: ...  # chaining
 
     def encoder(self) -> torch.nn.Module: ...
 

@@ -44,7 +44,7 @@ from sfv.decoders import build_decoder
 from sfv.errors import InputError, ModelLoadError, first_line
 from sfv.images import check_output_type
 from sfv.model_dir import check_model_dir, check_video_size
-from sfv.sampling import euler_sample
+from sfv.sampling import consistency_sample, euler_sample, multidiffusion
 from sfv.teachers.svd_condition import SVDCondition, SVDConditioning
 from sfv.teachers.svd_encoder import PRECOND, SVDEncoder, sharding_units
 
@@ -295,21 +295,42 @@ class SVDTeacher(SVDConditioning):
         unet: UNetSpatioTemporalConditionModel | None = None,
         callback=None,
         progress=None,
+        sampler: str = "euler",
+        window: int | None = None,
+        overlap: int | None = None,
     ) -> torch.Tensor:
-        """Multi-step Euler sampling with SVD's per-frame CFG ramp; returns x0 latents [B, F, C, h, w].
+        """Multi-step sampling with SVD's per-frame CFG ramp; returns x0 latents [B, F, C, h, w].
 
         `sigmas` (descending, ending in the final level, usually 0) overrides the Karras schedule;
         `unet` runs another SVD-layout network (the one-step student) under the same conditioning.
         CFG is on when max_guidance_scale > 1 (as in the stock pipeline): a doubled UNet batch per step.
+        sampler: "euler" (the stock pipeline's) or "consistency" (a one-step student's few-step sampler: x̂0,
+        re-noised to the next level with noise drawn from `generator`; sfv.sampling.consistency_sample).
+        window, overlap: MultiDiffusion over temporal windows of `window` frames (sfv.sampling.multidiffusion);
+        the CFG ramp then spans one window, as each UNet call sees one.
         """
+        if sampler not in ("euler", "consistency"):
+            raise InputError(f"sampler must be 'euler' or 'consistency', not {sampler!r}")
         sigmas, init_sigma = self.sigmas(num_inference_steps, custom=sigmas)
         unet = unet if unet is not None else self.unet
+        frames_per_call = window if window is not None else num_frames
         guidance = None
         if max_guidance_scale > 1:
-            guidance = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames)  # [F] ramp, frame 0 → last
-            guidance = guidance.to(self.device, torch.float32).reshape(1, num_frames, 1, 1, 1)
+            guidance = torch.linspace(min_guidance_scale, max_guidance_scale, frames_per_call)  # [F] ramp, frame 0 → last
+            guidance = guidance.to(self.device, torch.float32).reshape(1, frames_per_call, 1, 1, 1)
         x = self.initial_latents(len(cond), num_frames, height, width, init_sigma, generator, latents)
-        return euler_sample(lambda x, s: svd_denoise(unet, x, s, cond, guidance), x, sigmas, callback, progress)
+
+        def denoise(x, sigma):
+            return svd_denoise(unet, x, sigma, cond, guidance)
+
+        if window is not None:
+            denoise = multidiffusion(denoise, num_frames, window, overlap)
+        if sampler == "consistency":
+            def noise(like):  # ε for re-noising, float32 like the initial noise
+                return randn_tensor(like.shape, generator=generator, device=like.device, dtype=torch.float32)
+
+            return consistency_sample(denoise, x, sigmas, noise, callback, progress)
+        return euler_sample(denoise, x, sigmas, callback, progress)
 
     # -- decoding --------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -101,6 +101,17 @@ class SVDConditioning:
         time_ids = time_ids.repeat(len(embeds), 1).to(self.device)
         return SVDCondition(embeds, latents, time_ids)
 
+    @torch.no_grad()
+    def condition_on_frame(self, cond: SVDCondition, frame: torch.Tensor, generator=None) -> SVDCondition:
+        """The condition for continuing a clip from a generated frame (image-to-video chaining): its x0 latents
+        [B, C, h, w] are decoded and encoded as a conditioning image is (CLIP embedding; VAE mode of the image
+        noise-augmented at the strength in the time ids, drawn from `generator`); the time ids are kept."""
+        pixels = self.decode(frame.unsqueeze(1))[:, :, 0]  # [B, 3, H, W] in [-1, 1]
+        image = ((pixels + 1) / 2).clamp(0, 1)
+        strength = cond.added_time_ids[:, 2].float().reshape(-1, 1, 1, 1).to(self.device)  # per video
+        embeds, latents = self._encode_first_frame(image, image.shape[-2], image.shape[-1], strength, 1, generator)
+        return SVDCondition(embeds, latents, cond.added_time_ids)
+
     def _encode_first_frame(self, image, height, width, noise_aug_strength, num_videos_per_prompt, generator):
         """(CLIP embedding [B, 1, D], unscaled VAE mode of the noise-augmented image [B, C, h, w])."""
         image = as_pipeline_image(image)

@@ -275,21 +275,25 @@ def write_report(report: dict, out: Path) -> None:
 
 def write_grids(out: Path, real: np.ndarray, videos: dict[str, list[np.ndarray]], rows: int = 4, zoom: int = 3) -> None:
     """Animated GIF per seed: rows = conditionings, columns = real | each method of GRID_METHODS present."""
-    from PIL import Image
-
     cols = [m for m in GRID_METHODS if m in videos]
     for seed in range(len(next(iter(videos.values())))):
         clips = [real[:rows], *[videos[m][seed][:rows] for m in cols]]  # each [R, F, H, W, 3]
-        pad = 2
-        r_, f_, h, w = clips[0].shape[:4]
-        grid = np.full((f_, r_ * (h + pad) + pad, len(clips) * (w + pad) + pad, 3), 255, np.uint8)
-        for c, clip in enumerate(clips):
-            for r in range(r_):
-                y, x = pad + r * (h + pad), pad + c * (w + pad)
-                grid[:, y : y + h, x : x + w] = clip[r]
-        images = [Image.fromarray(g).resize((g.shape[1] * zoom, g.shape[0] * zoom), Image.NEAREST) for g in grid]
-        images[0].save(out / f"grid-seed{seed}.gif", save_all=True, append_images=images[1:], duration=250, loop=0,
-                       optimize=False, disposal=1)
+        save_grid_gif(out / f"grid-seed{seed}.gif", clips, zoom)
+
+
+def save_grid_gif(path: Path, clips: list[np.ndarray], zoom: int = 3, duration_ms: int = 250) -> None:
+    """Animated GIF of videos side by side: one column per entry of `clips`, each [R, F, H, W, 3] uint8 (R rows)."""
+    from PIL import Image
+
+    pad = 2
+    r_, f_, h, w = clips[0].shape[:4]
+    grid = np.full((f_, r_ * (h + pad) + pad, len(clips) * (w + pad) + pad, 3), 255, np.uint8)
+    for c, clip in enumerate(clips):
+        for r in range(r_):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            grid[:, y : y + h, x : x + w] = clip[r]
+    images = [Image.fromarray(g).resize((g.shape[1] * zoom, g.shape[0] * zoom), Image.NEAREST) for g in grid]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, optimize=False, disposal=1)
 
 
 def plot(report: dict, path: Path) -> None:
