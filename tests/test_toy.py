@@ -384,3 +384,36 @@ def test_the_teacher_tool_reads_the_world_preset_and_keeps_it_in_the_clips_cache
     again = tool.load_clips(str(tmp_path / "absent"), None, str(cache))  # from the cache alone
     assert again[2] == "v2" and torch.equal(again[0], frames)
     assert tool.load_clips(str(write_world(tmp_path / "v1", 1, size=32)), None, None)[2] == "v1"
+
+
+def test_demo_scores_a_teacher_on_world_v2_with_the_branching_grid(tmp_path):
+    from PIL import Image
+
+    from sfv.toy.demo import V2_COLUMNS, main
+
+    out = tmp_path / "demo-v2"
+    rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--world", "v2", "--teacher-only", "--eval", "2", "--seeds", "2",
+               "--references", "2", "--steps", "1", "--without-cfg"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["world"] == {"preset": "v2", "directions": 4} and report["distill"]["g_steps"] == 0
+    assert [r["name"] for r in report["rows"]] == ["teacher-1", "teacher-1-nocfg", "real→VAE", "real"]
+    for r in report["rows"]:
+        assert set(r["parts"]) == set(V2_COLUMNS) and math.isfinite(r["toy_error"])
+    assert report["rows"][-1]["toy_error"] < report["rows"][0]["toy_error"]  # true draws beat an untrained-for-v2 teacher
+    assert read_world(out / "world-eval")[0] == {"preset": "v2", "count": 2, "seed": 2, "frames": 8, "size": 64, "fps": 8,
+                                                 "samples": 2, "directions": 4}
+    with Image.open(out / "grid-branching.gif") as gif:  # rows: 2 conditionings × 2 seeds; real | teacher-1 | teacher-1-nocfg
+        assert gif.n_frames == 8 and gif.size == (3 * (3 * 34 + 2), 3 * (4 * 34 + 2))
+    assert "| teacher-1-nocfg | 1 |" in (out / "report.md").read_text()
+
+
+def test_demo_bad_world_preset_or_directions_is_one_line_and_exit_2(tmp_path, capsys):
+    from sfv.toy.demo import main
+
+    assert main(["--out", str(tmp_path / "d"), "--teacher", str(TOY_TEACHER), "--world", "v9"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--teacher", str(TOY_TEACHER), "--world", "v2", "--directions", "5"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--teacher", str(TOY_TEACHER), "--world", "v2", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("sfv: error: ") for line in err), err
+    assert not (tmp_path / "d").exists()
