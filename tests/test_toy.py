@@ -11,10 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfv.metrics.toy import PARTS, score
+from sfv.metrics.toy import PARTS, score, score_futures
 from sfv.toy.teacher import flip_augment, load_world
 from sfv.toy.world import (
-    DIRECTIONS, SPEED, Obj, Scene, bucket_for_direction, direction_for_bucket, make_scene, render, trajectories, write_world,
+    DIRECTIONS, SEPARATION, SPEED, SPEEDS, BranchScene, Obj, Scene, bucket_for_direction, bucket_for_speed,
+    direction_for_bucket, make_branch_scene, make_scene, read_world, render, resample, scene_from_json,
+    speed_for_bucket, trajectories, write_world,
 )
 
 
@@ -27,6 +29,13 @@ def test_scenes_are_deterministic_by_seed_and_buckets_encode_the_direction():
     assert np.array_equal(render(make_scene(3), 8, 32), render(make_scene(3), 8, 32))
     assert [bucket_for_direction(k) for k in range(DIRECTIONS)] == [16, 48, 80, 112, 144, 176, 208, 240]
     assert all(direction_for_bucket(bucket_for_direction(k)) == k for k in range(DIRECTIONS))
+
+
+def test_v1_scenes_are_drawn_as_when_v1_was_published():
+    # v1's published numbers rest on these draws: a change in make_scene's RNG order would silently change them
+    sc = make_scene(3)
+    assert (sc.background, sc.direction, [(o.kind, o.colour) for o in sc.objects]) == (1, 1, [("square", 1), ("square", 3), ("square", 0)])
+    assert sc.objects[0].radius == 0.1332864814425747 and sc.objects[2].y == 0.44806107784661575
 
 
 def test_trajectories_move_at_constant_velocity_and_bounce_off_the_walls():
@@ -197,3 +206,214 @@ def test_the_teacher_tool_trains_and_saves_a_loadable_teacher(tmp_path):
     bad = subprocess.run([*cmd[:3], str(tmp_path / "no-world"), "--out", str(tmp_path / "t2")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("sfv: error: ") and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "t2").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# World v2: the bucket sets the speed, each object's direction is one of K that frame 0 does not reveal
+
+
+def test_v2_buckets_set_the_speed_and_frame_0_does_not_reveal_the_directions():
+    assert [bucket_for_speed(c) for c in range(len(SPEEDS))] == [32, 128, 224]
+    assert all(speed_for_bucket(bucket_for_speed(c)) == c for c in range(len(SPEEDS)))
+    scene = make_branch_scene(5, directions=4)
+    assert scene == make_branch_scene(5, directions=4) and scene.motion_bucket_id == bucket_for_speed(scene.speed)
+    a, b = render(scene.with_choice([0] * len(scene.objects)), 8, 32), render(scene.with_choice([2] * len(scene.objects)), 8, 32)
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[1:], b[1:])
+    futures = scene.futures(8)  # [N, K, F, 2]
+    assert futures.shape == (len(scene.objects), 4, 8, 2)
+    assert np.allclose(trajectories(scene, 8), futures[np.arange(len(scene.objects)), scene.choice].transpose(1, 0, 2))
+    step = np.linalg.norm(np.diff(futures, axis=2), axis=-1)  # before any bounce, every future moves at the class speed
+    assert np.isclose(step[..., 0], SPEEDS[scene.speed]).all()
+    for n in range(len(scene.objects)):  # any two futures of an object stay apart (the nearest one is well defined)
+        d = np.linalg.norm(futures[n, :, None, 1:] - futures[n, None, :, 1:], axis=-1).mean(-1)
+        assert d[~np.eye(4, dtype=bool)].min() >= SEPARATION
+
+
+def test_v2_directions_are_drawn_independently_and_uniformly():
+    draws = np.array([resample(make_branch_scene(1), [1, r]).choice for r in range(400)])  # [400, N]
+    for col in draws.T:
+        assert np.bincount(col, minlength=4).min() > 70  # each of K = 4 about 100 times
+    assert (draws[:, 0] != draws[:, 1]).mean() > 0.6  # not one shared direction (0.75 if independent)
+
+
+def test_v2_flip_augmentation_keeps_the_speed_and_maps_directions_to_directions():
+    scene = make_branch_scene(9, directions=4)
+    video = torch.from_numpy(render(scene, 8, 32)).permute(0, 3, 1, 2)[None].float()
+    frames, buckets = flip_augment(video, torch.tensor([float(scene.motion_bucket_id)]), preset="v2")
+    assert buckets.tolist() == [scene.motion_bucket_id] * 4
+    for j, (fx, fy) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+        # θ_k = 2π(k + ½)/K: a mirror in x sends k to K/2 − 1 − k, a mirror in y sends k to K − 1 − k
+        choice = [((1 - k) if fx else k) % 4 for k in scene.choice]
+        choice = [((3 - k) if fy else k) % 4 for k in choice]
+        mirrored = BranchScene(scene.background, scene.speed, 4, [
+            Obj(o.kind, o.colour, o.radius, 1 - o.x if fx else o.x, 1 - o.y if fy else o.y) for o in scene.objects], choice)
+        assert torch.equal(frames[j], torch.from_numpy(render(mirrored, 8, 32)).permute(0, 3, 1, 2).float())
+
+
+def test_v2_world_folder_records_every_future_of_every_clip(tmp_path):
+    folder = write_world(tmp_path / "w", 2, seed=4, preset="v2", directions=6, samples=3)
+    info, rows = read_world(folder)
+    assert info["preset"] == "v2" and info["directions"] == 6 and len(rows) == 6
+    assert [(r["conditioning"], r["sample"]) for r in rows] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    meta = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    for row, m in zip(rows, meta):
+        scene = scene_from_json(row)
+        assert m["file"] == row["file"] and m["motion_bucket_id"] == scene.motion_bucket_id
+        assert np.allclose(np.array(row["futures"]), scene.futures(8), atol=1e-5)  # [N, K, F, 2], the clip's among them
+    assert len({tuple(r["choice"]) for r in rows[:3]}) > 1  # samples of one conditioning take different futures
+    assert rows[0]["objects"] == rows[2]["objects"] and rows[0]["speed"] == rows[2]["speed"]
+
+
+def test_world_bad_preset_or_directions_is_one_line_and_exit_2(tmp_path, capsys):
+    from sfv.toy.world import main
+
+    for bad in (["--preset", "v3"], ["--preset", "v2", "--directions", "3"], ["--preset", "v2", "--directions", "2"],
+                ["--preset", "v2", "--directions", "x"], ["--preset", "v1", "--samples", "2"]):
+        assert main(["--out", str(tmp_path / "w"), "--count", "2", *bad]) == 2, bad
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 5 and all(line.startswith("sfv: error: ") for line in err), err
+    assert "unknown toy-world preset 'v3'" in err[0] and "K must be an even number" in err[1]
+    assert not (tmp_path / "w").exists()
+    assert main(["--out", str(tmp_path / "w"), "--count", "1", "--preset", "v2", "--size", "32"]) == 0
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["metadata.jsonl", "scenes.jsonl", "toy00000.mp4", "world.json"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metric v2: real samples best; the average of the futures, blur, mode collapse, frozen, shuffled and drifting
+# samples clearly worse, each in the part meant to catch it. These floors were fixed before any model was scored.
+
+V2_SEEDS = 4
+
+
+@pytest.fixture(scope="module")
+def world_v2(tmp_path_factory):
+    """12 held-out conditionings × 8 real clips (each its own direction draw) through sfv's video data path:
+    4 play the generated samples, 4 are the reference set."""
+    folder = write_world(tmp_path_factory.mktemp("world") / "eval-v2", 12, seed=11, preset="v2", samples=2 * V2_SEEDS)
+    frames, _ = load_world(folder)
+    clips = frames.float().permute(0, 1, 3, 4, 2).numpy()
+    clips = clips.reshape(12, 2 * V2_SEEDS, *clips.shape[1:]).swapaxes(0, 1)  # [samples, N, F, H, W, 3]
+    rows = read_world(folder)[1]
+    scenes = [scene_from_json(r) for r in rows if r["sample"] == 0]
+    direct = np.stack([[render(scene_from_json(r), 8, 32) for r in rows if r["sample"] == s] for s in range(V2_SEEDS)])
+    return clips[:V2_SEEDS], clips[V2_SEEDS:], scenes, direct.astype(np.float32) / 255
+
+
+def _average_of_futures(scenes, seeds: int) -> np.ndarray:
+    """The per-pixel mean over all K^N joint futures of each conditioning — what one step of regression predicts."""
+    import itertools
+
+    avg = [np.mean([render(sc.with_choice(c), 8, 32).astype(np.float32) / 255
+                    for c in itertools.product(range(sc.directions), repeat=len(sc.objects))], axis=0) for sc in scenes]
+    return np.repeat(np.stack(avg)[None], seeds, axis=0)
+
+
+def _degraded_v2(gen: np.ndarray, scenes) -> dict[str, np.ndarray]:
+    s, n, f = gen.shape[:3]
+    rng = np.random.default_rng(0)
+    shuffled = gen.copy()
+    for i in np.ndindex(s, n):  # frame 0 stays (the conditioning), the rest in random order
+        shuffled[i] = gen[i][np.r_[0, 1 + rng.permutation(f - 1)]]
+    t = np.linspace(0, 1, f)[None, None, :, None, None, None]
+    return {
+        "average of futures": _average_of_futures(scenes, s),
+        "blur": _blur(gen.reshape(s * n, *gen.shape[2:]), 1.0).reshape(gen.shape),
+        "collapse": np.repeat(gen[:1], s, axis=0),  # one future for every seed (a real one: only diversity is wrong)
+        "freeze": np.repeat(gen[:, :, :1], f, axis=2),
+        "shuffle": shuffled,
+        "drift": np.clip(gen + t * np.array([0.3, -0.2, 0.25]), 0, 1),
+    }
+
+
+V2_COLUMNS = ("toy_error", "precision", "position", "shape", "clutter", "motion", "speed", "jitter", "diversity", "coverage",
+              "conditioning", "frechet")
+
+
+def test_v2_real_samples_score_best_and_every_degradation_clearly_worse_in_its_own_part(world_v2):
+    gen, ref, scenes, direct = world_v2
+    results = {"real": score_futures(gen, scenes, ref), "real, direct render": score_futures(direct, scenes, ref)}
+    results.update({name: score_futures(v, scenes, ref) for name, v in _degraded_v2(gen, scenes).items()})
+    print(f"\n{'':20s}" + " ".join(f"{c[:9]:>9s}" for c in V2_COLUMNS))
+    for name, s in results.items():
+        print(f"{name:20s}" + " ".join(f"{s[c]:9.3f}" for c in V2_COLUMNS))
+    real, noise = results["real"], results["real, direct render"]["toy_error"]
+    assert real["toy_error"] < 0.1 and noise < 0.2 and real["diversity"] < 0.3
+    floor = {"average of futures": 2.0, "blur": 0.15, "collapse": 0.15, "freeze": 0.5, "shuffle": 1.0, "drift": 1.0}
+    for name, at_least in floor.items():
+        assert results[name]["toy_error"] > at_least, (name, results[name])
+        assert results[name]["toy_error"] > 2 * max(real["toy_error"], noise), (name, results[name])
+    r = {name: s for name, s in results.items()}
+    # each failure in the part meant to catch it
+    assert r["average of futures"]["precision"] > 1.0 and r["average of futures"]["shape"] > 0.6  # faint copies: the object is gone
+    assert r["blur"]["precision"] > 4 * real["precision"] and r["blur"]["clutter"] > 0.03
+    assert r["collapse"]["diversity"] > 0.8 and r["collapse"]["coverage"] < 0.3 < real["coverage"]
+    assert r["collapse"]["precision"] < 2 * real["precision"] + 0.02  # every sample is a real clip: nothing else is wrong
+    assert r["freeze"]["speed"] > 1.0  # px/frame: the commanded speed is lost
+    assert r["shuffle"]["jitter"] > 3.0  # px/frame²
+    assert r["drift"]["clutter"] > 0.3  # colours leave frame 0's palette
+
+
+def test_v2_diversity_is_zero_for_true_draws_and_one_for_a_fixed_direction(world_v2):
+    gen, ref, scenes, _ = world_v2
+    # the reference set scored as samples (other true draws) is as diverse as the world; a generator that picks
+    # the same direction for every object and seed is not, though each of its videos is a possible future
+    assert score_futures(ref, scenes, gen)["diversity"] < 0.3
+    fixed = np.stack([np.stack([render(sc.with_choice([1] * len(sc.objects)), 8, 32) for sc in scenes])] * V2_SEEDS)
+    s = score_futures(fixed, scenes, ref)
+    assert s["diversity"] > 0.95 and s["coverage"] == 0.25 and s["position"] < 0.3
+
+
+def test_v2_score_rejects_mismatched_shapes_and_single_seeds(world_v2):
+    gen, ref, scenes, _ = world_v2
+    with pytest.raises(ValueError, match="share"):
+        score_futures(gen[:, :, :4], scenes, ref)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        score_futures(gen[:1], scenes, ref)
+
+
+def test_the_teacher_tool_reads_the_world_preset_and_keeps_it_in_the_clips_cache(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_toy_teacher", TOY_TEACHER.parents[1] / "tools/train_toy_teacher.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    v2 = write_world(tmp_path / "v2", 2, seed=3, preset="v2", size=32)
+    cache = tmp_path / "clips.safetensors"
+    frames, buckets, preset = tool.load_clips(str(v2), None, str(cache))
+    assert preset == "v2" and frames.shape == (2, 8, 3, 32, 32) and set(buckets.tolist()) <= {32.0, 128.0, 224.0}
+    again = tool.load_clips(str(tmp_path / "absent"), None, str(cache))  # from the cache alone
+    assert again[2] == "v2" and torch.equal(again[0], frames)
+    assert tool.load_clips(str(write_world(tmp_path / "v1", 1, size=32)), None, None)[2] == "v1"
+
+
+def test_demo_scores_a_teacher_on_world_v2_with_the_branching_grid(tmp_path):
+    from PIL import Image
+
+    from sfv.toy.demo import V2_COLUMNS, main
+
+    out = tmp_path / "demo-v2"
+    rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--world", "v2", "--teacher-only", "--eval", "2", "--seeds", "2",
+               "--references", "2", "--steps", "1", "--without-cfg"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["world"] == {"preset": "v2", "directions": 4} and report["distill"]["g_steps"] == 0
+    assert [r["name"] for r in report["rows"]] == ["teacher-1", "teacher-1-nocfg", "real→VAE", "real"]
+    for r in report["rows"]:
+        assert set(r["parts"]) == set(V2_COLUMNS) and math.isfinite(r["toy_error"])
+    assert report["rows"][-1]["toy_error"] < report["rows"][0]["toy_error"]  # true draws beat an untrained-for-v2 teacher
+    assert read_world(out / "world-eval")[0] == {"preset": "v2", "count": 2, "seed": 2, "frames": 8, "size": 64, "fps": 8,
+                                                 "samples": 2, "directions": 4}
+    with Image.open(out / "grid-branching.gif") as gif:  # rows: 2 conditionings × 2 seeds; real | teacher-1 | teacher-1-nocfg
+        assert gif.n_frames == 8 and gif.size == (3 * (3 * 34 + 2), 3 * (4 * 34 + 2))
+    assert "| teacher-1-nocfg | 1 |" in (out / "report.md").read_text()
+
+
+def test_demo_bad_world_preset_or_directions_is_one_line_and_exit_2(tmp_path, capsys):
+    from sfv.toy.demo import main
+
+    assert main(["--out", str(tmp_path / "d"), "--teacher", str(TOY_TEACHER), "--world", "v9"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--teacher", str(TOY_TEACHER), "--world", "v2", "--directions", "5"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--teacher", str(TOY_TEACHER), "--world", "v2", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("sfv: error: ") for line in err), err
+    assert not (tmp_path / "d").exists()

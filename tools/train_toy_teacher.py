@@ -5,7 +5,7 @@
 
 Two phases: the VAE (--vae-minutes), then the UNet on the VAE's latents (--unet-minutes); `--init DIR` starts
 from a saved toy teacher (e.g. `--init models/toy-svd --vae-minutes 0` trains its UNet further).
-The committed models/toy-svd took about 80 minutes on this project's 2-core CPU (no GPU was lent): 4 min decoding
+The committed models/toy-svd took about 80 minutes on this project's 2-core CPU: 4 min decoding
 the world, VAE 12 min (917 steps), UNet 50 min (5178 steps, lr 5e-4), then `--init` with --unet-lr 2.5e-4 for
 1000 more steps (10 min; stopped at that snapshot). Its toy_teacher.json records every stage. A GPU would do the
 same step counts in a few minutes (not measured).
@@ -23,17 +23,23 @@ from pathlib import Path
 
 
 def load_clips(world: str, count: int | None, cache: str | None):
+    """Clips [N, F, 3, H, W], motion buckets [N] and the world's preset (v1/v2, from world.json; kept in the cache)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from sfv.toy.teacher import load_world
+    from sfv.toy.world import read_world
 
     if cache and Path(cache).is_file():
         saved = load_file(cache)
-        return saved["frames"][:count], saved["buckets"][:count]
+        with safe_open(cache, "pt") as f:
+            preset = (f.metadata() or {}).get("preset", "v1")
+        return saved["frames"][:count], saved["buckets"][:count], preset
+    preset = read_world(world)[0]["preset"]
     frames, buckets = load_world(world, count)
     if cache:
-        save_file({"frames": frames.contiguous(), "buckets": buckets.contiguous()}, cache)
-    return frames, buckets
+        save_file({"frames": frames.contiguous(), "buckets": buckets.contiguous()}, cache, metadata={"preset": preset})
+    return frames, buckets, preset
 
 
 def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -63,7 +69,8 @@ def train(args) -> int:
 
     from sfv.errors import InputError
     from sfv.teachers.svd import SVDTeacher
-    from sfv.toy.teacher import TeacherTraining, build_teacher, flip_augment, save_teacher, train_unet, train_vae
+    from sfv.toy.teacher import (TeacherTraining, _log, build_teacher, flip_augment, save_teacher, train_unet, train_vae,
+                                  vae_psnr)
 
     if not Path(args.world).is_dir() and not (args.clips_cache and Path(args.clips_cache).is_file()):
         raise InputError(f"--world '{args.world}' is not a folder; write one with sfv.toy.world.write_world")
@@ -72,16 +79,20 @@ def train(args) -> int:
     out = Path(args.out)
     log = out.parent / f"{out.name}.train.jsonl"
     t0 = time.perf_counter()
-    frames, buckets = load_clips(args.world, args.count, args.clips_cache)  # bad input fails here, before writing
+    frames, buckets, preset = load_clips(args.world, args.count, args.clips_cache)  # bad input fails here, before writing
     out.mkdir(parents=True, exist_ok=True)
-    frames, buckets = flip_augment(frames, buckets)
+    frames, buckets = flip_augment(frames, buckets, preset)
     print(f"loaded {len(frames)} clips (with flips) in {time.perf_counter() - t0:.0f} s", flush=True)
     teacher = SVDTeacher.from_pretrained(args.init) if args.init else build_teacher()
     history = json.loads((Path(args.init) / "toy_teacher.json").read_text()).get("history", []) if args.init else []
-    vae_stats = train_vae(teacher.vae, frames, cfg, log) if cfg.vae_minutes > 0 else {}
+    if cfg.vae_minutes > 0:
+        vae_stats = train_vae(teacher.vae, frames, cfg, log)
+    else:  # a reused VAE: how well it reconstructs this world (64 clips, flips included)
+        vae_stats = {"phase": "vae", "reused": args.init, "psnr": vae_psnr(teacher.vae, frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(0))[:64]])}
+        _log(log, vae_stats)
 
     def save(unet, step=None):
-        run = {"world": str(args.world), "clips": len(frames), "training": asdict(cfg), "vae": vae_stats, "unet_steps": step,
+        run = {"world": str(args.world), "preset": preset, "clips": len(frames), "training": asdict(cfg), "vae": vae_stats, "unet_steps": step,
                "torch_threads": torch.get_num_threads(), "wall_minutes": round((time.perf_counter() - t0) / 60, 1)}
         save_teacher(teacher, unet, out, {"history": [*history, run]})
 

@@ -20,7 +20,7 @@ Parts (all lower = better, 0 for the real clip itself):
 
 Headline `toy_error` = mean over parts of part / SCALES[part]: each scale is roughly what a clearly broken
 video scores on that part, so 1.0 is "broken on average". The scales were fixed with the validation tests
-(tests/test_toy_metric.py: real clips score 0; blurred, frozen, frame-shuffled and drifting clips clearly
+(tests/test_toy.py: real clips score 0; blurred, frozen, frame-shuffled and drifting clips clearly
 worse) before any model was scored.
 """
 
@@ -151,3 +151,135 @@ def score(generated, real) -> dict[str, float]:
     parts["toy_error"] = float(np.mean([parts[k] / SCALES[k] for k in PARTS]))
     parts["videos"] = len(g["videos"])
     return parts
+
+
+# ----------------------------------------------------------------------------------------------------
+# v2: several possible futures per conditioning (`sfv.toy.world.BranchScene`)
+#
+# A conditioning no longer determines its video, so a sample is scored against its *nearest possible future*:
+# each object (found by its colour) is assigned the direction k* whose trajectory its centroid track follows
+# most closely, and the joint future with those directions is rendered as the reference. Parts (lower = better):
+#
+# - precision:  position (centroid vs the reference, px, capped at CAP; vanished = CAP), shape (|area / area_ref − 1|,
+#               area_ref = the conditioning frame's area × the reference's visible-area ratio, so occlusion is
+#               allowed and shrinking is not) and clutter (pixels neither background nor a frame-0 object colour,
+#               beyond the real clips' at that frame). A per-pixel average of futures is several faint copies:
+#               no copy has the object's colour, so the object vanishes (shape, position) and the copies are clutter.
+# - motion:     speed (| |Δc| − |Δc_ref| |, px/frame: the commanded speed class, bounces included) and jitter
+#               (|Δ²c − Δ²c_ref|, px/frame²).
+# - diversity:  per conditioning and object, the distribution p̂ of k* over the S seeds against the world's
+#               uniform 1/K: total variation TV = ½(Σ_k |p̂_k − 1/K| + p̂_vanished), rescaled so that the value
+#               expected from S true draws is 0 and one fixed direction for every seed is 1.
+# - conditioning: RMSE of generated frame 0 against the conditioning image.
+# - frechet:    Fréchet distance of the per-video descriptors (as v1) of generated and real sets.
+#
+# Headline `toy_error` = mean over the five groups of (mean over the group's parts of part / SCALES_V2[part]).
+
+SCALES_V2 = {"position": 4.0, "shape": 0.5, "clutter": 0.1, "speed": 1.0, "jitter": 2.0, "diversity": 1.0,
+             "conditioning": 0.1, "frechet": 2.0}
+GROUPS_V2 = {"precision": ("position", "shape", "clutter"), "motion": ("speed", "jitter"), "diversity": ("diversity",),
+             "conditioning": ("conditioning",), "frechet": ("frechet",)}
+PARTS_V2 = tuple(SCALES_V2)
+
+
+def expected_tv(samples: int, directions: int, draws: int = 200_000) -> float:
+    """E[TV(p̂, uniform)] for p̂ the histogram of `samples` uniform draws from `directions` (fixed-seed Monte Carlo,
+    ± 0.001): what true sampling scores, the zero of the diversity part."""
+    d = np.random.default_rng(0).integers(directions, size=(draws, samples))
+    counts = np.stack([(d == k).sum(axis=1) for k in range(directions)], axis=1)
+    return float(0.5 * np.abs(counts / samples - 1 / directions).sum(axis=1).mean())
+
+
+def _nearest_future(centre: np.ndarray, futures: np.ndarray) -> int:
+    """k* for one object's centroid track [F, 2] (px, NaN = not found) among its futures [K, F, 2] (px); −1 if the
+    object is not found after frame 0."""
+    if not np.isfinite(centre[1:]).any():
+        return -1
+    d = np.linalg.norm(centre[None, 1:] - futures[:, 1:], axis=-1)  # [K, F−1]
+    return int(np.where(np.isfinite(d), np.minimum(d, CAP), CAP).mean(axis=1).argmin())
+
+
+def score_futures(generated, scenes, real) -> dict[str, float]:
+    """Toy metric v2 of S samples per conditioning.
+
+    generated: [S, N, F, H, W, 3] (S seeds for each of N conditionings), uint8 or float in [0, 1];
+    scenes: N `BranchScene`s (their futures are the truth; their own direction draw is not used);
+    real: [R, N, F, H, W, 3], R real clips per conditioning (frame 0 = the conditioning image; the clutter baseline
+    and the Fréchet reference). Returns the parts, the groups, `toy_error` (the headline), `coverage` (mean fraction
+    of the K directions taken per object; reported, not scored) and the counts."""
+    from sfv.toy.world import render
+
+    g6, r6 = np.asarray(generated), np.asarray(real)
+    if g6.ndim != 6 or r6.ndim != 6 or g6.shape[1:] != r6.shape[1:] or len(scenes) != g6.shape[1]:
+        raise ValueError(f"generated [S, N, F, H, W, 3] {g6.shape} and real [R, N, F, H, W, 3] {r6.shape} must share "
+                         f"N, F, H, W with N = {len(scenes)} scenes")
+    S, N, F, H, W = g6.shape[:5]
+    if S < 2:
+        raise ValueError("diversity needs at least 2 samples per conditioning")
+    if len({sc.directions for sc in scenes}) != 1:
+        raise ValueError("all scenes must have the same number of directions K")
+    g, r = describe(g6.reshape(S * N, *g6.shape[2:])), describe(r6.reshape(-1, *r6.shape[2:]))
+    cond = g["videos"].reshape(S, N, F, H, W, 3)[:, :, 0] - r["videos"].reshape(-1, N, F, H, W, 3)[0, :, 0][None]
+    conditioning = float(np.sqrt((cond**2).mean()))
+    cond_area = _tracks(_masks(r["videos"].reshape(-1, N, F, H, W, 3)[0, :, :1])[0])[0][:, 0]  # [N, colours] at frame 0
+    base_clutter = r["clutter"].reshape(-1, N, F).mean(axis=0)  # [N, F]
+    clutter = float(np.maximum(g["clutter"].reshape(S, N, F) - base_clutter[None], 0)[:, :, 1:].mean())
+
+    scale = np.array([W, H], dtype=np.float64)
+    pos, shp, spd, jit, tv, cov = [], [], [], [], [], []
+    for n, scene in enumerate(scenes):
+        futures = scene.futures(F) * scale  # [J, K, F, 2] px
+        colours = [o.colour for o in scene.objects]
+        picks = np.zeros((S, len(colours)), dtype=int)
+        for s in range(S):
+            i = s * N + n
+            picks[s] = [_nearest_future(g["centre"][i, :, c], futures[j]) for j, c in enumerate(colours)]
+            ref = scene.with_choice([k if k >= 0 else 0 for k in picks[s]])
+            ref_area, ref_centre = _tracks(_masks(_as_float(render(ref, F, W)[None]))[0])
+            for j, c in enumerate(colours):
+                a_ref = ref_area[0, :, c]
+                a_ref = cond_area[n, c] * a_ref / a_ref[0] if a_ref[0] >= MIN_AREA else a_ref
+                ok = a_ref >= MIN_AREA  # [F] where the object is visible in the reference
+                ok[0] = False  # frame 0 is the conditioning (scored apart)
+                c_g, c_r, a_g = g["centre"][i, :, c], ref_centre[0, :, c], g["area"][i, :, c]
+                e = np.linalg.norm(c_g - c_r, axis=-1)
+                pos.append(np.where(np.isfinite(e), np.minimum(e, CAP), CAP)[ok])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.where(a_g >= MIN_AREA, np.minimum(np.abs(a_g / a_ref - 1), 1.0), 1.0)
+                shp.append(ratio[ok])
+                ok1 = ok[1:] & (a_ref[:-1] >= MIN_AREA)  # steps t−1 → t, both visible
+                v_g, v_r = np.diff(c_g, axis=0), np.diff(c_r, axis=0)
+                e = np.abs(np.linalg.norm(v_g, axis=-1) - np.linalg.norm(v_r, axis=-1))
+                spd.append(np.where(np.isfinite(e), np.minimum(e, CAP), CAP)[ok1])
+                ok2 = ok1[1:] & ok1[:-1]
+                e = np.linalg.norm(np.diff(v_g, axis=0) - np.diff(v_r, axis=0), axis=-1)
+                jit.append(np.where(np.isfinite(e), np.minimum(e, CAP), CAP)[ok2])
+        K = scene.directions
+        for j in range(len(colours)):
+            p = np.array([(picks[:, j] == k).mean() for k in range(K)])
+            tv.append(0.5 * (np.abs(p - 1 / K).sum() + (picks[:, j] < 0).mean()))
+            cov.append((p > 0).sum() / K)
+    e_tv = expected_tv(S, scenes[0].directions)
+    top = 1 - 1 / scenes[0].directions  # TV of one fixed direction
+    diversity = max(0.0, (float(np.mean(tv)) - e_tv) / (top - e_tv))
+
+    def mean(parts):
+        x = np.concatenate(parts)
+        return float(x.mean()) if x.size else 0.0
+
+    dg, dr = _descriptors(g), _descriptors(r)
+    eye = 1e-6 * np.eye(dg.shape[1])
+    import torch
+
+    mg, sg = gaussian_stats(torch.from_numpy(dg))
+    mr, sr = gaussian_stats(torch.from_numpy(dr))
+    frechet = max(0.0, frechet_distance(mg, sg + torch.from_numpy(eye), mr, sr + torch.from_numpy(eye)))
+
+    parts = {"position": mean(pos), "shape": mean(shp), "clutter": clutter, "speed": mean(spd), "jitter": mean(jit),
+             "diversity": diversity, "conditioning": conditioning, "frechet": float(frechet)}
+    # group scores: mean of part / scale; the single-part groups (diversity, conditioning, frechet) are reported raw
+    # under the part's name, and their scaled value enters the headline
+    groups = {name: float(np.mean([parts[k] / SCALES_V2[k] for k in members])) for name, members in GROUPS_V2.items()}
+    return {**parts, "precision": groups["precision"], "motion": groups["motion"],
+            "toy_error": float(np.mean(list(groups.values()))), "coverage": float(np.mean(cov)), "tv": float(np.mean(tv)),
+            "tv_expected": e_tv, "videos": S * N, "seeds": S, "conditionings": N}

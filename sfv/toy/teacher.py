@@ -62,14 +62,18 @@ def load_world(folder: str | Path, count: int | None = None) -> tuple[torch.Tens
     return torch.stack([it["frames"] for it in items]).half(), torch.stack([it["motion_bucket_id"] for it in items])
 
 
-def flip_augment(frames: torch.Tensor, buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """×4 data: each clip mirrored in x, in y and both, with the motion bucket of the mirrored direction (the
-    world is symmetric under these flips, so these are toy-world clips too)."""
+def flip_augment(frames: torch.Tensor, buckets: torch.Tensor, preset: str = "v1") -> tuple[torch.Tensor, torch.Tensor]:
+    """×4 data: each clip mirrored in x, in y and both (the world is symmetric under these flips, so these are
+    toy-world clips too). v1: the motion bucket becomes that of the mirrored direction; v2: the bucket is the
+    speed, which a mirror keeps (and an even K maps the direction set onto itself)."""
     from sfv.toy.world import bucket_for_direction, direction_for_bucket
 
+    flips = ((-1,), (-2,), (-1, -2))
+    if preset == "v2":
+        return torch.cat([frames, *[frames.flip(d) for d in flips]]), buckets.repeat(4)
     k = torch.tensor([direction_for_bucket(b) for b in buckets.tolist()])
     out_f, out_b = [frames], [buckets]
-    for dims, new_k in (((-1,), (4 - k) % 8), ((-2,), (8 - k) % 8), ((-1, -2), (k + 4) % 8)):
+    for dims, new_k in zip(flips, ((4 - k) % 8, (8 - k) % 8, (k + 4) % 8)):
         out_f.append(frames.flip(dims))
         out_b.append(torch.tensor([float(bucket_for_direction(int(d))) for d in new_k]))
     return torch.cat(out_f), torch.cat(out_b)
@@ -117,6 +121,17 @@ def train_vae(vae, frames: torch.Tensor, cfg: TeacherTraining, log: Path | None 
     stats = {"phase": "vae", "steps": step, "latent_std": std, "scaling_factor": 1.0 / std, "psnr": round(psnr, 2)}
     _log(log, stats)
     return stats
+
+
+@torch.no_grad()
+def vae_psnr(vae, frames: torch.Tensor, batch: int = 16) -> float:
+    """PSNR (dB, pixels in [−1, 1]) of clips [N, F, 3, H, W] in [0, 1] encoded (mode) and decoded by the VAE."""
+    err = 0.0
+    for i in range(0, len(frames), batch):
+        x = frames[i : i + batch].float().flatten(0, 1) * 2 - 1
+        recon = vae.decode(vae.encode(x).latent_dist.mode(), num_frames=frames.shape[1]).sample
+        err += F.mse_loss(recon, x, reduction="sum").item()
+    return round(10 * math.log10(4 / (err / frames[: len(frames)].numel())), 2)
 
 
 @torch.no_grad()
