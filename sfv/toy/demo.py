@@ -27,8 +27,8 @@ import torch
 
 from sfv.errors import InputError
 
-DEFAULT_TEACHER = "models/toy-svd"
-DEFAULT_FULL = "models/toy-sfv-full"
+DEFAULT_TEACHER = {"v1": "models/toy-svd", "v2": "models/toy-svd-v2"}  # each world's own teacher
+DEFAULT_FULL = {"v1": "models/toy-sfv-full"}
 GRID_METHODS = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "student-1", "student-full-1")
 BRANCH_GRID = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "student-1", "student-full-1")
 
@@ -36,9 +36,10 @@ BRANCH_GRID = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "stude
 def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser_class(prog="python -m sfv.toy.demo", description="SF-V end to end in the toy world (the README's main command)")
     p.add_argument("--out", default="runs/demo", help="output folder (replaced)")
-    p.add_argument("--teacher", default=DEFAULT_TEACHER)
+    p.add_argument("--teacher", help="toy teacher folder (default: the world's own, " + ", ".join(f"{k}: {v}" for k, v in DEFAULT_TEACHER.items()) + ")")
     p.add_argument("--recipe", default="recipes/toy.yaml")
-    p.add_argument("--full-student", default=DEFAULT_FULL, help="a committed fully-distilled student to report too (skipped if absent)")
+    p.add_argument("--full-student", help="a committed fully-distilled student to report too (default: the world's own, "
+                                           "v1: models/toy-sfv-full; skipped if absent)")
     p.add_argument("--student", help="evaluate this exported student folder instead of distilling one (skips the training world)")
     p.add_argument("--train-videos", type=int, default=1000, help="toy-world videos written for distillation")
     p.add_argument("--eval", type=int, default=12, help="held-out conditionings (frame 0 + motion bucket)")
@@ -67,6 +68,8 @@ def demo(args) -> int:
     t0 = time.perf_counter()
     steps = _parse_steps(args.steps)
     check_world(args.world, args.directions)
+    args.teacher = args.teacher or DEFAULT_TEACHER[args.world]
+    args.full_student = DEFAULT_FULL.get(args.world, "") if args.full_student is None else args.full_student
     if args.world == "v2" and (args.seeds < 2 or args.references < 2):
         raise InputError(f"--seeds {args.seeds} / --references {args.references}: v2 scores diversity over ≥ 2 samples (4 or more advised)")
     if not Path(args.teacher, "model_index.json").is_file():
