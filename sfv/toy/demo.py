@@ -187,13 +187,9 @@ def _evaluate(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[di
         for seed in range(args.seeds):
             gen, secs = [], []
             for i in range(n):
-                g = torch.Generator().manual_seed(1000 * seed + i)
-                t = time.perf_counter()
-                video = svd.generate(images[i], size, size, num_frames, fps=FPS, motion_bucket_id=int(buckets[i]),
-                                     noise_aug_strength=NOISE_AUG, generator=g, num_inference_steps=m["steps"],
-                                     max_guidance_scale=m["cfg"], output_type="np")[0]
-                secs.append(time.perf_counter() - t)
-                gen.append((np.clip(video, 0, 1) * 255).round().astype(np.uint8))
+                video, took = _timed_video(svd, images[i], buckets[i], m, size, num_frames, 1000 * seed + i)
+                secs.append(took)
+                gen.append(video)
                 bar.update()
             gen = np.stack(gen)
             videos.setdefault(m["name"], []).append(gen)
@@ -251,13 +247,8 @@ def _evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list
         for seed in range(args.seeds):
             secs = []
             for i in range(n):
-                g = torch.Generator().manual_seed(1000 * seed + i)
-                t = time.perf_counter()
-                video = svd.generate(images[i], size, size, num_frames, fps=FPS, motion_bucket_id=int(buckets[i]),
-                                     noise_aug_strength=NOISE_AUG, generator=g, num_inference_steps=m["steps"],
-                                     max_guidance_scale=m["cfg"], output_type="np")[0]
-                secs.append(time.perf_counter() - t)
-                gen[seed, i] = (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
+                gen[seed, i], took = _timed_video(svd, images[i], buckets[i], m, size, num_frames, 1000 * seed + i)
+                secs.append(took)
                 bar.update()
             times.append(statistics.median(secs))
         videos[m["name"]] = gen
@@ -472,3 +463,14 @@ def plot(report: dict, path: Path) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _timed_video(svd, image, bucket, m: dict, size: int, num_frames: int, seed: int) -> tuple[np.ndarray, float]:
+    """One video of method `m` (steps, CFG) from frame 0 and its motion bucket: uint8 [F, H, W, 3], end-to-end seconds."""
+    from sfv.toy.teacher import FPS, NOISE_AUG
+
+    g = torch.Generator().manual_seed(seed)
+    t = time.perf_counter()
+    video = svd.generate(image, size, size, num_frames, fps=FPS, motion_bucket_id=int(bucket), noise_aug_strength=NOISE_AUG,
+                         generator=g, num_inference_steps=m["steps"], max_guidance_scale=m["cfg"], output_type="np")[0]
+    return (np.clip(video, 0, 1) * 255).round().astype(np.uint8), time.perf_counter() - t
