@@ -31,3 +31,13 @@ def test_make_tiny_svd_tool(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "tools" / "make_tiny_svd.py"), "--out", str(tmp_path / "bad"),
                           "--unet-channels", "16,32"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "multiple of 32" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_main_guard_is_the_last_statement():
+    """`python -m module` runs the guard the moment it is reached: anything defined below it does not exist yet."""
+    import ast
+
+    for path in sorted([*(ROOT / "sfv").rglob("*.py"), *(ROOT / "tools").glob("*.py")]):
+        body = ast.parse(path.read_text()).body
+        guards = [i for i, node in enumerate(body) if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+        assert guards in ([], [len(body) - 1]), f"{path.relative_to(ROOT)}: code after the `if __name__ == '__main__'` block"

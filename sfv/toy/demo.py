@@ -461,10 +461,6 @@ def plot(report: dict, path: Path) -> None:
     img.save(path)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _timed_video(svd, image, bucket, m: dict, size: int, num_frames: int, seed: int) -> tuple[np.ndarray, float]:
     """One video of method `m` (steps, CFG) from frame 0 and its motion bucket: uint8 [F, H, W, 3], end-to-end seconds."""
     from sfv.toy.teacher import FPS, NOISE_AUG
@@ -474,3 +470,7 @@ def _timed_video(svd, image, bucket, m: dict, size: int, num_frames: int, seed: 
     video = svd.generate(image, size, size, num_frames, fps=FPS, motion_bucket_id=int(bucket), noise_aug_strength=NOISE_AUG,
                          generator=g, num_inference_steps=m["steps"], max_guidance_scale=m["cfg"], output_type="np")[0]
     return (np.clip(video, 0, 1) * 255).round().astype(np.uint8), time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    sys.exit(main())
