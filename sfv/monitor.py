@@ -72,6 +72,9 @@ class Monitor:
         scalars["speed/videos_per_s"] = (state.videos - self.v0) / max(now - self.t0, 1e-9)
         d, g, data = (scalars.get(f"time/{k}_s", 0.0) for k in ("d", "g", "data"))
         scalars["time/d_share"] = d / max(d + g, 1e-9)  # of the model time (data loading/encoding is time/data_s)
+        if d + g + data > 0:  # of the whole step: clip loading alone, and loading + the teacher's encode
+            scalars["time/load_share"] = scalars.get("time/load_s", 0.0) / (d + g + data)
+            scalars["time/data_share"] = data / (d + g + data)
         self.acc, self.t0, self.v0 = {}, now, state.videos
         if self.writer is None:
             return

@@ -256,8 +256,10 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
     if pairs and state.videos == 0:
         monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp))  # where D starts
 
-    def next_round():
-        batch = next(loader)
+    def next_round(times):
+        t = time.perf_counter()
+        batch = next(loader)  # decoded clips (the rest of time/data_s is the teacher's VAE/CLIP encode)
+        times["time/load_s"] += time.perf_counter() - t
         state.skipped_files = sorted(set(state.skipped_files).union(batch["skipped"]))  # unique paths + reasons
         gen = round_generator(cfg.seed, state.videos + world.rank, world.device)  # this micro-batch's first position
         state.videos += micro * world.size
@@ -265,10 +267,10 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
 
     monitor.start(state)
     while state.videos < cfg.total_videos:
-        before, stats, times = state.videos, {}, {"time/data_s": 0.0, "time/d_s": 0.0, "time/g_s": 0.0}
+        before, stats, times = state.videos, {}, {"time/data_s": 0.0, "time/load_s": 0.0, "time/d_s": 0.0, "time/g_s": 0.0}
         for _ in range(dcfg.steps_per_g):
             t0 = time.perf_counter()
-            batches = [next_round() for _ in range(rounds)]  # decode + VAE/CLIP encode (or read the cache)
+            batches = [next_round(times) for _ in range(rounds)]  # decode + VAE/CLIP encode (or read the cache)
             t1 = time.perf_counter()
             _add(stats, d_step(p, batches, state), dcfg.steps_per_g)
             times["time/data_s"] += t1 - t0

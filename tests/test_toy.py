@@ -137,8 +137,8 @@ def test_demo_runs_end_to_end_and_writes_a_well_formed_report(tmp_path, capsys):
     from sfv.toy.demo import main
 
     out = tmp_path / "demo"
-    rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--full-student", "", "--train-videos", "8", "--eval", "3",
-               "--seeds", "2", "--steps", "2,1", "train.total_videos=8", "train.log_every=4", "train.sample_every=8"])
+    rc = main(["--out", str(out), "--world", "v1", "--teacher", str(TOY_TEACHER), "--full-student", "", "--train-videos", "8",
+               "--eval", "3", "--seeds", "2", "--steps", "2,1", "train.total_videos=8", "train.log_every=4", "train.sample_every=8"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     names = [r["name"] for r in report["rows"]]
@@ -386,26 +386,46 @@ def test_the_teacher_tool_reads_the_world_preset_and_keeps_it_in_the_clips_cache
     assert tool.load_clips(str(write_world(tmp_path / "v1", 1, size=32)), None, None)[2] == "v1"
 
 
-def test_demo_scores_a_teacher_on_world_v2_with_the_branching_grid(tmp_path):
+def test_demo_distils_and_scores_on_world_v2_by_default(tmp_path):
+    """The default demo (world v2, recipes/toy.yaml) on a reduced setting: distillation with D judged on held-out
+    pairs of the eval world, metric v2, the branching grid and D's held-out plot."""
     from PIL import Image
 
     from sfv.toy.demo import V2_COLUMNS, main
 
     out = tmp_path / "demo-v2"
-    rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--world", "v2", "--teacher-only", "--eval", "2", "--seeds", "2",
-               "--references", "2", "--steps", "1", "--without-cfg"])
+    rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--full-student", "", "--recon-student", "", "--train-videos", "8",
+               "--eval", "2", "--seeds", "2", "--references", "2", "--steps", "1",
+               "train.total_videos=8", "train.log_every=4", "train.sample_every=8", "train.d_eval_every=4", "train.d_eval_count=2"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["world"] == {"preset": "v2", "directions": 4} and report["distill"]["g_steps"] == 0
-    assert [r["name"] for r in report["rows"]] == ["teacher-1", "teacher-1-nocfg", "real→VAE", "real"]
+    assert report["world"] == {"preset": "v2", "directions": 4} and report["recipe"] == "recipes/toy.yaml"
+    assert report["distill"]["g_steps"] == 2
+    assert [r["name"] for r in report["rows"]] == ["teacher-1", "teacher-1-nocfg", "student-1", "real→VAE", "real"]
     for r in report["rows"]:
         assert set(r["parts"]) == set(V2_COLUMNS) and math.isfinite(r["toy_error"])
     assert report["rows"][-1]["toy_error"] < report["rows"][0]["toy_error"]  # true draws beat an untrained-for-v2 teacher
     assert read_world(out / "world-eval")[0] == {"preset": "v2", "count": 2, "seed": 2, "frames": 8, "size": 64, "fps": 8,
                                                  "samples": 2, "directions": 4}
-    with Image.open(out / "grid-branching.gif") as gif:  # rows: 2 conditionings × 2 seeds; real | teacher-1 | teacher-1-nocfg
-        assert gif.n_frames == 8 and gif.size == (3 * (3 * 34 + 2), 3 * (4 * 34 + 2))
-    assert "| teacher-1-nocfg | 1 |" in (out / "report.md").read_text()
+    heldout = [json.loads(line) for line in (out / "distill" / "heldout.jsonl").read_text().splitlines()]
+    assert [h["videos"] for h in heldout] == [0, 4, 8] and all(0 <= h["heldout/pair_win"] <= 1 for h in heldout)
+    assert report["d_heldout_plot"] and Image.open(out / "d-heldout.png").size == (420, 300)
+    log = [json.loads(line) for line in (out / "distill" / "log.jsonl").read_text().splitlines()]
+    assert all(0 < e["time/load_share"] < e["time/data_share"] < 1 for e in log if "time/load_share" in e)
+    with Image.open(out / "grid-branching.gif") as gif:  # rows: 2 conditionings × 2 seeds; real | teacher-1 (± CFG) | student-1
+        assert gif.n_frames == 8 and gif.size == (3 * (4 * 34 + 2), 3 * (4 * 34 + 2))
+    assert "| student-1 | 1 |" in (out / "report.md").read_text()
+
+
+def test_demo_scores_the_teacher_only(tmp_path):
+    from sfv.toy.demo import main
+
+    out = tmp_path / "teacher-v2"
+    assert main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--teacher-only", "--eval", "2", "--seeds", "2",
+                 "--references", "2", "--steps", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["distill"]["g_steps"] == 0 and not (out / "world-train").exists()
+    assert [r["name"] for r in report["rows"]] == ["teacher-1", "teacher-1-nocfg", "real→VAE", "real"]
 
 
 def test_demo_bad_world_preset_or_directions_is_one_line_and_exit_2(tmp_path, capsys):
@@ -417,3 +437,31 @@ def test_demo_bad_world_preset_or_directions_is_one_line_and_exit_2(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("sfv: error: ") for line in err), err
     assert not (tmp_path / "d").exists()
+
+
+def test_the_ablation_tool_distils_each_row_and_tabulates_them(tmp_path, capsys):
+    """tools/toy_ablation.py on a reduced setting: two rows × one seed through the unchanged trainer, scored with
+    metric v2 on held-out conditionings; a rerun skips finished runs; bad rows or a v1 world are one line, exit 2."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("toy_ablation", Path(__file__).resolve().parents[1] / "tools" / "toy_ablation.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    world = write_world(tmp_path / "world", 4, seed=1, preset="v2")
+    args = ["--world", str(world), "--out", str(tmp_path / "abl"), "--teacher", str(TOY_TEACHER), "--rows", "sfv,recon",
+            "--seeds", "0", "--teacher-steps", "1", "--eval", "2", "--samples", "2",
+            "train.total_videos=4", "train.log_every=4", "train.sample_every=4", "train.d_eval_every=4", "train.d_eval_count=2"]
+    assert tool.main(args) == 0
+    report = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert [t["row"] for t in report["table"]] == ["teacher-1 (CFG)", "SF-V (both terms)", "reconstruction only", "real→VAE", "real"]
+    sfv_row, recon_row = report["table"][1], report["table"][2]
+    assert recon_row["g_adv_over_rec"] == [0.0] and sfv_row["g_adv_over_rec"][0] > 0  # the switch reached G
+    assert all(math.isfinite(v) for t in report["table"] for v in t["toy_error"])
+    mtime = (tmp_path / "abl" / "sfv-s0" / "export" / "model_index.json").stat().st_mtime
+    assert tool.main(args) == 0 and (tmp_path / "abl" / "sfv-s0" / "export" / "model_index.json").stat().st_mtime == mtime
+    capsys.readouterr()
+    assert tool.main([*args[:4], "--rows", "sfv,nope"]) == 2
+    assert tool.main(["--world", str(write_world(tmp_path / "v1", 1)), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("sfv: error: ") for line in err), err
+    assert not (tmp_path / "x").exists()

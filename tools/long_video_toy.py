@@ -92,7 +92,7 @@ def evaluate(args) -> dict:
     from sfv.metrics.toy import score
     from sfv.pipeline import SFVPipeline
     from sfv.teachers.svd import SVDTeacher
-    from sfv.toy.demo import save_grid_gif
+    from sfv.toy.report import save_grid_gif
     from sfv.toy.teacher import FPS, NOISE_AUG, SIZE
     from sfv.toy.world import write_world
 

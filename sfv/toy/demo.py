@@ -1,15 +1,18 @@
 """The README's main command: SF-V end to end in the toy world, on a CPU.
 
-    python -m sfv.toy.demo            # = make demo: world -> SF-V distillation -> export -> report
+    python -m sfv.toy.demo            # = make demo: world v2 -> SF-V distillation -> export -> report
 
-1. writes a toy world (real mp4 files + metadata) for training and a held-out set of conditionings;
-2. distils the shipped toy teacher (models/toy-svd) into a one-step student with the SF-V trainer
-   (recipes/toy.yaml, unchanged trainer: `sfv distill` does the same) and exports it;
-3. generates every held-out conditioning with the teacher at 25/16/8/4/1 steps (CFG as SVD: per-frame scale
-   1 → 3, a doubled UNet batch) and with the student (and the committed fully-trained student, if present) at
-   1 step, over several seeds, through the stock-equivalent pipelines, timing each video end to end;
-4. scores them with the toy metric (`sfv.metrics.toy`) and writes report.json, report.md, a GIF grid per seed
-   (real | teacher-25 | teacher-4 | teacher-1 | student-1 …) and quality-vs-time.png.
+1. writes a toy world (real mp4 files + metadata; v2 by default: several possible futures per conditioning)
+   for training and a held-out set of conditionings;
+2. distils the world's shipped toy teacher (v2: models/toy-svd-v2) into a one-step student with the SF-V trainer
+   (v2: recipes/toy.yaml, unchanged trainer: `sfv distill` does the same) and exports it;
+3. generates every held-out conditioning with the teacher at 25/8/4/2/1 steps (CFG as SVD: per-frame scale
+   1 → 3, a doubled UNet batch), with the new student and with the committed students (the full-length SF-V
+   student and the reconstruction-only one, if present) at 1 step, over several seeds, through the
+   stock-equivalent pipelines, timing each video end to end;
+4. scores them with the toy metric (`sfv.metrics.toy`; v2: `score_futures`) and writes report.json, report.md,
+   GIF grids (v2: real | teacher-25 | teacher-4 | teacher-1 | students, 2 conditionings × seeds),
+   D's held-out judgement against videos seen (d-heldout.png) and quality-vs-time.png (`sfv.toy.report`).
 """
 
 from __future__ import annotations
@@ -26,26 +29,35 @@ import numpy as np
 import torch
 
 from sfv.errors import InputError
+from sfv.toy.report import V2_COLUMNS, plot_heldout, summary_table, write_branch_grid, write_grids, write_report
 
-DEFAULT_TEACHER = {"v1": "models/toy-svd", "v2": "models/toy-svd-v2"}  # each world's own teacher
-DEFAULT_FULL = {"v1": "models/toy-sfv-full"}
-GRID_METHODS = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "student-1", "student-full-1")
-BRANCH_GRID = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "student-1", "student-full-1")
+# Each world's own defaults: its teacher, recipe, teacher step counts, training videos and committed students
+# (full-length SF-V; reconstruction only, the ablation's proof). A committed student that is absent is skipped.
+WORLD_DEFAULTS = {
+    "v1": {"teacher": "models/toy-svd", "recipe": "recipes/toy_v1.yaml", "steps": "25,16,8,4,1", "train_videos": 1000,
+           "full_student": "models/toy-sfv-full", "recon_student": ""},
+    "v2": {"teacher": "models/toy-svd-v2", "recipe": "recipes/toy.yaml", "steps": "25,4,1", "train_videos": 500,
+           "full_student": "models/toy-sfv-v2", "recon_student": "models/toy-recon-v2"},
+}
+
+
+def _default_help(key: str) -> str:
+    return "default: the world's own, " + ", ".join(f"{w}: {d[key] or 'none'}" for w, d in WORLD_DEFAULTS.items())
 
 
 def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser_class(prog="python -m sfv.toy.demo", description="SF-V end to end in the toy world (the README's main command)")
     p.add_argument("--out", default="runs/demo", help="output folder (replaced)")
-    p.add_argument("--teacher", help="toy teacher folder (default: the world's own, " + ", ".join(f"{k}: {v}" for k, v in DEFAULT_TEACHER.items()) + ")")
-    p.add_argument("--recipe", default="recipes/toy.yaml")
-    p.add_argument("--full-student", help="a committed fully-distilled student to report too (default: the world's own, "
-                                           "v1: models/toy-sfv-full; skipped if absent)")
+    p.add_argument("--teacher", help="toy teacher folder (" + _default_help("teacher") + ")")
+    p.add_argument("--recipe", help="distillation recipe (" + _default_help("recipe") + ")")
+    p.add_argument("--full-student", help="a committed fully-distilled student to report too ('' = none; " + _default_help("full_student") + ")")
+    p.add_argument("--recon-student", help="a committed reconstruction-only student to report too ('' = none; " + _default_help("recon_student") + ")")
     p.add_argument("--student", help="evaluate this exported student folder instead of distilling one (skips the training world)")
-    p.add_argument("--train-videos", type=int, default=1000, help="toy-world videos written for distillation")
+    p.add_argument("--train-videos", type=int, help="toy-world videos written for distillation (" + _default_help("train_videos") + ")")
     p.add_argument("--eval", type=int, default=12, help="held-out conditionings (frame 0 + motion bucket)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", default="25,16,8,4,1", help="teacher step counts (CFG as SVD)")
-    p.add_argument("--world", default="v1", help="toy-world preset: v1 (one future per conditioning) or v2 (the bucket "
+    p.add_argument("--steps", help="teacher step counts, CFG as SVD (" + _default_help("steps") + ")")
+    p.add_argument("--world", default="v2", help="toy-world preset: v1 (one future per conditioning) or v2 (the bucket "
                                                   "sets the speed; K directions per object)")
     p.add_argument("--directions", type=int, default=4, help="v2: K, directions per object")
     p.add_argument("--references", type=int, default=4, help="v2: real clips per held-out conditioning (true draws)")
@@ -66,17 +78,19 @@ def demo(args) -> int:
     from sfv.toy.world import check_world, write_world
 
     t0 = time.perf_counter()
-    steps = _parse_steps(args.steps)
     check_world(args.world, args.directions)
-    args.teacher = args.teacher or DEFAULT_TEACHER[args.world]
-    args.full_student = DEFAULT_FULL.get(args.world, "") if args.full_student is None else args.full_student
+    for key, value in WORLD_DEFAULTS[args.world].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    steps = _parse_steps(args.steps)
     if args.world == "v2" and (args.seeds < 2 or args.references < 2):
         raise InputError(f"--seeds {args.seeds} / --references {args.references}: v2 scores diversity over ≥ 2 samples (4 or more advised)")
     if not Path(args.teacher, "model_index.json").is_file():
         raise InputError(f"toy teacher '{args.teacher}' not found (it is committed in models/; regenerate with tools/train_toy_teacher.py)")
     out = Path(args.out)
+    held_out = [f"data.eval_videos={out / 'world-eval'}"] if args.world == "v2" else []  # D's held-out pairs
     recipe = load_recipe(args.recipe, [f"model.teacher={args.teacher}", f"data.videos={out / 'world-train'}",
-                                       f"train.run_dir={out / 'distill'}", *args.overrides])
+                                       f"train.run_dir={out / 'distill'}", *held_out, *args.overrides])
     if args.student and not Path(args.student, "model_index.json").is_file():
         raise InputError(f"--student '{args.student}' is not an exported sfv/diffusers folder (no model_index.json)")
     if out.exists() and any(out.iterdir()):
@@ -134,6 +148,10 @@ def demo(args) -> int:
         "rows": results,
         "targets": _targets(results),
     }
+    curves = {"this run": run_dir / "heldout.jsonl"}  # D's held-out judgement against videos seen
+    if args.full_student:
+        curves["full run (committed log)"] = Path(str(Path(args.full_student)) + ".heldout.jsonl")
+    report["d_heldout_plot"] = plot_heldout(curves, out / "d-heldout.png")
     write_report(report, out)
     print(summary_table(report))
     print(f"demo: {out / 'report.md'} ({report['wall_s'] / 60:.1f} min)")
@@ -158,8 +176,9 @@ def _methods(args, steps: list[int], export: Path) -> list[dict]:
     if export is None:
         return methods
     methods.append({"name": "student-1", "model": str(export), "steps": 1, "cfg": 1.0, "unet_evals": 1})
-    if args.full_student and Path(args.full_student, "model_index.json").is_file():
-        methods.append({"name": "student-full-1", "model": args.full_student, "steps": 1, "cfg": 1.0, "unet_evals": 1})
+    for name, folder in (("student-full-1", args.full_student), ("recon-full-1", args.recon_student)):
+        if folder and Path(folder, "model_index.json").is_file():
+            methods.append({"name": name, "model": folder, "steps": 1, "cfg": 1.0, "unet_evals": 1})
     return methods
 
 
@@ -271,10 +290,6 @@ def _evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list
     return real, rows
 
 
-V2_COLUMNS = ("precision", "motion", "diversity", "coverage", "position", "shape", "clutter", "speed", "jitter",
-              "conditioning", "frechet")
-
-
 def _v2_parts(s: dict) -> dict:
     return {k: s[k] for k in V2_COLUMNS}
 
@@ -291,6 +306,23 @@ def _targets(rows: list[dict]) -> dict:
             if k in by:
                 t[f"{k.replace('-', '_')}_coverage_over_real"] = round(by[k]["parts"]["coverage"] / by["real"]["parts"]["coverage"], 3)
                 t[f"{k.replace('-', '_')}_precision_over_vae"] = round(by[k]["parts"]["precision"] / max(by["real→VAE"]["parts"]["precision"], 1e-9), 3)
+    if "real" in by and "coverage" in by["real"].get("parts", {}) and "teacher-25" in by:  # v2: issue targets, met or missed
+        t25 = by["teacher-25"]["parts"]
+        for k in ("student-1", "student-full-1"):
+            if k not in by:
+                continue
+            key, p = k.replace("-", "_"), by[k]["parts"]
+            t[f"{key}_precision_over_teacher_25"] = round(p["precision"] / max(t25["precision"], 1e-9), 3)  # target ≤ 1.15
+            t[f"{key}_coverage_over_teacher_25"] = round(p["coverage"] / max(t25["coverage"], 1e-9), 3)  # target ≥ 0.9
+            for teacher, target in (("teacher-1", 3.0), ("teacher-4", 1.5)):
+                if teacher in by:
+                    r = ratio(teacher, k)
+                    t[f"{teacher.replace('-', '_')}_over_{key}"] = round(r, 3)
+                    t[f"{key}_headline_{target:g}x_better_than_{teacher.replace('-', '_')}"] = r >= target
+        if "recon-full-1" in by and "student-full-1" in by:  # the proof: the adversarial term removes the blur
+            r = by["recon-full-1"]["parts"]["precision"] / max(by["student-full-1"]["parts"]["precision"], 1e-9)
+            t["recon_over_sfv_precision"] = round(r, 3)
+            t["recon_precision_1.5x_worse_than_sfv"] = r >= 1.5
     if "student-1" in by and "teacher-1" in by:
         t["student_better_than_teacher_1"] = by["student-1"]["toy_error"] < by["teacher-1"]["toy_error"]
         t["teacher_1_over_student"] = round(ratio("teacher-1", "student-1"), 3)
@@ -308,157 +340,6 @@ def _targets(rows: list[dict]) -> dict:
             if k in by:
                 t[f"{k.replace('-', '_')}_over_full"] = round(ratio(k, "student-full-1"), 3)
     return t
-
-
-# ----------------------------------------------------------------------------------------------------
-# Report files
-
-
-def summary_table(report: dict) -> str:
-    lines = [f"{'method':<16} {'UNet evals':>10} {'toy_error ↓':>16} {'s/video':>9}", "-" * 54]
-    for r in report["rows"]:
-        lines.append(f"{r['name']:<16} {r['unet_evals']:>10} {r['toy_error']:>9.3f} ± {r['toy_error_std']:<5.3f} {r['seconds_per_video']:>9.3f}")
-    for k, v in report["targets"].items():
-        lines.append(f"  {k}: {v}")
-    return "\n".join(lines)
-
-
-def write_report(report: dict, out: Path) -> None:
-    from sfv.metrics.toy import PARTS, SCALES, SCALES_V2
-
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    e = report["eval"]
-    v2 = report.get("world", {}).get("preset") == "v2"
-    cols = V2_COLUMNS if v2 else PARTS
-    lines = [
-        f"# sfv toy demo — SF-V end to end on the toy world {report.get('world', {}).get('preset', 'v1')}",
-        "",
-        f"{e['conditionings']} held-out conditionings × {e['seeds']} seeds, {e['frames']} frames {e['size']}×{e['size']}; "
-        f"teacher `{report['teacher']}`, recipe `{report['recipe']}` ({report['distill']['g_steps']} G steps at batch "
-        f"{report['distill']['batch_size']}). Wall time {report['wall_s'] / 60:.1f} min (world {report['phases_s']['world']:.0f} s, "
-        f"distillation {report['phases_s']['distill']:.0f} s, evaluation {report['phases_s']['evaluate']:.0f} s); "
-        f"torch {report['environment']['torch']}, {report['environment']['threads']} threads, {report['environment']['date']}.",
-        "",
-        ("toy_error v2 (lower = better; `sfv.metrics.toy.score_futures`: every sample against its nearest possible "
-         f"future, diversity over the {e['seeds']} seeds of each conditioning, {e.get('references')} true draws per "
-         "conditioning as the reference)" if v2 else "toy_error (lower = better; mean ± std over seeds)")
-        + " and its parts; time = median end-to-end seconds per video "
-        "(CLIP + VAE encode + sampling + VAE decode), all measured in this run. `real→VAE`: the real clips encoded and "
-        "decoded by the teacher's VAE — the best any generator in this latent space can score.",
-        "",
-        "| method | UNet evals | toy_error ↓ | " + " | ".join(cols) + " | s/video | speed-up vs teacher-25 |",
-        "|---|---|---|" + "---|" * len(cols) + "---|---|",
-    ]
-    base = next((r["seconds_per_video"] for r in report["rows"] if r["name"] == "teacher-25"), None)
-    for r in report["rows"]:
-        if r["name"] == "real" and not v2:
-            continue
-        parts = " | ".join(f"{r['parts'][k]:.3f}" for k in cols)
-        up = f"{base / r['seconds_per_video']:.1f}×" if base else "—"
-        lines.append(f"| {r['name']} | {r['unet_evals']} | **{r['toy_error']:.3f}** ± {r['toy_error_std']:.3f} | {parts} | "
-                     f"{r['seconds_per_video']:.3f} | {up} |")
-    if v2:
-        lines += ["", "`real`: the true draws scored as samples (their own reference). Part scales in toy_error (mean of the "
-                  "precision, motion, diversity, conditioning and frechet groups): "
-                  + ", ".join(f"{k} /{v:g}" for k, v in SCALES_V2.items()) + ".", "", "Targets:", ""]
-    else:
-        lines += ["", "Real clips score 0 (the metric compares each video to the true clip of its conditioning). Part scales in "
-                  "toy_error: " + ", ".join(f"{k} /{v:g}" for k, v in SCALES.items()) + ".", "", "Targets:", ""]
-    lines += [f"- {k}: {v}" for k, v in report["targets"].items()]
-    if v2:
-        lines += ["", "Grid: `grid-branching.gif` (+ its frames in `grid-branching-frames.png`): rows = 2 conditionings × "
-                  "seeds, columns: " + " | ".join(["real (a true draw)", *BRANCH_GRID]) + ", where present; "
-                  "plot: `quality-vs-time.png`.", ""]
-    else:
-        lines += ["", "Grids: `grid-seed*.gif` (columns: " + " | ".join(["real", *[m for m in GRID_METHODS]]) + ", where present); "
-                  "plot: `quality-vs-time.png`.", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    plot(report, out / "quality-vs-time.png")
-
-
-def write_grids(out: Path, real: np.ndarray, videos: dict[str, list[np.ndarray]], rows: int = 4, zoom: int = 3) -> None:
-    """Animated GIF per seed: rows = conditionings, columns = real | each method of GRID_METHODS present."""
-    cols = [m for m in GRID_METHODS if m in videos]
-    for seed in range(len(next(iter(videos.values())))):
-        clips = [real[:rows], *[videos[m][seed][:rows] for m in cols]]  # each [R, F, H, W, 3]
-        save_grid_gif(out / f"grid-seed{seed}.gif", clips, zoom)
-
-
-def save_grid_gif(path: Path, clips: list[np.ndarray], zoom: int = 3, duration_ms: int = 250) -> None:
-    """Animated GIF of videos side by side: one column per entry of `clips`, each [R, F, H, W, 3] uint8 (R rows)."""
-    from PIL import Image
-
-    pad = 2
-    r_, f_, h, w = clips[0].shape[:4]
-    grid = np.full((f_, r_ * (h + pad) + pad, len(clips) * (w + pad) + pad, 3), 255, np.uint8)
-    for c, clip in enumerate(clips):
-        for r in range(r_):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            grid[:, y : y + h, x : x + w] = clip[r]
-    images = [Image.fromarray(g).resize((g.shape[1] * zoom, g.shape[0] * zoom), Image.NEAREST) for g in grid]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, optimize=False, disposal=1)
-
-
-def write_branch_grid(out: Path, real: np.ndarray, videos: dict[str, np.ndarray], conditionings: int = 2,
-                      zoom: int = 3) -> None:
-    """v2: one GIF (and a PNG film strip of its frames) whose rows are conditionings × seeds and whose columns
-    are real (a true draw) | each method of BRANCH_GRID present: the same conditioning down S rows shows whether
-    a method takes different futures for different seeds, and whether each is sharp."""
-    from PIL import Image
-
-    cols = [m for m in BRANCH_GRID if m in videos]
-    seeds = min(len(real), *(len(videos[m]) for m in cols))
-    rows = [[real[s, i], *[videos[m][s, i] for m in cols]] for i in range(conditionings) for s in range(seeds)]
-    pad = 2
-    f_, h, w = rows[0][0].shape[:3]
-    grid = np.full((f_, len(rows) * (h + pad) + pad, (len(cols) + 1) * (w + pad) + pad, 3), 255, np.uint8)
-    for r, clips in enumerate(rows):
-        for c, clip in enumerate(clips):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            grid[:, y : y + h, x : x + w] = clip
-    images = [Image.fromarray(g).resize((g.shape[1] * zoom, g.shape[0] * zoom), Image.NEAREST) for g in grid]
-    images[0].save(out / "grid-branching.gif", save_all=True, append_images=images[1:], duration=250, loop=0,
-                   optimize=False, disposal=1)
-    strip = np.concatenate([np.pad(g, ((0, 0), (0, 6), (0, 0)), constant_values=128) for g in grid], axis=1)  # frames 0…F−1
-    Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(out / "grid-branching-frames.png")
-
-
-def plot(report: dict, path: Path) -> None:
-    """Quality (toy_error) against seconds per video, log-x, one labelled point per method (Pillow)."""
-    from PIL import Image, ImageDraw
-
-    rows = [r for r in report["rows"] if r["name"] != "real" and r["seconds_per_video"] > 0]
-    W, H, m = 640, 420, 60
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    xs = np.log10([r["seconds_per_video"] for r in rows])
-    ys = np.array([r["toy_error"] for r in rows])
-    x0, x1 = xs.min() - 0.2, xs.max() + 0.2
-    y1 = max(ys.max() * 1.15, 1e-3)
-
-    def px(x, y):
-        return m + (x - x0) / (x1 - x0) * (W - 2 * m), H - m - y / y1 * (H - 2 * m)
-
-    d.line([(m, H - m), (W - m, H - m)], fill="black")
-    d.line([(m, m), (m, H - m)], fill="black")
-    for e in range(int(np.floor(x0)), int(np.ceil(x1)) + 1):
-        for k in (1, 2, 5):
-            v = np.log10(k * 10.0**e)
-            if x0 <= v <= x1:
-                X, _ = px(v, 0)
-                d.line([(X, H - m), (X, H - m + 4)], fill="black")
-                d.text((X - 10, H - m + 6), f"{k * 10.0**e:g}", fill="black")
-    for frac in (0, 0.25, 0.5, 0.75, 1.0):
-        _, Y = px(x0, frac * y1)
-        d.text((8, Y - 6), f"{frac * y1:.2f}", fill="black")
-    d.text((W / 2 - 80, H - 22), "seconds per video (end to end, log)", fill="black")
-    d.text((m, 12), "toy_error (lower = better) vs time, " + report["environment"]["date"], fill="black")  # ASCII: PIL's default font
-    for r, x, y in zip(rows, xs, ys):
-        X, Y = px(x, y)
-        colour = (200, 60, 40) if r["name"].startswith("student") else (40, 90, 200)
-        d.ellipse([X - 5, Y - 5, X + 5, Y + 5], fill=colour)
-        d.text((X + 7, Y - 7), r["name"].replace("→", "->"), fill=colour)
-    img.save(path)
 
 
 def _timed_video(svd, image, bucket, m: dict, size: int, num_frames: int, seed: int) -> tuple[np.ndarray, float]:

@@ -1,0 +1,163 @@
+"""The SF-V ablation on the v2 toy world (the analogue of SF-V's Tab. 3): every row distilled with the unchanged
+trainer from the same world, the same recipe and the same number of G steps, over several training seeds, then
+scored with metric v2 on the demo's held-out conditionings, beside the teacher measured in the same run.
+
+    python -m sfv.toy.world --preset v2 --count 1000 --seed 1 --out runs/ablation/world-train
+    python tools/toy_ablation.py --world runs/ablation/world-train --out runs/ablation --seeds 0,1,2
+
+Rows (recipe overrides on top of --recipe):
+    sfv        both terms (SF-V)
+    recon      reconstruction only (generator.adv_weight=0)
+    adv        adversarial only (generator.huber_weight=0)
+    spatial    spatial heads only (discriminator.heads=spatial)
+    temporal   temporal heads only (discriminator.heads=temporal)
+
+Finished runs are kept and skipped on a rerun (a run folder with an export), so the tool can be stopped and
+started again. Writes ablation.json and ablation.md in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROWS = {
+    "sfv": [],
+    "recon": ["generator.adv_weight=0"],
+    "adv": ["generator.huber_weight=0"],
+    "spatial": ["discriminator.heads=spatial"],
+    "temporal": ["discriminator.heads=temporal"],
+}
+LABELS = {"sfv": "SF-V (both terms)", "recon": "reconstruction only", "adv": "adversarial only",
+          "spatial": "spatial heads only", "temporal": "temporal heads only"}
+KEYS = ("toy_error", "precision", "motion", "diversity", "coverage", "frechet")
+
+
+def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser_class(prog="python tools/toy_ablation.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--world", required=True, help="a v2 toy-world folder to distil on (python -m sfv.toy.world --preset v2)")
+    p.add_argument("--out", required=True, help="output folder (runs are kept: a rerun skips finished ones)")
+    p.add_argument("--recipe", default="recipes/toy.yaml")
+    p.add_argument("--teacher", default="models/toy-svd-v2")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ROWS))
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (train.seed)")
+    p.add_argument("--teacher-steps", default="25,8,4,2,1", help="teacher rows scored in the same run ('' = none)")
+    p.add_argument("--eval", type=int, default=12, help="held-out conditionings")
+    p.add_argument("--samples", type=int, default=4, help="sampling seeds per conditioning (diversity needs ≥ 2)")
+    p.add_argument("overrides", nargs="*", help="recipe overrides for every row, section.key=value")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from sfv.console import ArgParser, run_command
+
+    return run_command(build_parser(ArgParser), ablation, argv)
+
+
+def ablation(args) -> int:
+    from sfv.config import load_recipe
+    from sfv.errors import InputError
+    from sfv.toy.demo import _evaluate_v2
+    from sfv.toy.world import read_world, write_world
+
+    rows = [r for r in args.rows.split(",") if r]
+    if not rows or any(r not in ROWS for r in rows):
+        raise InputError(f"--rows '{args.rows}': choose from {', '.join(ROWS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+        steps = [int(s) for s in args.teacher_steps.split(",") if s]
+    except ValueError:
+        raise InputError(f"--seeds '{args.seeds}' / --teacher-steps '{args.teacher_steps}': give comma-separated integers") from None
+    if not Path(args.world, "scenes.jsonl").is_file() or read_world(args.world)[0].get("preset") != "v2":
+        raise InputError(f"--world '{args.world}' is not a v2 toy world (write one with python -m sfv.toy.world --preset v2)")
+    if args.samples < 2:
+        raise InputError(f"--samples {args.samples}: diversity is scored over ≥ 2 samples per conditioning")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipes = {(r, s): load_recipe(args.recipe, [f"model.teacher={args.teacher}", f"data.videos={args.world}",
+                                                 f"train.run_dir={out / f'{r}-s{s}'}", f"train.seed={s}", *args.overrides, *ROWS[r]])
+               for r in rows for s in seeds}  # every recipe is checked before the first run starts
+
+    from sfv.train import run
+
+    trained = {}
+    for (r, s), recipe in recipes.items():
+        run_dir = Path(recipe.train.run_dir)
+        if not (run_dir / "export" / "model_index.json").is_file():
+            print(f"[ablation] {r} seed {s}: sfv distill → {run_dir}", flush=True)
+            t = time.perf_counter()
+            run(recipe)
+            (run_dir / "wall_s.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
+        trained[(r, s)] = run_dir
+
+    eval_dir = out / "eval"
+    if not (eval_dir / "world-eval").is_dir():
+        write_world(eval_dir / "world-eval", args.eval, seed=2, samples=4, preset="v2")
+    methods = [{"name": f"teacher-{k}", "model": args.teacher, "steps": k, "cfg": 3.0, "unet_evals": 2 * k} for k in steps]
+    methods += [{"name": f"{r}-s{s}", "model": str(d / "export"), "steps": 1, "cfg": 1.0, "unet_evals": 1} for (r, s), d in trained.items()]
+    print(f"[ablation] scoring {len(methods)} generators on {args.eval} conditionings × {args.samples} samples", flush=True)
+    _, scored = _evaluate_v2(argparse.Namespace(seeds=args.samples, references=4), methods, eval_dir)
+    by_name = {m["name"]: m for m in scored}
+
+    table = []
+    for k in steps:
+        m = by_name[f"teacher-{k}"]
+        table.append({"row": f"teacher-{k} (CFG)", "runs": 1, **{key: [_value(m, key)] for key in KEYS}})
+    for r in rows:
+        runs = [by_name[f"{r}-s{s}"] for s in seeds]
+        heldout = [_last_heldout(trained[(r, s)]) for s in seeds]
+        table.append({"row": LABELS[r], "runs": len(seeds), **{key: [_value(m, key) for m in runs] for key in KEYS},
+                      "pair_win": [h.get("heldout/pair_win") for h in heldout],
+                      "video_accuracy": [h.get("heldout/video_accuracy") for h in heldout],
+                      "g_adv_over_rec": [_last_log(trained[(r, s)]).get("grad/g_adv_over_rec") for s in seeds]})
+    for name in ("real→VAE", "real"):
+        table.append({"row": name, "runs": 1, **{key: [_value(by_name[name], key)] for key in KEYS}})
+    report = {"world": str(args.world), "recipe": args.recipe, "overrides": args.overrides, "seeds": seeds,
+              "eval": {"conditionings": args.eval, "samples": args.samples}, "table": table, "generators": scored}
+    (out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (out / "ablation.md").write_text(md)
+    print(md)
+    return 0
+
+
+def _value(m: dict, key: str) -> float:
+    return m["toy_error"] if key == "toy_error" else m["parts"][key]
+
+
+def _last_heldout(run_dir: Path) -> dict:
+    f = run_dir / "heldout.jsonl"
+    lines = f.read_text().splitlines() if f.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _last_log(run_dir: Path) -> dict:
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return next((entry for entry in reversed(lines) if "grad/g_adv_over_rec" in entry), {})
+
+
+def _fmt(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def markdown(report: dict) -> str:
+    head = ["row", "runs", *KEYS, "D pair-win", "D video acc.", "‖∇adv‖/‖∇rec‖"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in report["table"]:
+        lines.append("| " + " | ".join([t["row"], str(t["runs"]), *[_fmt(t[k]) for k in KEYS],
+                                        *[_fmt(t.get(k, [])) for k in ("pair_win", "video_accuracy", "g_adv_over_rec")]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
