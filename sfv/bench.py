@@ -52,6 +52,9 @@ class BenchConfig:
     teacher: str | None = None  # folder, or None with arch
     student: str | None = None
     arch: str | None = None  # "svd" / "svd-xt": random full-size weights
+    long_frames: int = 0  # > 0: also the one-step student on a video this long (chain and multidiffusion windows)
+    window: int | None = None  # long video: frames per window (None: the model's)
+    overlap: int | None = None  # long video: shared frames (None: 1 chain, window // 2 multidiffusion)
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Variant:
     steps: int
     cfg: bool
     decode_chunk_size: int | None = None
+    long: str | None = None  # long-video mode (sfv.sampling): "chain" | "multidiffusion"
     runs: list[dict] = field(default_factory=list)
     status: str = "ok"
     reason: str | None = None
@@ -70,9 +74,10 @@ class Variant:
         return 2 if self.cfg else 1  # CFG doubles the batch (unconditional ‖ conditional)
 
 
-def main_variants(steps) -> list[Variant]:
+def main_variants(steps, long_frames: int = 0) -> list[Variant]:
     teacher = [Variant(f"teacher-{n}{'-cfg' if cfg else ''}", "teacher", n, cfg) for n in steps for cfg in (True, False)]
-    return teacher + [Variant("student-1", "student", 1, False)]
+    long = [Variant(f"student-1-{mode}-{long_frames}f", "student", 1, False, long=mode) for mode in ("chain", "multidiffusion")]
+    return teacher + [Variant("student-1", "student", 1, False)] + (long if long_frames else [])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -98,9 +103,11 @@ class Bench:
         c = self.config
         chunk = variant.decode_chunk_size or c.decode_chunk_size
         if variant.model == "student":  # the product: SFVPipeline, 1 step, no CFG
+            long = {"num_frames": c.long_frames, "long_video": variant.long, "window": c.window, "overlap": c.overlap} \
+                if variant.long else {"num_frames": c.frames}
             return lambda: self.student(
-                self.image, height=c.height, width=c.width, num_frames=c.frames, num_inference_steps=variant.steps,
-                max_guidance_scale=1.0, decode_chunk_size=chunk, generator=self._generator(), output_type="np",
+                self.image, height=c.height, width=c.width, num_inference_steps=variant.steps, max_guidance_scale=1.0,
+                decode_chunk_size=chunk, generator=self._generator(), output_type="np", **long,
             )
         return lambda: self.teacher.generate(
             self.image, c.height, c.width, c.frames, decode_chunk_size=chunk, generator=self._generator(),
@@ -173,7 +180,7 @@ class Bench:
             finally:
                 set_fast_paths(pipe.unet, pipe.vae, pipe.image_encoder)  # back to the baseline
                 pipe.to(dtype=base_dtype)
-            rows.append({"label": label, "setting": setting, **variant_record(variant)})
+            rows.append({"label": label, "setting": setting, **variant_record(variant, self.config)})
         base = rows[0].get("summary")
         for row in rows:
             if base and row.get("summary"):
@@ -182,11 +189,13 @@ class Bench:
         return rows
 
 
-def variant_record(v: Variant) -> dict:
+def variant_record(v: Variant, config: BenchConfig) -> dict:
+    frames = config.long_frames if v.long else config.frames
     record = {"name": v.name, "model": v.model, "steps": v.steps, "cfg": v.cfg, "unet_batch": v.unet_batch,
-              "decode_chunk_size": v.decode_chunk_size, "status": v.status}
+              "decode_chunk_size": v.decode_chunk_size, "long_video": v.long, "frames": frames, "status": v.status}
     if v.status == "ok":
         record["summary"] = summarise(v.runs)
+        record["frames_per_s"] = frames / record["summary"]["total"]["median_s"]  # frames of output video per second
     else:
         record["reason"] = v.reason
     return record
@@ -243,7 +252,7 @@ def run_bench(config: BenchConfig, teacher, student_pipe, image, out_dir: str | 
             set_fast_paths(svd.unet, svd.vae, svd.image_encoder, compile=True)
     bench = Bench(config, teacher, student_pipe, image)
     t0 = time.perf_counter()
-    records = [variant_record(v) for v in bench.run_variants(main_variants(config.steps), log)]
+    records = [variant_record(v, config) for v in bench.run_variants(main_variants(config.steps, config.long_frames), log)]
     fast = None
     if config.fast_paths:
         if config.compile:

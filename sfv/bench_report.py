@@ -59,6 +59,15 @@ def markdown(report: dict) -> str:
                       f"({_ms(o['pipeline_median_s'])} ms end to end vs {_ms(o['components_sum_median_s'])} ms in CLIP + VAE "
                       f"encode + UNet + VAE decode; target ≤ {o['target'] * 100:.0f}%: {'met' if o['met'] else 'NOT met'}). "
                       f"VAE decode is {o['decode_share_of_total'] * 100:.0f}% of the student's end-to-end time."]
+    long = [r for r in report["variants"] if r.get("long_video") and r["status"] == "ok"]
+    if long:
+        short = next((r for r in report["variants"] if r["name"] == "student-1" and r["status"] == "ok"), None)
+        lines += ["", f"## Long video (student, 1 step, window {c.get('window') or c['frames']}, overlap "
+                      f"{c.get('overlap') or 'the mode default'})", "",
+                  "| variant | frames | UNet calls | **total** (ms) | frames of output video / s |", "|---|---|---|---|---|"]
+        for r in ([short] if short else []) + long:
+            lines.append(f"| {r['name']} | {r['frames']} | {r['summary']['unet_calls']} | **{_ms(r['summary']['total']['median_s'])}** | "
+                         f"{r['frames_per_s']:.1f} |")
     if report.get("fast_paths"):
         lines += ["", "## Fast paths (student, SFVPipeline)", "",
                   "| setting | UNet | VAE dec | **total** | peak mem (MiB) | speed-up e2e | speed-up UNet |", "|---|---|---|---|---|---|---|"]

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", action="store_true", help="torch.compile the UNets (slow first call, excluded as warm-up)")
     b.add_argument("--fast-paths", action="store_true", help="also time the student under each fast path (SDPA, dtype, ...)")
     b.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode call (default: all)")
+    b.add_argument("--long-frames", type=int, default=0, help="also time the student on a video this long, chain and "
+                   "multidiffusion windows (reports frames of output video per second)")
+    b.add_argument("--window", type=int, help="with --long-frames: frames per window (default: the model's)")
+    b.add_argument("--overlap", type=int, help="with --long-frames: shared frames (default: 1 chain, window/2 multidiffusion)")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--seed", type=int, default=0)
@@ -317,6 +321,8 @@ def cmd_bench(args) -> int:
     _check_positive(args, "frames", "repeats", "decode-chunk-size", "threads")
     if args.warmup < 0:
         raise InputError(f"--warmup must be at least 0 (got {args.warmup})")
+    if not args.long_frames and (args.window or args.overlap):
+        raise InputError("--window and --overlap go with --long-frames N")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out '{out}' is a file; give a folder")
@@ -332,6 +338,11 @@ def cmd_bench(args) -> int:
         check_model_dir(args.student)
         frames, factor = args.frames or info.num_frames, info.vae_scale_factor
     check_video_size(args.height, args.width, frames, factor)
+    if args.long_frames:
+        from sfv.sampling import long_video_windows
+
+        for mode in ("chain", "multidiffusion"):
+            long_video_windows(mode, args.long_frames, args.window, args.overlap, frames)
 
     import torch
 
@@ -343,7 +354,8 @@ def cmd_bench(args) -> int:
     config = BenchConfig(steps=steps, frames=frames, height=args.height, width=args.width, device=str(device),
                          dtype=str(dtype).removeprefix("torch."), compile=args.compile, repeats=args.repeats,
                          warmup=args.warmup, seed=args.seed, decode_chunk_size=args.decode_chunk_size,
-                         fast_paths=args.fast_paths, teacher=args.teacher, student=args.student, arch=args.arch)
+                         fast_paths=args.fast_paths, teacher=args.teacher, student=args.student, arch=args.arch,
+                         long_frames=args.long_frames, window=args.window, overlap=args.overlap)
     print(f"sfv bench: loading ({'random ' + args.arch if args.arch else args.teacher + ' / ' + args.student}, "
           f"{args.dtype}, {device})", flush=True)
     try:

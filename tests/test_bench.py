@@ -72,6 +72,24 @@ def test_bench_cli_writes_every_field(tiny_dir, student_dir, tmp_path, capsys):
     assert "student-1 vs teacher-3-cfg" in stdout and "overhead" in stdout
 
 
+def test_bench_times_long_video_as_frames_of_output_per_second(tiny_dir, student_dir, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--teacher", str(tiny_dir), "--student", str(student_dir), "--steps", "1", *SIZE, "--repeats", "1",
+                 "--warmup", "0", "--long-frames", "5", "--window", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    variants = {v["name"]: v for v in report["variants"]}
+    assert list(variants) == ["teacher-1-cfg", "teacher-1", "student-1", "student-1-chain-5f", "student-1-multidiffusion-5f"]
+    assert variants["student-1"]["frames"] == 2 and variants["student-1"]["long_video"] is None
+    for mode in ("chain", "multidiffusion"):
+        v = variants[f"student-1-{mode}-5f"]
+        assert v["status"] == "ok" and v["long_video"] == mode and v["frames"] == 5
+        assert v["summary"]["unet_calls"] == 4  # windows starting at frames 0, 1, 2, 3 (one step each)
+        assert v["frames_per_s"] == pytest.approx(5 / v["summary"]["total"]["median_s"])
+    assert [u["teacher"] for u in report["speedups"]] == ["teacher-1-cfg", "teacher-1"]  # against the 2-frame student-1
+    md = (out / "bench.md").read_text()
+    assert "## Long video" in md and "| student-1-chain-5f | 5 | 4 |" in md
+
+
 def test_bench_fast_paths_are_each_measured_and_undone(tiny_dir, student_dir, tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "--teacher", str(tiny_dir), "--student", str(student_dir), "--steps", "1", *SIZE,
@@ -136,6 +154,8 @@ def test_out_of_memory_setting_is_recorded_and_the_rest_runs(tiny_dir, student_d
     (["--teacher", "{tiny}", "--student", "{tiny}", "--device", "cuda"], "CUDA is not available"),
     (["--teacher", "{tiny}", "--student", "{missing}"], "does not exist"),
     (["--teacher", "{tiny}", "--student", "{tiny}", "--height", "15"], "height 15 is not a positive multiple"),
+    (["--teacher", "{tiny}", "--student", "{tiny}", "--window", "2"], "go with --long-frames"),
+    (["--teacher", "{tiny}", "--student", "{tiny}", "--long-frames", "1"], "fewer than the window"),
 ])
 def test_bench_bad_input_is_one_line_exit_2(argv, message, tiny_dir, tmp_path, capsys):
     argv = [a.format(tiny=tiny_dir, missing=tmp_path / "missing") for a in argv]
