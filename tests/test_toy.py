@@ -459,6 +459,9 @@ def test_the_ablation_tool_distils_each_row_and_tabulates_them(tmp_path, capsys)
     assert all(math.isfinite(v) for t in report["table"] for v in t["toy_error"])
     mtime = (tmp_path / "abl" / "sfv-s0" / "export" / "model_index.json").stat().st_mtime
     assert tool.main(args) == 0 and (tmp_path / "abl" / "sfv-s0" / "export" / "model_index.json").stat().st_mtime == mtime
+    score_only = [a if a != "sfv,recon" else "recon,adv" for a in args]  # adv has no finished run: left out
+    assert tool.main([*score_only, "--score-only", "--teacher-steps", ""]) == 0 and not (tmp_path / "abl" / "adv-s0").exists()
+    assert [t["row"] for t in json.loads((tmp_path / "abl" / "ablation.json").read_text())["table"]] == ["reconstruction only", "real→VAE", "real"]
     capsys.readouterr()
     assert tool.main([*args[:4], "--rows", "sfv,nope"]) == 2
     assert tool.main(["--world", str(write_world(tmp_path / "v1", 1)), "--out", str(tmp_path / "x")]) == 2

@@ -11,6 +11,8 @@ Rows (recipe overrides on top of --recipe):
     adv        adversarial only (generator.huber_weight=0)
     spatial    spatial heads only (discriminator.heads=spatial)
     temporal   temporal heads only (discriminator.heads=temporal)
+    paper-d    SF-V with D's σ′ and fakes as in the paper (discriminator.p_mean=-1, fake_sigma=levels), against
+               recipes/toy.yaml's P_mean −3 and fakes from σ_max
 
 Finished runs are kept and skipped on a rerun (a run folder with an export), so the tool can be stopped and
 started again. Writes ablation.json and ablation.md in --out.
@@ -31,9 +33,11 @@ ROWS = {
     "adv": ["generator.huber_weight=0"],
     "spatial": ["discriminator.heads=spatial"],
     "temporal": ["discriminator.heads=temporal"],
+    "paper-d": ["discriminator.p_mean=-1", "discriminator.fake_sigma=levels"],
 }
 LABELS = {"sfv": "SF-V (both terms)", "recon": "reconstruction only", "adv": "adversarial only",
-          "spatial": "spatial heads only", "temporal": "temporal heads only"}
+          "spatial": "spatial heads only", "temporal": "temporal heads only",
+          "paper-d": "SF-V with the paper's D noise (P_mean −1, fakes at G's levels)"}
 KEYS = ("toy_error", "precision", "motion", "diversity", "coverage", "frechet")
 
 
@@ -48,6 +52,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--teacher-steps", default="25,8,4,2,1", help="teacher rows scored in the same run ('' = none)")
     p.add_argument("--eval", type=int, default=12, help="held-out conditionings")
     p.add_argument("--samples", type=int, default=4, help="sampling seeds per conditioning (diversity needs ≥ 2)")
+    p.add_argument("--score-only", action="store_true", help="train nothing: score the finished runs among rows × seeds")
     p.add_argument("overrides", nargs="*", help="recipe overrides for every row, section.key=value")
     return p
 
@@ -88,6 +93,9 @@ def ablation(args) -> int:
     trained = {}
     for (r, s), recipe in recipes.items():
         run_dir = Path(recipe.train.run_dir)
+        if args.score_only and not (run_dir / "export" / "model_index.json").is_file():
+            print(f"[ablation] {r} seed {s}: no finished run in {run_dir}, left out", flush=True)
+            continue
         if not (run_dir / "export" / "model_index.json").is_file():
             print(f"[ablation] {r} seed {s}: sfv distill → {run_dir}", flush=True)
             t = time.perf_counter()
@@ -109,12 +117,15 @@ def ablation(args) -> int:
         m = by_name[f"teacher-{k}"]
         table.append({"row": f"teacher-{k} (CFG)", "runs": 1, **{key: [_value(m, key)] for key in KEYS}})
     for r in rows:
-        runs = [by_name[f"{r}-s{s}"] for s in seeds]
-        heldout = [_last_heldout(trained[(r, s)]) for s in seeds]
-        table.append({"row": LABELS[r], "runs": len(seeds), **{key: [_value(m, key) for m in runs] for key in KEYS},
+        done = [s for s in seeds if (r, s) in trained]
+        if not done:
+            continue
+        runs = [by_name[f"{r}-s{s}"] for s in done]
+        heldout = [_last_heldout(trained[(r, s)]) for s in done]
+        table.append({"row": LABELS[r], "runs": len(done), "seeds": done, **{key: [_value(m, key) for m in runs] for key in KEYS},
                       "pair_win": [h.get("heldout/pair_win") for h in heldout],
                       "video_accuracy": [h.get("heldout/video_accuracy") for h in heldout],
-                      "g_adv_over_rec": [_last_log(trained[(r, s)]).get("grad/g_adv_over_rec") for s in seeds]})
+                      "g_adv_over_rec": [_last_log(trained[(r, s)]).get("grad/g_adv_over_rec") for s in done]})
     for name in ("real→VAE", "real"):
         table.append({"row": name, "runs": 1, **{key: [_value(by_name[name], key)] for key in KEYS}})
     report = {"world": str(args.world), "recipe": args.recipe, "overrides": args.overrides, "seeds": seeds,
