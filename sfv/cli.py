@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", help="or a training checkpoint folder (runs/NAME/checkpoints/videos-…)")
     e.add_argument("--weights", default="ema", choices=["ema", "raw"], help="with --checkpoint: EMA (default) or raw G weights")
     e.add_argument("--teacher", help="the teacher's diffusers folder (default with --checkpoint: the run's model.teacher)")
+    e.add_argument("--t-g", type=int, default=4, help="with --generator: the student's T_g, recorded for few-step sampling "
+                   "(default 4; with --checkpoint: the run's model.t_g)")
     e.add_argument("--out", required=True, help="new folder to write")
     e.set_defaults(func=cmd_export)
 
@@ -237,6 +240,8 @@ def cmd_export(args) -> int:
     generator, teacher_dir = args.generator, args.teacher
     if (generator is None) == (args.checkpoint is None):
         raise InputError("pass exactly one of --generator PATH or --checkpoint DIR")
+    if args.t_g < 2:
+        raise InputError(f"--t-g must be at least 2 (the student's σ levels include σ_max and one below it), got {args.t_g}")
     sharded = False
     if args.checkpoint is not None:
         generator, teacher_dir, sharded = checkpoint.student_weights(Path(args.checkpoint), args.weights, teacher_dir)
@@ -255,7 +260,9 @@ def cmd_export(args) -> int:
         unet = SFVGenerator.unet_from_state(state, teacher, generator)
     else:
         unet = SFVGenerator.load_unet(generator, teacher)
-    export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)})
+    recipe = json.loads((Path(args.checkpoint) / "state.json").read_text()).get("recipe", {}) if args.checkpoint else {}
+    export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)},
+                    t_g=recipe.get("model", {}).get("t_g", args.t_g))
     print(f"sfv export: {out} (student UNet + teacher VAE/CLIP/scheduler) in {time.perf_counter() - t0:.1f} s")
     return 0
 

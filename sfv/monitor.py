@@ -142,7 +142,8 @@ class Monitor:
 
                 shutil.rmtree(out)
             export_pipeline(unet, self.teacher, out, info={"teacher": self.recipe.model.teacher, "videos": state.videos,
-                                                           "g_steps": state.g_steps, "weights": weights})
+                                                           "g_steps": state.g_steps, "weights": weights},
+                            t_g=self.recipe.model.t_g)
             print(f"sfv distill: exported the one-step student to {out}")
         self.writer.close()
 

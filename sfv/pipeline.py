@@ -54,6 +54,15 @@ class SFVPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "SFVPipeline":
+        """DiffusionPipeline.from_pretrained, then the student's T_g from an export's sfv.json (its few-step levels)."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        info = Path(pretrained_model_name_or_path) / EXPORT_INFO
+        if info.is_file():
+            pipe.t_g = int(json.loads(info.read_text()).get("sampling", {}).get("t_g", cls.t_g))
+        return pipe
+
     def set_fast_paths(self, attention: str = "sdpa", channels_last: bool = False, compile: bool = False) -> "SFVPipeline":
         """Switch the speed paths that do not change the call (dtype: `.to(dtype=...)`; chunking:
         `decode_chunk_size=`). `sfv bench --fast-paths` measures what each buys. See `set_fast_paths`."""
@@ -206,13 +215,15 @@ def check_export_target(out_dir: str | os.PathLike) -> Path:
 
 
 def export_pipeline(
-    unet: UNetSpatioTemporalConditionModel, teacher: SVDTeacher, out_dir: str | os.PathLike, info: dict | None = None
+    unet: UNetSpatioTemporalConditionModel, teacher: SVDTeacher, out_dir: str | os.PathLike, info: dict | None = None,
+    t_g: int = SFVPipeline.t_g,
 ) -> Path:
     """Write the drop-in diffusers folder for a student UNet, atomically (temp folder + rename).
 
     Contents: model_index.json (StableVideoDiffusionPipeline, so stock diffusers loads it), unet/ (the student),
     vae/, image_encoder/, feature_extractor/, scheduler/ (the teacher's; its 1-step Karras schedule is σ_max),
-    and sfv.json (how to sample it and where it came from). Weights are safetensors.
+    and sfv.json (how to sample it — T_g, read back by SFVPipeline.from_pretrained — and where it came from).
+    Weights are safetensors.
     """
     out = check_export_target(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +232,7 @@ def export_pipeline(
         meta = {
             "sfv_version": sfv.__version__,
             "pipeline": "SFVPipeline",
-            "sampling": {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": teacher.sigma_max},
+            "sampling": {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": teacher.sigma_max, "t_g": t_g},
             "decoder": teacher.decoder_name,
             **(info or {}),
         }

@@ -1,5 +1,6 @@
 """`sfv sample` / `sfv export`: real files in and out; every bad input is one line on stderr, exit 2, nothing written."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -120,6 +121,14 @@ def test_export_cli_roundtrip_and_errors(tiny_dir, image_path, tmp_path, capsys)
     assert code == 0 and "sfv export" in stdout
     code, _, _ = run_cli(sample_args(tmp_path / "student", image_path, tmp_path / "s.gif", "--frames", "2"), capsys)
     assert code == 0 and read_video(tmp_path / "s.gif")[0].shape == (2, 32, 48, 3)
+
+    assert json.loads((tmp_path / "student" / "sfv.json").read_text())["sampling"]["t_g"] == 4
+    code, _, _ = run_cli(["export", "--generator", tmp_path / "g", "--teacher", tiny_dir, "--t-g", "3", "--out", tmp_path / "tg3"], capsys)
+    assert code == 0 and json.loads((tmp_path / "tg3" / "sfv.json").read_text())["sampling"]["t_g"] == 3
+    code, _, stderr = run_cli(sample_args(tmp_path / "tg3", image_path, tmp_path / "s3.gif", "--frames", "2", "--steps", "3"), capsys)
+    assert code == 2 and "num_inference_steps must be 1..2" in stderr  # the recorded T_g reached the pipeline
+    code, _, stderr = run_cli(["export", "--generator", tmp_path / "g", "--teacher", tiny_dir, "--t-g", "1", "--out", tmp_path / "tg1"], capsys)
+    assert code == 2 and "--t-g must be at least 2" in stderr and not (tmp_path / "tg1").exists()
 
     code, _, stderr = run_cli(["export", "--generator", tmp_path / "g", "--teacher", tiny_dir, "--out", tmp_path / "student"], capsys)
     assert code == 2 and "not empty" in stderr
