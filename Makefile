@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup.sh
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The toy-world demo: distil the committed toy teacher (models/toy-svd) into a one-step student with the SF-V
-# trainer, then score teacher 25/16/8/4/1 steps and the student on held-out conditionings -> runs/demo/report.md
+# The toy-world demo (world v2): distil the committed toy teacher (models/toy-svd-v2) into a one-step student with
+# the SF-V trainer, then score teacher 25/4/1 steps, the student and the committed SF-V and reconstruction-only
+# students on held-out conditionings -> runs/demo/report.md
 demo: $(STAMP)
 	$(PY) -m sfv.toy.demo --out $(DEMO)
 
