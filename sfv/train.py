@@ -232,6 +232,9 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
     rounds = cfg.batch_size // (micro * world.size)  # gradient accumulation rounds per step
     dataset = build_data(recipe)
     dataset[(0, 0)]  # fail fast, before loading any model, if no file is usable
+    if cfg.d_eval_every and recipe.data.eval_videos and not Path(recipe.data.eval_videos).is_dir():
+        raise InputError(f"data.eval_videos '{recipe.data.eval_videos}' does not exist: write D's held-out videos there, "
+                         "point data.eval_videos at a folder of videos, or set train.d_eval_every=0")
     ckpt = checkpoint.resolve(resume, run_dir) if resume else None
     if Path(recipe.model.teacher).is_dir():
         d = recipe.data

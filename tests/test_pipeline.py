@@ -64,7 +64,7 @@ def test_export_contents(exported):
     index = json.loads((exported / "model_index.json").read_text())
     assert index["_class_name"] == "StableVideoDiffusionPipeline"
     info = json.loads((exported / "sfv.json").read_text())
-    assert info["sampling"] == {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": 700.0} and info["note"] == "test"
+    assert info["sampling"] == {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": 700.0, "t_g": 4} and info["note"] == "test"
     assert not list(exported.rglob("*.bin")) and list(exported.rglob("*.safetensors"))
 
 

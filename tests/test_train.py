@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_recipe
 from sfv import distributed
 from sfv.data import collate
+from sfv.errors import InputError
 from sfv.train import State, build, build_data, d_step, g_step, prepare, round_generator, run
 
 CPU = distributed.World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
@@ -190,3 +191,5 @@ def test_held_out_pairs_are_judged_on_cadence_and_leave_training_untouched(tiny_
     assert not (tmp_path / "plain" / "heldout.jsonl").exists()
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "judged")  # judging draws nothing from training's RNG
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    with pytest.raises(InputError, match="data.eval_videos .* does not exist"):  # before any model is loaded
+        run(tiny_recipe(tiny_dir, video_dir, tmp_path / "missing", train__d_eval_every=4, data__eval_videos=str(tmp_path / "nope"), **common))

@@ -83,10 +83,13 @@ def ablation(args) -> int:
     if args.samples < 2:
         raise InputError(f"--samples {args.samples}: diversity is scored over ≥ 2 samples per conditioning")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    recipes = {(r, s): load_recipe(args.recipe, [f"model.teacher={args.teacher}", f"data.videos={args.world}",
+    eval_dir = out / "eval"  # the demo's held-out conditionings: D's held-out pairs in training, the scoring after
+    held_out = [f"data.eval_videos={eval_dir / 'world-eval'}"]
+    recipes = {(r, s): load_recipe(args.recipe, [f"model.teacher={args.teacher}", f"data.videos={args.world}", *held_out,
                                                  f"train.run_dir={out / f'{r}-s{s}'}", f"train.seed={s}", *args.overrides, *ROWS[r]])
-               for r in rows for s in seeds}  # every recipe is checked before the first run starts
+               for r in rows for s in seeds}  # every recipe is checked before anything is written
+    if not (eval_dir / "world-eval").is_dir():
+        write_world(eval_dir / "world-eval", args.eval, seed=2, samples=4, preset="v2")
 
     from sfv.train import run
 
@@ -103,9 +106,6 @@ def ablation(args) -> int:
             (run_dir / "wall_s.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
         trained[(r, s)] = run_dir
 
-    eval_dir = out / "eval"
-    if not (eval_dir / "world-eval").is_dir():
-        write_world(eval_dir / "world-eval", args.eval, seed=2, samples=4, preset="v2")
     methods = [{"name": f"teacher-{k}", "model": args.teacher, "steps": k, "cfg": 3.0, "unet_evals": 2 * k} for k in steps]
     methods += [{"name": f"{r}-s{s}", "model": str(d / "export"), "steps": 1, "cfg": 1.0, "unet_evals": 1} for (r, s), d in trained.items()]
     print(f"[ablation] scoring {len(methods)} generators on {args.eval} conditionings × {args.samples} samples", flush=True)
