@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def ablation(args) -> int:
     from sfv.config import load_recipe
     from sfv.errors import InputError
-    from sfv.toy.demo import _evaluate_v2
+    from sfv.toy.demo import evaluate_v2
     from sfv.toy.world import read_world, write_world
 
     rows = [r for r in args.rows.split(",") if r]
@@ -109,7 +109,7 @@ def ablation(args) -> int:
     methods = [{"name": f"teacher-{k}", "model": args.teacher, "steps": k, "cfg": 3.0, "unet_evals": 2 * k} for k in steps]
     methods += [{"name": f"{r}-s{s}", "model": str(d / "export"), "steps": 1, "cfg": 1.0, "unet_evals": 1} for (r, s), d in trained.items()]
     print(f"[ablation] scoring {len(methods)} generators on {args.eval} conditionings × {args.samples} samples", flush=True)
-    _, scored = _evaluate_v2(argparse.Namespace(seeds=args.samples, references=4), methods, eval_dir)
+    _, scored = evaluate_v2(argparse.Namespace(seeds=args.samples, references=4), methods, eval_dir)
     by_name = {m["name"]: m for m in scored}
 
     table = []

@@ -129,7 +129,7 @@ def demo(args) -> int:
     print(f"[3/4] generating {args.eval} held-out videos × {args.seeds} seeds per method", flush=True)
     t2 = time.perf_counter()
     methods = _methods(args, steps, student)
-    real, results = (_evaluate_v2 if args.world == "v2" else _evaluate)(args, methods, out)
+    real, results = (evaluate_v2 if args.world == "v2" else _evaluate)(args, methods, out)
     t_eval = time.perf_counter() - t2
 
     print("[4/4] report", flush=True)
@@ -235,7 +235,7 @@ def _evaluate(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[di
     return real, rows
 
 
-def _evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[dict]]:
+def evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[dict]]:
     """v2: every method on every held-out conditioning and seed, scored with `score_futures` against the
     conditioning's possible futures (and `--references` true draws per conditioning); returns the real clips
     [R, N, F, H, W, 3] and the rows."""
