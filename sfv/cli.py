@@ -47,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window", type=int, default=None, help="with --long: frames per window (default: the model's)")
     s.add_argument("--overlap", type=int, default=None,
                    help="with --long: frames shared by neighbouring windows (default: 1 chain, window/2 multidiffusion)")
-    s.add_argument("--noise-rescheduling", action="store_true", help="with --long: FreeNoise's repeated, shuffled initial noise")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("export", help="write a one-step student as a drop-in diffusers folder")
@@ -164,8 +163,8 @@ def _check_positive(args, *names: str) -> None:
 def _check_long_video(args, num_frames: int, model_window: int) -> tuple[int | None, int | None]:
     """(window, overlap) of --long, checked before anything loads."""
     if args.long is None:
-        if args.window is not None or args.overlap is not None or args.noise_rescheduling:
-            raise InputError("--window, --overlap and --noise-rescheduling go with --long chain|multidiffusion")
+        if args.window is not None or args.overlap is not None:
+            raise InputError("--window and --overlap go with --long chain|multidiffusion")
         return None, None
     from sfv.sampling import long_video_windows
 
@@ -209,7 +208,7 @@ def cmd_sample(args) -> int:
             min_guidance_scale=args.min_guidance_scale, max_guidance_scale=args.max_guidance_scale, fps=args.fps,
             motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
             decode_chunk_size=args.decode_chunk_size, generator=generator, output_type="np",
-            long_video=args.long, window=window, overlap=overlap, noise_rescheduling=args.noise_rescheduling,
+            long_video=args.long, window=window, overlap=overlap,
         ).frames[0]
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -109,15 +109,13 @@ class SFVPipeline(DiffusionPipeline):
         long_video: str | None = None,
         window: int | None = None,
         overlap: int | None = None,
-        noise_rescheduling: bool = False,
     ):
         """Generate videos from conditioning image(s); arguments as StableVideoDiffusionPipeline.__call__, plus:
 
         num_inference_steps: 1 (SF-V) up to T_g − 1: the student's own σ levels (sfv.noise.student_schedule),
             x̂0 re-noised to the next level between steps. `sigmas=` runs Euler on the given levels instead.
         long_video: None, "chain" or "multidiffusion": num_frames in windows of `window` frames (default: the
-            model's) overlapping by `overlap` (default: 1 for chain, window // 2 for multidiffusion);
-            noise_rescheduling: FreeNoise's repeated, locally shuffled initial noise (sfv.sampling.reschedule_noise).
+            model's) overlapping by `overlap` (default: 1 for chain, window // 2 for multidiffusion).
 
         Returns StableVideoDiffusionPipelineOutput(frames=...) (or the frames alone with return_dict=False):
         'pil' lists of frames, 'np' [B, F, H, W, 3], 'pt' [B, F, 3, H, W] in [0, 1], or 'latent'.
@@ -132,8 +130,8 @@ class SFVPipeline(DiffusionPipeline):
             sigmas, sampler = student_schedule(levels, num_inference_steps).tolist(), "consistency"
         if long_video is not None:
             window, overlap = long_video_windows(long_video, num_frames, window, overlap, self.unet.config.num_frames)
-        elif window is not None or overlap is not None or noise_rescheduling:
-            raise InputError("window, overlap and noise_rescheduling go with long_video='chain' or 'multidiffusion'")
+        elif window is not None or overlap is not None:
+            raise InputError("window and overlap go with long_video='chain' or 'multidiffusion'")
         self._guidance_scale = max_guidance_scale
         cond = svd.encode_condition(
             image, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt or 1, generator
@@ -158,7 +156,7 @@ class SFVPipeline(DiffusionPipeline):
                                      progress=bar.update, **sample_kwargs)
             else:
                 latents = sample_long_video(svd, cond, num_frames, height, width, long_video, window, overlap,
-                                            generator, latents, noise_rescheduling, progress=bar.update, **sample_kwargs)
+                                            generator, latents, progress=bar.update, **sample_kwargs)
         if output_type == "latent":
             frames = latents.to(self.unet.dtype)  # as the stock pipeline: latents in the model's dtype
         else:

@@ -152,20 +152,6 @@ def chain_sample(sample_window: Callable, condition_on_frame: Callable, cond, no
     return out
 
 
-def reschedule_noise(noise: torch.Tensor, window: int, overlap: int, generator=None) -> torch.Tensor:
-    """FreeNoise's noise rescheduling (Qiu et al. 2024): beyond the first window, each block of W − O frames
-    reuses the initial noise ε of the W − O frames one window earlier, locally shuffled, so every window starts from
-    a permutation of the same noise frames (long-range correlation) instead of fresh noise. noise: [B, N, ...];
-    N = W leaves it unchanged and draws nothing."""
-    generator = generator[0] if isinstance(generator, list) else generator  # one shuffle for the batch
-    device = generator.device if generator is not None else "cpu"
-    out, num_frames, stride = noise.clone(), noise.shape[1], window - overlap
-    for i in range(window, num_frames, stride):  # frames [i, i + stride) <- shuffled [i − W, i − W + stride)
-        source = (i - window + torch.randperm(stride, generator=generator, device=device).cpu())[: num_frames - i]
-        out[:, i : i + len(source)] = out[:, source]
-    return out
-
-
 def long_video_windows(mode: str, num_frames: int, window: int | None, overlap: int | None,
                        model_window: int) -> tuple[int, int]:
     """(window, overlap) for a long-video mode, checked. Defaults: the model's own frame count as the window;
@@ -179,19 +165,15 @@ def long_video_windows(mode: str, num_frames: int, window: int | None, overlap: 
 
 
 def sample_long_video(teacher, cond, num_frames: int, height: int, width: int, mode: str, window: int, overlap: int,
-                      generator=None, latents: torch.Tensor | None = None, noise_rescheduling: bool = False,
-                      **sample_kwargs) -> torch.Tensor:
+                      generator=None, latents: torch.Tensor | None = None, **sample_kwargs) -> torch.Tensor:
     """N frames from a model trained on windows, through the teacher protocol (sfv.teachers.Teacher): x0 latents
     [B, N, C, h, w]. `sample_kwargs` go to Teacher.sample (steps, sigmas, sampler, unet, guidance, callbacks).
 
     multidiffusion: one long latent; Teacher.sample denoises it window by window and fuses x̂0 at every step.
     chain: the long initial noise ε [B, N, ...] is drawn once (as for one window of N frames) and each window
     is sampled from its slice, conditioned on the previous window's frame at its start.
-    noise_rescheduling: FreeNoise's repeated, locally shuffled initial noise (`reschedule_noise`), either mode.
     """
     noise = teacher.initial_latents(len(cond), num_frames, height, width, torch.tensor(1.0), generator, latents)
-    if noise_rescheduling:
-        noise = reschedule_noise(noise, window, overlap, generator)
     if mode == "multidiffusion":
         return teacher.sample(cond, num_frames, height, width, generator=generator, latents=noise,
                               window=window, overlap=overlap, **sample_kwargs)

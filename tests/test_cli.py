@@ -143,7 +143,7 @@ def test_export_cli_roundtrip_and_errors(tiny_dir, image_path, tmp_path, capsys)
 def test_sample_long_video_writes_every_frame(tiny_dir, image_path, tmp_path, capsys):
     out = tmp_path / "long.gif"
     code, stdout, _ = run_cli(sample_args(tiny_dir, image_path, out, "--frames", "7", "--long", "chain", "--window", "4",
-                                          "--steps", "2", "--noise-rescheduling"), capsys)
+                                          "--steps", "2"), capsys)
     assert code == 0 and read_video(out)[0].shape == (7, 32, 48, 3)
     assert "7 frames 32x48, 2 step(s), chain windows of 4 overlapping by 1" in stdout
 
@@ -154,8 +154,8 @@ def test_sample_long_video_writes_every_frame(tiny_dir, image_path, tmp_path, ca
     (["--frames", "3", "--long", "multidiffusion", "--window", "4"], "3 frames are fewer than the window of 4"),
     (["--frames", "3", "--long", "chain"], "3 frames are fewer than the window of 4"),  # the model's window: 4
     (["--frames", "6", "--long", "loop"], "long-video mode must be one of chain, multidiffusion"),
-    (["--frames", "6", "--window", "4"], "--window, --overlap and --noise-rescheduling go with --long"),
-    (["--noise-rescheduling"], "--window, --overlap and --noise-rescheduling go with --long"),
+    (["--frames", "6", "--window", "4"], "--window and --overlap go with --long"),
+    (["--overlap", "2"], "--window and --overlap go with --long"),
     (["--steps", "4"], "num_inference_steps must be 1..3"),
 ])
 def test_bad_long_video_and_step_arguments_are_one_line_exit_2(extra, message, tiny_dir, image_path, tmp_path, capsys):

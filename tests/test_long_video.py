@@ -5,7 +5,7 @@ import torch
 
 from conftest import run_sfv_pipe as _run
 from sfv.errors import InputError
-from sfv.sampling import fusion_weights, long_video_windows, multidiffusion, reschedule_noise, window_starts
+from sfv.sampling import fusion_weights, long_video_windows, multidiffusion, window_starts
 from sfv.teachers.svd import SVDTeacher
 from sfv.tiny import example_image
 
@@ -67,22 +67,6 @@ def test_multidiffusion_averages_the_windows_predictions_per_frame():
     assert not torch.allclose(fused[:, 3], first[:, 3])  # the shared frame really is a blend
 
 
-@pytest.mark.parametrize("frames, window, overlap", [(32, 8, 4), (10, 8, 1), (9, 4, 2)])
-def test_noise_rescheduling_repeats_shuffled_noise_of_one_window_earlier(frames, window, overlap):
-    """FreeNoise: frames [i, i + W − O) carry the noise of frames [i − W, i − W + W − O), permuted; the first
-    window keeps its own; every frame's noise is still one of the first window's noise frames."""
-    eps = torch.randn(2, frames, 3, 2, 2, generator=torch.Generator().manual_seed(1))
-    out = reschedule_noise(eps, window, overlap, torch.Generator().manual_seed(2))
-    assert torch.equal(out[:, :window], eps[:, :window])
-    stride = window - overlap
-    for i in range(window, frames, stride):
-        block, earlier = out[:, i : i + stride], out[:, i - window : i - window + stride]
-        for j in range(block.shape[1]):
-            assert any(torch.equal(block[:, j], earlier[:, k]) for k in range(earlier.shape[1]))
-    assert all(any(torch.equal(out[:, j], eps[:, k]) for k in range(window)) for j in range(frames))
-    assert torch.equal(reschedule_noise(eps[:, :window], window, overlap), eps[:, :window])  # N = W: unchanged
-
-
 # ----------------------------------------------------------------------------------------------------
 # Through SFVPipeline (tiny real SVD components)
 
@@ -93,8 +77,8 @@ def test_one_window_is_the_normal_path_bit_for_bit(sfv_pipe, mode, steps):
     normal = _run(sfv_pipe, num_frames=4, num_inference_steps=steps)
     windowed = _run(sfv_pipe, num_frames=4, num_inference_steps=steps, long_video=mode, window=4, overlap=2)
     assert torch.equal(windowed, normal)
-    rescheduled = _run(sfv_pipe, num_frames=4, num_inference_steps=steps, long_video=mode, noise_rescheduling=True)
-    assert torch.equal(rescheduled, normal)
+    defaults = _run(sfv_pipe, num_frames=4, num_inference_steps=steps, long_video=mode)  # window: the model's 4
+    assert torch.equal(defaults, normal)
     longer = _run(sfv_pipe, num_frames=6, num_inference_steps=steps, long_video=mode, window=4, overlap=2)
     assert longer.shape == (1, 6, 4, 16, 16) and not torch.equal(longer[:, :4], normal)  # two windows really fuse
 
@@ -117,11 +101,11 @@ def test_chain_conditions_each_window_on_the_frame_where_it_starts(sfv_pipe):
 
 def test_long_video_decodes_to_all_frames_and_bad_arguments_are_input_errors(sfv_pipe):
     frames = sfv_pipe(example_image(32, 32), num_frames=6, long_video="multidiffusion", window=4, output_type="np",
-                      num_inference_steps=2, noise_rescheduling=True, height=32, width=32).frames
+                      num_inference_steps=2, height=32, width=32).frames
     assert frames.shape == (1, 6, 32, 32, 3)
     for kw, message in [(dict(long_video="chain", window=4, overlap=4), "overlap must be"),
                         (dict(long_video="chain", window=8), "fewer than the window"),
                         (dict(long_video="loop"), "long-video mode must be one of chain, multidiffusion"),
-                        (dict(window=4), "window, overlap and noise_rescheduling go with long_video")]:
+                        (dict(window=4), "window and overlap go with long_video")]:
         with pytest.raises(InputError, match=message):
             _run(sfv_pipe, num_frames=6, **kw)

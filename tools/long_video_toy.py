@@ -52,9 +52,6 @@ def methods(args) -> list[dict]:
         for n in [int(v) for v in args.student_steps.split(",")]:
             rows.append({"name": f"student {mode} {n}-step", "model": args.student, "long_video": mode, "overlap": overlap,
                          "call": {"num_inference_steps": n}})
-    for mode, overlap in (("chain", 1), ("multidiffusion", args.window // 2)):  # FreeNoise's initial noise, 1 step
-        rows.append({"name": f"student {mode} 1-step + noise rescheduling", "model": args.student, "long_video": mode,
-                     "overlap": overlap, "call": {"num_inference_steps": 1, "noise_rescheduling": True}})
     if args.teacher_steps:
         rows.append({"name": f"teacher chain {args.teacher_steps}-step CFG", "model": args.teacher, "long_video": "chain",
                      "overlap": 1, "call": {"teacher_steps": args.teacher_steps, "max_guidance_scale": 3.0}})
