@@ -8,7 +8,7 @@
 
 With parallel.mode=fsdp the models and optimisers go into one `sharded/` folder instead, written by every
 process through torch.distributed.checkpoint (see "the sharded layout" below); it resumes on any number of
-processes, and `sfv export --checkpoint` consolidates it on one.
+processes, and `sfv export --checkpoint` consolidates it on one (sfv.export).
 
 Process 0 writes into `.videos-….partial`, every process adds its RNG state, and process 0 renames the
 folder once all have finished — so a checkpoint that exists under its final name is complete, and
@@ -337,24 +337,3 @@ def read_full(path: Path, like: dict[str, dict[str, torch.Tensor]]) -> dict[str,
     out = {name: {k: torch.empty_like(v, device="cpu") for k, v in tensors.items()} for name, tensors in like.items()}
     dcp.load(out, storage_reader=dcp.HuggingFaceStorageReader(str(path / SHARDED)), no_dist=True)
     return out
-
-
-def read_full_weights(path: Path, name: str, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One model's whole weights from a checkpoint of either layout, on one process: `like` gives the keys,
-    shapes and dtypes (e.g. the teacher UNet's state dict). `sfv export --checkpoint` uses it."""
-    if not is_sharded(path):
-        return load_file(path / f"{name}.safetensors")
-    return read_full(path, {name: like})[name]
-
-
-def student_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None, bool]:
-    """(student weights, teacher folder, sharded?) of a training checkpoint; the teacher from its recipe by default.
-    A sharded (FSDP) checkpoint holds the weights in its `sharded/` folder, consolidated on export."""
-    if not (ckpt / "state.json").is_file():
-        raise InputError(f"checkpoint '{ckpt}' is not a complete training checkpoint (no state.json)")
-    state = verify(ckpt)  # a damaged file is one line naming it, before the teacher is loaded
-    name = f"{STUDENT_WEIGHTS[weights]}.safetensors"
-    if teacher is None:
-        teacher = state.get("recipe", {}).get("model", {}).get("teacher") or None
-    sharded = is_sharded(ckpt)
-    return str(ckpt / SHARDED if sharded else ckpt / name), teacher, sharded

@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from sfv.console import ArgParser, parse_device, parse_dtype, run_command
+from sfv.console import ArgParser, check_positive, parse_device, parse_dtype, run_command
 from sfv.errors import InputError, ModelLoadError, first_line
 
 
@@ -153,13 +152,6 @@ def _check_out_file(path: str) -> Path:
     return out
 
 
-def _check_positive(args, *names: str) -> None:
-    for name in names:
-        value = getattr(args, name.replace("-", "_"))
-        if value is not None and value < 1:
-            raise InputError(f"--{name} must be at least 1 (got {value})")
-
-
 def _check_long_video(args, num_frames: int, model_window: int) -> tuple[int | None, int | None]:
     """(window, overlap) of --long, checked before anything loads."""
     if args.long is None:
@@ -176,7 +168,7 @@ def cmd_sample(args) -> int:
     out = _check_out_file(args.out)
     dtype = parse_dtype(args.dtype)
     device = parse_device(args.device, dtype)
-    _check_positive(args, "frames", "steps", "decode-chunk-size", "fps")
+    check_positive(args, "frames", "steps", "decode-chunk-size", "fps")
     if not 0 <= args.seed < 2**63:
         raise InputError(f"--seed must be in [0, 2**63) (got {args.seed})")
 
@@ -230,38 +222,10 @@ def cmd_sample(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from sfv import checkpoint
-    from sfv.generator import SFVGenerator
-    from sfv.pipeline import check_export_target, export_pipeline
-    from sfv.teachers import load_teacher
+    from sfv.export import export_student
 
-    out = check_export_target(args.out)
-    generator, teacher_dir = args.generator, args.teacher
-    if (generator is None) == (args.checkpoint is None):
-        raise InputError("pass exactly one of --generator PATH or --checkpoint DIR")
-    if args.t_g < 2:
-        raise InputError(f"--t-g must be at least 2 (the student's σ levels include σ_max and one below it), got {args.t_g}")
-    sharded = False
-    if args.checkpoint is not None:
-        generator, teacher_dir, sharded = checkpoint.student_weights(Path(args.checkpoint), args.weights, teacher_dir)
-    if teacher_dir is None:
-        raise InputError("--teacher is required with --generator")
-    if not sharded:
-        SFVGenerator.check_source(generator)  # before the (slow) teacher load
     t0 = time.perf_counter()
-    teacher = load_teacher(teacher_dir)
-    if sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
-        name = checkpoint.STUDENT_WEIGHTS[args.weights]
-        try:
-            state = checkpoint.read_full_weights(Path(args.checkpoint), name, teacher.unet.state_dict())
-        except (OSError, ValueError, KeyError, RuntimeError, AssertionError) as e:  # missing shards, another model
-            raise ModelLoadError(f"cannot read {name} from sharded checkpoint '{args.checkpoint}': {first_line(e)[:300]}") from None
-        unet = SFVGenerator.unet_from_state(state, teacher, generator)
-    else:
-        unet = SFVGenerator.load_unet(generator, teacher)
-    recipe = json.loads((Path(args.checkpoint) / "state.json").read_text()).get("recipe", {}) if args.checkpoint else {}
-    export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)},
-                    t_g=recipe.get("model", {}).get("t_g", args.t_g))
+    out = export_student(args.out, args.generator, args.teacher, args.checkpoint, args.weights, args.t_g)
     print(f"sfv export: {out} (student UNet + teacher VAE/CLIP/scheduler) in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -278,7 +242,7 @@ def cmd_cache(args) -> int:
     from sfv.data import ClipSpec, VideoFolder, write_cache
     from sfv.model_dir import check_model_dir, check_video_size
 
-    _check_positive(args, "frames", "height", "width", "fps", "shard-size")
+    check_positive(args, "frames", "height", "width", "fps", "shard-size")
     out = Path(args.out)
     if out.exists():
         raise InputError(f"cache folder '{out}' already exists; pick a new one")
@@ -300,83 +264,10 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def _parse_steps(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        steps = ()
-    if not steps or any(n < 1 for n in steps):
-        raise InputError(f"--steps must be comma-separated positive integers like 25,16,8,4,1 (got '{text}')")
-    return steps
-
-
 def cmd_bench(args) -> int:
-    # Validate everything cheap first: bad input never starts a (long) run or leaves partial output.
-    if args.arch is not None:
-        if args.teacher or args.student:
-            raise InputError("pass either --teacher and --student, or --arch with --random-weights, not both")
-        if not args.random_weights:
-            raise InputError("--arch builds the full-size architecture with random weights: add --random-weights")
-    elif not (args.teacher and args.student):
-        raise InputError("pass --teacher DIR and --student DIR (or --arch svd|svd-xt --random-weights for speed runs)")
-    elif args.random_weights:
-        raise InputError("--random-weights goes with --arch")
-    steps = _parse_steps(args.steps)
-    dtype = parse_dtype(args.dtype)
-    device = parse_device(args.device, dtype)
-    _check_positive(args, "frames", "repeats", "decode-chunk-size", "threads")
-    if args.warmup < 0:
-        raise InputError(f"--warmup must be at least 0 (got {args.warmup})")
-    if not args.long_frames and (args.window or args.overlap):
-        raise InputError("--window and --overlap go with --long-frames N")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out '{out}' is a file; give a folder")
+    from sfv.bench_cli import bench_cli
 
-    from sfv.model_dir import check_model_dir, check_video_size
-
-    if args.arch:
-        from sfv.arch import ARCH_FRAMES
-
-        frames, factor = args.frames or ARCH_FRAMES[args.arch], 8
-    else:
-        info = check_model_dir(args.teacher)
-        check_model_dir(args.student)
-        frames, factor = args.frames or info.num_frames, info.vae_scale_factor
-    check_video_size(args.height, args.width, frames, factor)
-    if args.long_frames:
-        from sfv.sampling import long_video_windows
-
-        for mode in ("chain", "multidiffusion"):
-            long_video_windows(mode, args.long_frames, args.window, args.overlap, frames)
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from sfv.bench import BenchConfig, load_models, run_bench
-    from sfv.tiny import example_image
-
-    config = BenchConfig(steps=steps, frames=frames, height=args.height, width=args.width, device=str(device),
-                         dtype=str(dtype).removeprefix("torch."), compile=args.compile, repeats=args.repeats,
-                         warmup=args.warmup, seed=args.seed, decode_chunk_size=args.decode_chunk_size,
-                         fast_paths=args.fast_paths, teacher=args.teacher, student=args.student, arch=args.arch,
-                         long_frames=args.long_frames, window=args.window, overlap=args.overlap)
-    print(f"sfv bench: loading ({'random ' + args.arch if args.arch else args.teacher + ' / ' + args.student}, "
-          f"{args.dtype}, {device})", flush=True)
-    try:
-        teacher, student = load_models(config)
-    except (torch.OutOfMemoryError, MemoryError):
-        raise InputError(f"out of memory loading the models on {device}; try --dtype bf16") from None
-    notes = ["student = the teacher's modules (same architecture, random weights; speed does not depend on weights)"] if args.arch else []
-    report = run_bench(config, teacher, student, example_image(args.height, args.width, args.seed), out, notes=notes)
-    for s in report["speedups"]:
-        print(f"sfv bench: student-1 vs {s['teacher']}: {s['end_to_end']:.1f}x end to end, {s['unet_only']:.1f}x UNet only")
-    o = report["pipeline_overhead"]
-    if o:
-        print(f"sfv bench: SFVPipeline overhead over its components {o['overhead'] * 100:+.1f}% (target <= 5%)")
-    print(f"sfv bench: wrote {out / 'bench.json'}, bench.md, bench.png")
-    return 0
+    return bench_cli(args)
 
 
 def cmd_eval(args) -> int:

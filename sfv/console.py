@@ -64,6 +64,25 @@ def parse_device(name: str, dtype=None):
     return device
 
 
+def parse_steps(text: str, flag: str = "--steps") -> list[int]:
+    """Comma-separated positive step counts, e.g. '25,16,8,4,1'."""
+    try:
+        steps = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 1:
+        raise InputError(f"{flag} must be comma-separated positive integers like 25,16,8,4,1 (got '{text}')")
+    return steps
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Each named option (flag spelling, e.g. 'decode-chunk-size') is unset or at least 1."""
+    for name in names:
+        value = getattr(args, name.replace("-", "_"))
+        if value is not None and value < 1:
+            raise InputError(f"--{name} must be at least 1 (got {value})")
+
+
 def quiet_libraries() -> None:
     # Library chatter (torchvision fallbacks, deprecations, loading bars) would bury sfv's own lines;
     # the sampling progress bar and sfv's summary stay.

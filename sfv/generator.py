@@ -13,10 +13,7 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import UNetSpatioTemporalConditionModel
-from safetensors.torch import load_file
-
-from sfv.errors import ModelLoadError, first_line
+from sfv.errors import ModelLoadError
 from sfv.noise import generator_sigma_levels
 from sfv.teachers import Condition, Teacher
 
@@ -87,44 +84,7 @@ class SFVGenerator(torch.nn.Module):
         return path
 
     @classmethod
-    def load_unet(cls, path: str | os.PathLike, teacher: Teacher) -> UNetSpatioTemporalConditionModel:
-        """Student UNet weights from a diffusers UNet folder, a folder holding `unet/`, or a .safetensors
-        state dict (keys as in the UNet, optionally prefixed `unet.`) loaded into the teacher's architecture.
-        The student must have the teacher's interface (channels, conditioning sizes): it is run with the
-        teacher's VAE, image encoder and time ids."""
-        source = cls.check_source(path)
-        try:
-            if source.is_dir():
-                unet = UNetSpatioTemporalConditionModel.from_pretrained(source, use_safetensors=True)
-            else:
-                state = {k.removeprefix("unet."): v for k, v in load_file(source).items()}
-        except Exception as e:  # corrupt file / config: a user problem, one clear line
-            raise ModelLoadError(f"cannot read generator weights '{path}': {first_line(e)}") from None
-        if source.is_dir():
-            mismatched = [k for k in _INTERFACE if unet.config.get(k) != teacher.unet.config.get(k)]
-            if mismatched:
-                raise ModelLoadError(
-                    f"generator UNet '{path}' does not fit the teacher: {', '.join(f'{k}={unet.config.get(k)} (teacher {teacher.unet.config.get(k)})' for k in mismatched)}"
-                )
-            return unet
-        return cls.unet_from_state(state, teacher, path)
-
-    @staticmethod
-    def unet_from_state(state: dict[str, torch.Tensor], teacher: Teacher, path) -> UNetSpatioTemporalConditionModel:
-        """The teacher's UNet architecture holding the student weights `state` (read from `path`); strict."""
-        unet = copy.deepcopy(teacher.unet)
-        try:
-            missing, unexpected = unet.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # shape mismatches
-            raise ModelLoadError(f"generator weights '{path}' do not fit the teacher's UNet: {' '.join(str(e).split())[:300]}") from None
-        if missing or unexpected:
-            raise ModelLoadError(
-                f"generator weights '{path}' do not fit the teacher's UNet: {len(missing)} missing "
-                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
-                "export with the teacher the generator was trained from"
-            )
-        return unet
-
-
-# UNet config entries the student shares with the teacher's VAE, CLIP and time ids.
-_INTERFACE = ("in_channels", "out_channels", "cross_attention_dim", "addition_time_embed_dim", "projection_class_embeddings_input_dim")
+    def load_unet(cls, path: str | os.PathLike, teacher: Teacher) -> torch.nn.Module:
+        """Student weights from a diffusers UNet folder, a folder holding `unet/`, or a .safetensors state dict,
+        in the teacher's architecture (Teacher.load_student; the family checks the interface)."""
+        return teacher.load_student(cls.check_source(path), path)

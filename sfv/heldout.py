@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sfv import losses
+from sfv.data import ClipSpec, VideoFolder, collate
 
 HELDOUT_SEED = 2_718_281  # the held-out pairs' draws, apart from training (data-position seeds) and samples
 
@@ -30,12 +31,18 @@ class Pairs:
     eps_fake: torch.Tensor
 
 
-def make_pairs(batches: list[dict], teacher, recipe, sigma_d) -> list[Pairs]:
-    """Encode the held-out clips (collated chunks) once and draw every random number the judging needs."""
-    d = recipe.data
+def make_pairs(recipe, dataset, teacher, sigma_d) -> list[Pairs]:
+    """The held-out pairs: frame 0 + clip of the first train.d_eval_count videos of data.eval_videos (else of
+    `dataset`), encoded once, with every random number the judging needs drawn now."""
+    d, cfg = recipe.data, recipe.train
+    source = dataset
+    if d.eval_videos:
+        source = VideoFolder(d.eval_videos, ClipSpec(d.frames, d.height, d.width, d.fps, d.motion_bucket_id), seed=cfg.seed)
+    n, chunk = min(cfg.d_eval_count, len(source)), cfg.batch_per_device
     gen = torch.Generator(teacher.device).manual_seed(HELDOUT_SEED)
     out = []
-    for batch in batches:
+    for j in range(0, n, chunk):
+        batch = collate([source[(i, 0)] for i in range(j, min(j + chunk, n))])
         x0, cond = teacher.encode_batch(batch, d.height, d.width, d.noise_aug_strength, gen)
         draw = lambda: torch.randn(x0.shape, generator=gen, device=x0.device)  # noqa: E731
         out.append(Pairs(x0, cond, draw(), sigma_d(len(x0), gen).to(x0.device), draw(), draw()))

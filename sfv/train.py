@@ -255,7 +255,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
     monitor = Monitor(run_dir, recipe, world, p.teacher, sample_cond)  # tensorboard, samples, progress, export
     if world.is_main:
         save_recipe(recipe, run_dir / "config.yaml")
-    pairs = heldout_pairs(recipe, dataset, p) if cfg.d_eval_every else None
+    pairs = heldout.make_pairs(recipe, dataset, p.teacher, p.sigma_d) if cfg.d_eval_every else None
     if pairs and state.videos == 0:
         monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp))  # where D starts
 
@@ -300,17 +300,6 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
 
 
 # -- small helpers of the loop ----------------------------------------------------------------------------
-
-
-def heldout_pairs(recipe: Recipe, dataset, p: Parts) -> list[heldout.Pairs]:
-    """D's held-out pairs: frame 0 + clip of the first d_eval_count videos of data.eval_videos (else of the data)."""
-    d, cfg = recipe.data, recipe.train
-    source = dataset
-    if d.eval_videos:
-        source = VideoFolder(d.eval_videos, ClipSpec(d.frames, d.height, d.width, d.fps, d.motion_bucket_id), seed=cfg.seed)
-    n, chunk = min(cfg.d_eval_count, len(source)), cfg.batch_per_device
-    batches = [collate([source[(i, 0)] for i in range(j, min(j + chunk, n))]) for j in range(0, n, chunk)]
-    return heldout.make_pairs(batches, p.teacher, recipe, p.sigma_d)
 
 
 def _bf16(precision: str, world) -> bool:

@@ -13,6 +13,7 @@ on channels, added time ids, CFG) stays in its file. Adding a family = one new f
     condition_on_frame(cond, x0 frame)  -> cond for a clip continued from a generated frame   I2V chaining
     sigmas(steps) / sigma_min, sigma_max                                   the σ schedule
     sharding_units(net)                 -> the blocks FSDP shards
+    load_student(source) / student_from_state(state, path) -> a student network in the teacher's architecture
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class Teacher(Protocol):
     def encoder(self) -> torch.nn.Module: ...
 
     def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor: ...
+
+    def load_student(self, source: Path, path=None) -> torch.nn.Module: ...  # student weights in this architecture
+
+    def student_from_state(self, state: dict, path) -> torch.nn.Module: ...  # the same from a state dict
 
     def set_decoder(self, name: str) -> "Teacher": ...  # the decoding slot, by name (sfv.decoders)
 

@@ -1,5 +1,6 @@
 """Stable Video Diffusion (image-to-video) as an sfv teacher (the protocol in sfv/teachers/__init__.py).
-With svd_condition.py (conditioning) and svd_encoder.py (D's backbone) it is the only code that knows SVD.
+With svd_condition.py (conditioning) and svd_unet.py (the UNet: denoiser, D's backbone, student weights) it is
+the only code that knows SVD.
 
 Everything else in sfv talks to SVD through one contract (EDM / k-diffusion style):
 
@@ -46,51 +47,10 @@ from sfv.images import check_output_type
 from sfv.model_dir import check_model_dir, check_video_size
 from sfv.sampling import consistency_sample, euler_sample, multidiffusion
 from sfv.teachers.svd_condition import SVDCondition, SVDConditioning
-from sfv.teachers.svd_encoder import PRECOND, SVDEncoder, sharding_units
+from sfv.teachers.svd_unet import PRECOND, SVDEncoder, load_student, sharding_units, student_from_state, svd_denoise
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 _SIGMAS_CACHE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (scheduler config, steps) -> levels
-
-
-def svd_denoise(
-    unet: UNetSpatioTemporalConditionModel,
-    x: torch.Tensor,
-    sigma: torch.Tensor | float,
-    cond: SVDCondition,
-    guidance: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond) for any UNet in SVD layout (teacher or student).
-
-    x: [B, F, C, h, w] noisy latents (x0 + σ·ε); sigma: scalar or [B]; guidance: None (one UNet batch of B)
-    or a per-frame CFG scale broadcastable to [B, F, 1, 1, 1] (one doubled batch, negative first).
-    The preconditioning is computed in float32 and written in the same floating-point form as diffusers'
-    EulerDiscreteScheduler (x/√(σ²+1), x/(σ²+1)) so the stock pipeline is reproduced bit for bit; the
-    network runs in its own dtype.
-    """
-    x = x.float()
-    sigma = torch.as_tensor(sigma, dtype=torch.float32)
-    s = sigma.reshape(-1, 1, 1, 1, 1).to(x.device) if sigma.ndim else sigma
-    c_noise = PRECOND.c_noise(sigma)
-    x_in = PRECOND.scale_input(x, s)  # c_in · x
-    if guidance is None:
-        net_cond = cond
-    else:
-        net_cond = SVDCondition.cat([cond.negative(), cond])
-        x_in = torch.cat([x_in, x_in])
-        c_noise = torch.cat([c_noise, c_noise]) if c_noise.ndim else c_noise
-    frames = x_in.shape[1]
-    image_latents = net_cond.image_latents.unsqueeze(1).repeat(1, frames, 1, 1, 1)  # [B, F, C, h, w]
-    out = unet(
-        torch.cat([x_in.to(unet.dtype), image_latents.to(unet.dtype)], dim=2),  # channels: noisy ‖ image latent
-        c_noise.to(x.device),
-        encoder_hidden_states=net_cond.image_embeds.to(unet.dtype),
-        added_time_ids=net_cond.added_time_ids.to(unet.dtype),
-        return_dict=False,
-    )[0].float()
-    if guidance is not None:
-        out_uncond, out_cond = out.chunk(2)
-        out = out_uncond + guidance * (out_cond - out_uncond)
-    return PRECOND.combine(out, x, s)  # c_out · F + c_skip · x
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -166,6 +126,14 @@ class SVDTeacher(SVDConditioning):
             scheduler=self.scheduler,
             feature_extractor=self.feature_extractor,
         )
+
+    def load_student(self, source, path=None) -> UNetSpatioTemporalConditionModel:
+        """A student's UNet (a checked folder or .safetensors file; svd_unet.load_student) in this architecture."""
+        return load_student(source, self.unet, path if path is not None else source)
+
+    def student_from_state(self, state: dict, path) -> UNetSpatioTemporalConditionModel:
+        """This teacher's UNet architecture holding the student weights `state` (read from `path`); strict."""
+        return student_from_state(state, self.unet, path)
 
     def set_decoder(self, name: str) -> "SVDTeacher":
         """Select the decoding slot by name (sfv.decoders.DECODERS), built on this teacher's VAE."""

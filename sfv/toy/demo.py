@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfv.console import parse_steps
 from sfv.errors import InputError
 from sfv.toy.report import V2_COLUMNS, plot_heldout, summary_table, write_branch_grid, write_grids, write_report
 
@@ -82,7 +83,7 @@ def demo(args) -> int:
     for key, value in WORLD_DEFAULTS[args.world].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    steps = _parse_steps(args.steps)
+    steps = parse_steps(args.steps)
     if args.world == "v2" and (args.seeds < 2 or args.references < 2):
         raise InputError(f"--seeds {args.seeds} / --references {args.references}: v2 scores diversity over ≥ 2 samples (4 or more advised)")
     if not Path(args.teacher, "model_index.json").is_file():
@@ -156,16 +157,6 @@ def demo(args) -> int:
     print(summary_table(report))
     print(f"demo: {out / 'report.md'} ({report['wall_s'] / 60:.1f} min)")
     return 0
-
-
-def _parse_steps(text: str) -> list[int]:
-    try:
-        steps = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise InputError(f"--steps '{text}': give comma-separated step counts, e.g. 25,16,8,4,1") from None
-    if not steps or min(steps) < 1:
-        raise InputError(f"--steps '{text}': step counts must be ≥ 1")
-    return steps
 
 
 def _methods(args, steps: list[int], export: Path) -> list[dict]:

@@ -1,0 +1,78 @@
+"""`sfv bench` (sfv/cli.py builds its parser): arguments checked before anything loads, then sfv.bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sfv.console import check_positive, parse_device, parse_dtype, parse_steps
+from sfv.errors import InputError
+
+
+def bench_cli(args) -> int:
+    """`sfv bench`: check the arguments, load, run sfv.bench.run_bench, print the speed-ups."""
+    # Validate everything cheap first: bad input never starts a (long) run or leaves partial output.
+    if args.arch is not None:
+        if args.teacher or args.student:
+            raise InputError("pass either --teacher and --student, or --arch with --random-weights, not both")
+        if not args.random_weights:
+            raise InputError("--arch builds the full-size architecture with random weights: add --random-weights")
+    elif not (args.teacher and args.student):
+        raise InputError("pass --teacher DIR and --student DIR (or --arch svd|svd-xt --random-weights for speed runs)")
+    elif args.random_weights:
+        raise InputError("--random-weights goes with --arch")
+    steps = tuple(parse_steps(args.steps))
+    dtype = parse_dtype(args.dtype)
+    device = parse_device(args.device, dtype)
+    check_positive(args, "frames", "repeats", "decode-chunk-size", "threads")
+    if args.warmup < 0:
+        raise InputError(f"--warmup must be at least 0 (got {args.warmup})")
+    if not args.long_frames and (args.window or args.overlap):
+        raise InputError("--window and --overlap go with --long-frames N")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}' is a file; give a folder")
+
+    from sfv.model_dir import check_model_dir, check_video_size
+
+    if args.arch:
+        from sfv.arch import ARCH_FRAMES
+
+        frames, factor = args.frames or ARCH_FRAMES[args.arch], 8
+    else:
+        info = check_model_dir(args.teacher)
+        check_model_dir(args.student)
+        frames, factor = args.frames or info.num_frames, info.vae_scale_factor
+    check_video_size(args.height, args.width, frames, factor)
+    if args.long_frames:
+        from sfv.sampling import long_video_windows
+
+        for mode in ("chain", "multidiffusion"):
+            long_video_windows(mode, args.long_frames, args.window, args.overlap, frames)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from sfv.bench import BenchConfig, load_models, run_bench
+    from sfv.tiny import example_image
+
+    config = BenchConfig(steps=steps, frames=frames, height=args.height, width=args.width, device=str(device),
+                         dtype=str(dtype).removeprefix("torch."), compile=args.compile, repeats=args.repeats,
+                         warmup=args.warmup, seed=args.seed, decode_chunk_size=args.decode_chunk_size,
+                         fast_paths=args.fast_paths, teacher=args.teacher, student=args.student, arch=args.arch,
+                         long_frames=args.long_frames, window=args.window, overlap=args.overlap)
+    print(f"sfv bench: loading ({'random ' + args.arch if args.arch else args.teacher + ' / ' + args.student}, "
+          f"{args.dtype}, {device})", flush=True)
+    try:
+        teacher, student = load_models(config)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise InputError(f"out of memory loading the models on {device}; try --dtype bf16") from None
+    notes = ["student = the teacher's modules (same architecture, random weights; speed does not depend on weights)"] if args.arch else []
+    report = run_bench(config, teacher, student, example_image(args.height, args.width, args.seed), out, notes=notes)
+    for s in report["speedups"]:
+        print(f"sfv bench: student-1 vs {s['teacher']}: {s['end_to_end']:.1f}x end to end, {s['unet_only']:.1f}x UNet only")
+    o = report["pipeline_overhead"]
+    if o:
+        print(f"sfv bench: SFVPipeline overhead over its components {o['overhead'] * 100:+.1f}% (target <= 5%)")
+    print(f"sfv bench: wrote {out / 'bench.json'}, bench.md, bench.png")
+    return 0

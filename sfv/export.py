@@ -1,0 +1,69 @@
+"""A student out of training: its weights — a UNet folder, a .safetensors state dict, or a training checkpoint of
+either layout (one process's files, or FSDP's `sharded/` folder, consolidated here on one process) — written as a
+drop-in diffusers folder (sfv.pipeline.export_pipeline). `sfv export` is this module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from sfv import checkpoint
+from sfv.errors import InputError, ModelLoadError, first_line
+
+def student_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None, bool]:
+    """(student weights, teacher folder, sharded?) of a training checkpoint; the teacher from its recipe by default.
+    A sharded (FSDP) checkpoint holds the weights in its `sharded/` folder, consolidated on export."""
+    if not (ckpt / "state.json").is_file():
+        raise InputError(f"checkpoint '{ckpt}' is not a complete training checkpoint (no state.json)")
+    state = checkpoint.verify(ckpt)  # a damaged file is one line naming it, before the teacher is loaded
+    name = f"{checkpoint.STUDENT_WEIGHTS[weights]}.safetensors"
+    if teacher is None:
+        teacher = state.get("recipe", {}).get("model", {}).get("teacher") or None
+    sharded = checkpoint.is_sharded(ckpt)
+    return str(ckpt / checkpoint.SHARDED if sharded else ckpt / name), teacher, sharded
+
+
+def read_full_weights(path: Path, name: str, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One model's whole weights from a checkpoint of either layout, on one process: `like` gives the keys,
+    shapes and dtypes (e.g. the teacher UNet's state dict)."""
+    if not checkpoint.is_sharded(path):
+        return load_file(path / f"{name}.safetensors")
+    return checkpoint.read_full(path, {name: like})[name]
+
+
+def export_student(out_dir: str, generator: str | None = None, teacher_dir: str | None = None, ckpt: str | None = None,
+                   weights: str = "ema", t_g: int = 4) -> Path:
+    """Write the student (`generator` weights with `teacher_dir`, or a training checkpoint `ckpt`, whose recipe
+    names the teacher and T_g) as a drop-in diffusers folder. Everything cheap is checked before the teacher loads."""
+    from sfv.generator import SFVGenerator
+    from sfv.pipeline import check_export_target, export_pipeline
+    from sfv.teachers import load_teacher
+
+    out = check_export_target(out_dir)
+    if (generator is None) == (ckpt is None):
+        raise InputError("pass exactly one of --generator PATH or --checkpoint DIR")
+    if t_g < 2:
+        raise InputError(f"--t-g must be at least 2 (the student's σ levels include σ_max and one below it), got {t_g}")
+    sharded, recipe = False, {}
+    if ckpt is not None:
+        generator, teacher_dir, sharded = student_weights(Path(ckpt), weights, teacher_dir)
+        recipe = json.loads((Path(ckpt) / "state.json").read_text()).get("recipe", {})
+    if teacher_dir is None:
+        raise InputError("--teacher is required with --generator")
+    if not sharded:
+        SFVGenerator.check_source(generator)  # before the (slow) teacher load
+    teacher = load_teacher(teacher_dir)
+    if sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
+        name = checkpoint.STUDENT_WEIGHTS[weights]
+        try:
+            state = read_full_weights(Path(ckpt), name, teacher.unet.state_dict())
+        except (OSError, ValueError, KeyError, RuntimeError, AssertionError) as e:  # missing shards, another model
+            raise ModelLoadError(f"cannot read {name} from sharded checkpoint '{ckpt}': {first_line(e)[:300]}") from None
+        unet = teacher.student_from_state(state, generator)
+    else:
+        unet = SFVGenerator.load_unet(generator, teacher)
+    return export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)},
+                           t_g=recipe.get("model", {}).get("t_g", t_g))
