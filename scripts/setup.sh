@@ -9,8 +9,10 @@ python="${PYTHON:-python3}"
 torch_spec="${TORCH:-torch==2.13.0}"
 "$python" -m venv "$venv"
 # shellcheck disable=SC2086  # TORCH may carry pip options (e.g. an index URL)
-"$venv/bin/python" -m pip install --quiet $torch_spec
-"$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"
+# --no-compile: no bytecode for every installed file up front (it halves the setup here); Python compiles the
+# modules it imports on first use.
+"$venv/bin/python" -m pip install --quiet --no-compile $torch_spec
+"$venv/bin/python" -m pip install --quiet --no-compile -c constraints.txt -e ".[dev]"
 if "$venv/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "setup: note: CUDA packages were installed (nvidia-*); expected only on GPU machines" >&2
 fi

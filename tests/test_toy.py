@@ -391,7 +391,8 @@ def test_demo_distils_and_scores_on_world_v2_by_default(tmp_path):
     pairs of the eval world, metric v2, the branching grid and D's held-out plot."""
     from PIL import Image
 
-    from sfv.toy.demo import V2_COLUMNS, main
+    from sfv.toy.demo import main
+    from sfv.toy.report import V2_COLUMNS
 
     out = tmp_path / "demo-v2"
     rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--full-student", "", "--recon-student", "", "--train-videos", "8",
@@ -468,3 +469,25 @@ def test_the_ablation_tool_distils_each_row_and_tabulates_them(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("sfv: error: ") for line in err), err
     assert not (tmp_path / "x").exists()
+
+
+def test_batched_demo_generation_matches_one_video_at_a_time(tmp_path):
+    """The demo generates each seed's conditionings in one batch (after TIMED_VIDEOS single timed calls); each video
+    draws from its own generator in the single-video order, so it equals the one-at-a-time video up to rounding."""
+    from PIL import Image
+
+    from sfv.teachers.svd import SVDTeacher
+    from sfv.toy.evaluate import TIMED_VIDEOS, _generate, _timed_video
+    from sfv.toy.world import write_world
+
+    svd = SVDTeacher.from_pretrained(TOY_TEACHER, torch_dtype=torch.float32)
+    frames, buckets = load_world(write_world(tmp_path / "w", TIMED_VIDEOS + 2, seed=5, preset="v2"))
+    images = [Image.fromarray((frames[i, 0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for i in range(len(frames))]
+    method = {"steps": 2, "cfg": 3.0}
+    videos, times = _generate(svd, images, buckets, method, 64, 8, seeds=2)
+    assert videos.shape == (2, len(images), 8, 64, 64, 3) and len(times) == TIMED_VIDEOS
+    for seed in range(2):
+        for i in range(len(images)):
+            single = _timed_video(svd, images[i], buckets[i], method, 64, 8, 1000 * seed + i)[0]
+            assert np.abs(videos[seed, i].astype(int) - single.astype(int)).max() <= 1, (seed, i)
+    assert np.abs(videos[0].astype(int) - videos[1].astype(int)).mean() > 1  # the seeds really differ

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def ablation(args) -> int:
     from sfv.config import load_recipe
     from sfv.errors import InputError
-    from sfv.toy.demo import evaluate_v2
+    from sfv.toy.evaluate import evaluate_v2
     from sfv.toy.world import read_world, write_world
 
     rows = [r for r in args.rows.split(",") if r]

@@ -20,17 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sfv.console import parse_steps
 from sfv.errors import InputError
-from sfv.toy.report import V2_COLUMNS, plot_heldout, summary_table, write_branch_grid, write_grids, write_report
+from sfv.toy.evaluate import evaluate_v1, evaluate_v2
+from sfv.toy.report import plot_heldout, summary_table, write_report
 
 # Each world's own defaults: its teacher, recipe, teacher step counts, training videos and committed students
 # (full-length SF-V; reconstruction only, the ablation's proof). A committed student that is absent is skipped.
@@ -130,7 +129,7 @@ def demo(args) -> int:
     print(f"[3/4] generating {args.eval} held-out videos × {args.seeds} seeds per method", flush=True)
     t2 = time.perf_counter()
     methods = _methods(args, steps, student)
-    real, results = (evaluate_v2 if args.world == "v2" else _evaluate)(args, methods, out)
+    real, results = (evaluate_v2 if args.world == "v2" else evaluate_v1)(args, methods, out)
     t_eval = time.perf_counter() - t2
 
     print("[4/4] report", flush=True)
@@ -171,118 +170,6 @@ def _methods(args, steps: list[int], export: Path) -> list[dict]:
         if folder and Path(folder, "model_index.json").is_file():
             methods.append({"name": name, "model": folder, "steps": 1, "cfg": 1.0, "unet_evals": 1})
     return methods
-
-
-def _evaluate(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[dict]]:
-    """Every method on every held-out conditioning and seed, one video per call through the pipeline path
-    (SVDTeacher.generate, bit-exact with diffusers' StableVideoDiffusionPipeline); returns real clips and rows."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    from sfv.metrics.toy import score
-    from sfv.teachers.svd import SVDTeacher
-    from sfv.toy.teacher import FPS, NOISE_AUG, load_world
-
-    frames, buckets = load_world(out / "world-eval")
-    real = (frames.float().permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)  # [N, F, H, W, 3]
-    n, num_frames, size = real.shape[0], real.shape[1], real.shape[2]
-    images = [Image.fromarray(real[i, 0]) for i in range(n)]
-    models: dict[str, SVDTeacher] = {}
-    videos: dict[str, list[np.ndarray]] = {}
-    rows = []
-    bar = tqdm(total=len(methods) * args.seeds * n, desc="generate", unit="video")
-    for m in methods:
-        svd = models.setdefault(m["model"], SVDTeacher.from_pretrained(m["model"], torch_dtype=torch.float32))
-        scores, times = [], []
-        for seed in range(args.seeds):
-            gen, secs = [], []
-            for i in range(n):
-                video, took = _timed_video(svd, images[i], buckets[i], m, size, num_frames, 1000 * seed + i)
-                secs.append(took)
-                gen.append(video)
-                bar.update()
-            gen = np.stack(gen)
-            videos.setdefault(m["name"], []).append(gen)
-            scores.append(score(gen, real))
-            times.append(statistics.median(secs))
-        parts = {k: statistics.mean(s[k] for s in scores) for k in scores[0] if k not in ("toy_error", "videos")}
-        errs = [s["toy_error"] for s in scores]
-        rows.append({**m, "toy_error": statistics.mean(errs), "toy_error_std": statistics.stdev(errs) if len(errs) > 1 else 0.0,
-                     "toy_error_per_seed": errs, "parts": parts, "seconds_per_video": statistics.median(times),
-                     "seconds_per_video_per_seed": times})
-    bar.close()
-    # the ceiling of any generator in this latent space: the real clips encoded and decoded by the teacher's VAE
-    vae = models[methods[0]["model"]]
-    t = time.perf_counter()
-    recon = vae.postprocess(vae.decode(vae.encode_video(frames.float())), "np")
-    recon_s = (time.perf_counter() - t) / n
-    s = score((np.clip(recon, 0, 1) * 255).round().astype(np.uint8), real)
-    rows.append({"name": "real→VAE", "model": methods[0]["model"], "steps": 0, "cfg": 0.0, "unet_evals": 0,
-                 "toy_error": s["toy_error"], "toy_error_std": 0.0, "toy_error_per_seed": [s["toy_error"]],
-                 "parts": {k: s[k] for k in s if k not in ("toy_error", "videos")}, "seconds_per_video": recon_s})
-    rows.append({"name": "real", "model": "", "steps": 0, "cfg": 0.0, "unet_evals": 0, "toy_error": score(real, real)["toy_error"],
-                 "toy_error_std": 0.0, "parts": {}, "seconds_per_video": 0.0})
-    write_grids(out, real, videos)
-    return real, rows
-
-
-def evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[dict]]:
-    """v2: every method on every held-out conditioning and seed, scored with `score_futures` against the
-    conditioning's possible futures (and `--references` true draws per conditioning); returns the real clips
-    [R, N, F, H, W, 3] and the rows."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    from sfv.metrics.toy import score_futures
-    from sfv.teachers.svd import SVDTeacher
-    from sfv.toy.teacher import FPS, NOISE_AUG, load_world
-    from sfv.toy.world import read_world, scene_from_json
-
-    frames, buckets = load_world(out / "world-eval")  # conditioning-major: clip i·R + r
-    rows_json = read_world(out / "world-eval")[1]
-    scenes = [scene_from_json(r) for r in rows_json if r["sample"] == 0]
-    n, refs = len(scenes), args.references
-    real = (frames.float().permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)
-    real = real.reshape(n, refs, *real.shape[1:]).swapaxes(0, 1)  # [R, N, F, H, W, 3]
-    buckets = buckets.reshape(n, refs)[:, 0]
-    num_frames, size = real.shape[2], real.shape[3]
-    images = [Image.fromarray(real[0, i, 0]) for i in range(n)]
-    models: dict[str, SVDTeacher] = {}
-    videos: dict[str, np.ndarray] = {}
-    rows = []
-    bar = tqdm(total=len(methods) * args.seeds * n, desc="generate", unit="video")
-    for m in methods:
-        svd = models.setdefault(m["model"], SVDTeacher.from_pretrained(m["model"], torch_dtype=torch.float32))
-        gen, times = np.empty((args.seeds, n, *real.shape[2:]), np.uint8), []
-        for seed in range(args.seeds):
-            secs = []
-            for i in range(n):
-                gen[seed, i], took = _timed_video(svd, images[i], buckets[i], m, size, num_frames, 1000 * seed + i)
-                secs.append(took)
-                bar.update()
-            times.append(statistics.median(secs))
-        videos[m["name"]] = gen
-        s = score_futures(gen, scenes, real)
-        rows.append({**m, "toy_error": s["toy_error"], "toy_error_std": 0.0, "parts": _v2_parts(s),
-                     "seconds_per_video": statistics.median(times), "seconds_per_video_per_seed": times})
-    bar.close()
-    vae = models[methods[0]["model"]]  # the ceiling: the real draws through the teacher's VAE
-    t = time.perf_counter()
-    recon = vae.postprocess(vae.decode(vae.encode_video(frames.float())), "np")
-    recon_s = (time.perf_counter() - t) / len(frames)
-    recon = (np.clip(recon, 0, 1) * 255).round().astype(np.uint8).reshape(n, refs, *real.shape[2:]).swapaxes(0, 1)
-    s = score_futures(recon, scenes, real)
-    rows.append({"name": "real→VAE", "model": methods[0]["model"], "steps": 0, "cfg": 0.0, "unet_evals": 0,
-                 "toy_error": s["toy_error"], "toy_error_std": 0.0, "parts": _v2_parts(s), "seconds_per_video": recon_s})
-    s = score_futures(real, scenes, real)
-    rows.append({"name": "real", "model": "", "steps": 0, "cfg": 0.0, "unet_evals": 0, "toy_error": s["toy_error"],
-                 "toy_error_std": 0.0, "parts": _v2_parts(s), "seconds_per_video": 0.0})
-    write_branch_grid(out, real, videos)
-    return real, rows
-
-
-def _v2_parts(s: dict) -> dict:
-    return {k: s[k] for k in V2_COLUMNS}
 
 
 def _targets(rows: list[dict]) -> dict:
@@ -331,17 +218,6 @@ def _targets(rows: list[dict]) -> dict:
             if k in by:
                 t[f"{k.replace('-', '_')}_over_full"] = round(ratio(k, "student-full-1"), 3)
     return t
-
-
-def _timed_video(svd, image, bucket, m: dict, size: int, num_frames: int, seed: int) -> tuple[np.ndarray, float]:
-    """One video of method `m` (steps, CFG) from frame 0 and its motion bucket: uint8 [F, H, W, 3], end-to-end seconds."""
-    from sfv.toy.teacher import FPS, NOISE_AUG
-
-    g = torch.Generator().manual_seed(seed)
-    t = time.perf_counter()
-    video = svd.generate(image, size, size, num_frames, fps=FPS, motion_bucket_id=int(bucket), noise_aug_strength=NOISE_AUG,
-                         generator=g, num_inference_steps=m["steps"], max_guidance_scale=m["cfg"], output_type="np")[0]
-    return (np.clip(video, 0, 1) * 255).round().astype(np.uint8), time.perf_counter() - t
 
 
 if __name__ == "__main__":

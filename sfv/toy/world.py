@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -40,6 +41,7 @@ RADIUS = (0.11, 0.15)
 
 PRESETS = ("v1", "v2")
 SPEEDS = (0.04, 0.07, 0.10)  # v2 speed classes, of the frame width per frame (1.3, 2.2, 3.2 px at 32 px)
+WRITER_THREADS = 4  # write_world: clips rendered and encoded at once
 HORIZON = 8  # frames over which v2's futures are kept apart (the world's clip length)
 SEPARATION = 0.08  # v2: any two futures of an object differ by ≥ this mean distance over frames 1…HORIZON−1
 
@@ -248,13 +250,8 @@ def write_world(out_dir: str | Path, count: int, seed: int = 0, frames: int = 8,
         raise InputError(f"--samples {samples}: v1 has one future per conditioning (1); v2 takes ≥ 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta, truth = [], []
-    items = range(count)
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(items, desc=f"toy world {preset} -> {out}", unit="conditioning")
-    for i in items:
+    meta, truth, todo = [], [], []
+    for i in range(count):
         base = seed * 1_000_003 + i
         if preset == "v1":
             clips = [(f"toy{i:05d}.mp4", make_scene(base))]
@@ -264,10 +261,26 @@ def write_world(out_dir: str | Path, count: int, seed: int = 0, frames: int = 8,
                      for r in range(samples)]
         for r, (name, scene) in enumerate(clips):
             if not (out / name).is_file():
-                write_video(out / name, render(scene, frames, size), fps=fps)
+                todo.append((name, scene))
             meta.append({"file": name, "fps": fps, "motion_bucket_id": scene.motion_bucket_id})
             extra = {"conditioning": i, "sample": r, **scene.to_json(frames)} if preset == "v2" else scene.to_json()
             truth.append({"file": name, **extra})
+
+    def write(job):  # each clip depends on its scene only: the files are the same in any order
+        write_video(out / job[0], render(job[1], frames, size), fps=fps)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"toy world {preset} -> {out}", unit="clip")
+    # rendering (numpy) and encoding (an ffmpeg process per clip) overlap across a few threads
+    with ThreadPoolExecutor(WRITER_THREADS) as pool:
+        for _ in pool.map(write, todo):
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
     (out / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
     (out / "scenes.jsonl").write_text("".join(json.dumps(t) + "\n" for t in truth))
     info = {"preset": preset, "count": count, "seed": seed, "frames": frames, "size": size, "fps": fps, "samples": samples}

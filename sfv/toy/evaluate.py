@@ -1,0 +1,161 @@
+"""The toy demo's evaluation: every method (teacher step counts, students) generates videos for the held-out
+conditionings × seeds and is scored with the toy metric (v1: `score`; v2: `score_futures` against every possible
+future), beside the ceiling (the real clips through the teacher's VAE) and the real clips themselves."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfv.toy.report import V2_COLUMNS, write_branch_grid, write_grids
+
+TIMED_VIDEOS = 3  # per method: single-video calls timed for the latency column (median)
+
+
+def evaluate_v1(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[dict]]:
+    """Every method on every held-out conditioning and seed, one video per call through the pipeline path
+    (SVDTeacher.generate, bit-exact with diffusers' StableVideoDiffusionPipeline); returns real clips and rows."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from sfv.metrics.toy import score
+    from sfv.teachers.svd import SVDTeacher
+    from sfv.toy.teacher import load_world
+
+    frames, buckets = load_world(out / "world-eval")
+    real = (frames.float().permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)  # [N, F, H, W, 3]
+    n, num_frames, size = real.shape[0], real.shape[1], real.shape[2]
+    images = [Image.fromarray(real[i, 0]) for i in range(n)]
+    models: dict[str, SVDTeacher] = {}
+    videos: dict[str, list[np.ndarray]] = {}
+    rows = []
+    bar = tqdm(total=len(methods) * args.seeds * n, desc="generate", unit="video")
+    for m in methods:
+        svd = models.setdefault(m["model"], SVDTeacher.from_pretrained(m["model"], torch_dtype=torch.float32))
+        scores = []
+        all_seeds, times = _generate(svd, images, buckets, m, size, num_frames, args.seeds, bar)
+        for gen in all_seeds:
+            videos.setdefault(m["name"], []).append(gen)
+            scores.append(score(gen, real))
+        parts = {k: statistics.mean(s[k] for s in scores) for k in scores[0] if k not in ("toy_error", "videos")}
+        errs = [s["toy_error"] for s in scores]
+        rows.append({**m, "toy_error": statistics.mean(errs), "toy_error_std": statistics.stdev(errs) if len(errs) > 1 else 0.0,
+                     "toy_error_per_seed": errs, "parts": parts, "seconds_per_video": statistics.median(times),
+                     "seconds_per_video_timed": times})
+    bar.close()
+    # the ceiling of any generator in this latent space: the real clips encoded and decoded by the teacher's VAE
+    vae = models[methods[0]["model"]]
+    t = time.perf_counter()
+    recon = vae.postprocess(vae.decode(vae.encode_video(frames.float())), "np")
+    recon_s = (time.perf_counter() - t) / n
+    s = score((np.clip(recon, 0, 1) * 255).round().astype(np.uint8), real)
+    rows.append({"name": "real→VAE", "model": methods[0]["model"], "steps": 0, "cfg": 0.0, "unet_evals": 0,
+                 "toy_error": s["toy_error"], "toy_error_std": 0.0, "toy_error_per_seed": [s["toy_error"]],
+                 "parts": {k: s[k] for k in s if k not in ("toy_error", "videos")}, "seconds_per_video": recon_s})
+    rows.append({"name": "real", "model": "", "steps": 0, "cfg": 0.0, "unet_evals": 0, "toy_error": score(real, real)["toy_error"],
+                 "toy_error_std": 0.0, "parts": {}, "seconds_per_video": 0.0})
+    write_grids(out, real, videos)
+    return real, rows
+
+
+def evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[dict]]:
+    """v2: every method on every held-out conditioning and seed, scored with `score_futures` against the
+    conditioning's possible futures (and `--references` true draws per conditioning); returns the real clips
+    [R, N, F, H, W, 3] and the rows."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from sfv.metrics.toy import score_futures
+    from sfv.teachers.svd import SVDTeacher
+    from sfv.toy.teacher import load_world
+    from sfv.toy.world import read_world, scene_from_json
+
+    frames, buckets = load_world(out / "world-eval")  # conditioning-major: clip i·R + r
+    rows_json = read_world(out / "world-eval")[1]
+    scenes = [scene_from_json(r) for r in rows_json if r["sample"] == 0]
+    n, refs = len(scenes), args.references
+    real = (frames.float().permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)
+    real = real.reshape(n, refs, *real.shape[1:]).swapaxes(0, 1)  # [R, N, F, H, W, 3]
+    buckets = buckets.reshape(n, refs)[:, 0]
+    num_frames, size = real.shape[2], real.shape[3]
+    images = [Image.fromarray(real[0, i, 0]) for i in range(n)]
+    models: dict[str, SVDTeacher] = {}
+    videos: dict[str, np.ndarray] = {}
+    rows = []
+    bar = tqdm(total=len(methods) * args.seeds * n, desc="generate", unit="video")
+    for m in methods:
+        svd = models.setdefault(m["model"], SVDTeacher.from_pretrained(m["model"], torch_dtype=torch.float32))
+        gen, times = _generate(svd, images, buckets, m, size, num_frames, args.seeds, bar)
+        videos[m["name"]] = gen
+        s = score_futures(gen, scenes, real)
+        rows.append({**m, "toy_error": s["toy_error"], "toy_error_std": 0.0, "parts": _v2_parts(s),
+                     "seconds_per_video": statistics.median(times), "seconds_per_video_timed": times})
+    bar.close()
+    vae = models[methods[0]["model"]]  # the ceiling: the real draws through the teacher's VAE
+    t = time.perf_counter()
+    recon = vae.postprocess(vae.decode(vae.encode_video(frames.float())), "np")
+    recon_s = (time.perf_counter() - t) / len(frames)
+    recon = (np.clip(recon, 0, 1) * 255).round().astype(np.uint8).reshape(n, refs, *real.shape[2:]).swapaxes(0, 1)
+    s = score_futures(recon, scenes, real)
+    rows.append({"name": "real→VAE", "model": methods[0]["model"], "steps": 0, "cfg": 0.0, "unet_evals": 0,
+                 "toy_error": s["toy_error"], "toy_error_std": 0.0, "parts": _v2_parts(s), "seconds_per_video": recon_s})
+    s = score_futures(real, scenes, real)
+    rows.append({"name": "real", "model": "", "steps": 0, "cfg": 0.0, "unet_evals": 0, "toy_error": s["toy_error"],
+                 "toy_error_std": 0.0, "parts": _v2_parts(s), "seconds_per_video": 0.0})
+    write_branch_grid(out, real, videos)
+    return real, rows
+
+
+def _v2_parts(s: dict) -> dict:
+    return {k: s[k] for k in V2_COLUMNS}
+
+
+def _generate(svd, images: list, buckets, m: dict, size: int, num_frames: int, seeds: int, bar=None) -> tuple[np.ndarray, list[float]]:
+    """Method `m` (steps, CFG) on every conditioning × seed: uint8 [S, N, F, H, W, 3] and the end-to-end seconds
+    of TIMED_VIDEOS single-video calls (latency; seed 0's first conditionings). The rest is generated one seed
+    at a time in one batch; video (seed s, conditioning i) draws from its own generator seeded 1000·s + i in the
+    single-video order, so batching changes only floating-point rounding (tests/test_toy.py)."""
+    out, times = None, []
+    for seed in range(seeds):
+        first = min(TIMED_VIDEOS, len(images)) if seed == 0 else 0
+        videos = []
+        for i in range(first):
+            video, took = _timed_video(svd, images[i], buckets[i], m, size, num_frames, i)
+            videos.append(video[None])
+            times.append(took)
+        if first < len(images):
+            videos.append(_batch_videos(svd, images[first:], buckets[first:], m, size, num_frames,
+                                        [1000 * seed + i for i in range(first, len(images))]))
+        batch = np.concatenate(videos)
+        out = np.empty((seeds, *batch.shape), np.uint8) if out is None else out
+        out[seed] = batch
+        if bar is not None:
+            bar.update(len(images))
+    return out, times
+
+
+def _batch_videos(svd, images: list, buckets, m: dict, size: int, num_frames: int, seeds: list[int]) -> np.ndarray:
+    """Videos of method `m` for several conditionings in one batch: uint8 [N, F, H, W, 3]."""
+    from sfv.teachers.svd_condition import SVDCondition
+    from sfv.toy.teacher import FPS, NOISE_AUG
+
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    cond = SVDCondition.cat([svd.encode_condition(image, size, size, FPS, int(bucket), NOISE_AUG, generator=g)
+                             for image, bucket, g in zip(images, buckets, gens)])
+    latents = svd.sample(cond, num_frames, size, size, num_inference_steps=m["steps"], max_guidance_scale=m["cfg"], generator=gens)
+    return (np.clip(svd.postprocess(svd.decode(latents), "np"), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _timed_video(svd, image, bucket, m: dict, size: int, num_frames: int, seed: int) -> tuple[np.ndarray, float]:
+    """One video of method `m` (steps, CFG) from frame 0 and its motion bucket: uint8 [F, H, W, 3], end-to-end seconds."""
+    from sfv.toy.teacher import FPS, NOISE_AUG
+
+    g = torch.Generator().manual_seed(seed)
+    t = time.perf_counter()
+    video = svd.generate(image, size, size, num_frames, fps=FPS, motion_bucket_id=int(bucket), noise_aug_strength=NOISE_AUG,
+                         generator=g, num_inference_steps=m["steps"], max_guidance_scale=m["cfg"], output_type="np")[0]
+    return (np.clip(video, 0, 1) * 255).round().astype(np.uint8), time.perf_counter() - t
