@@ -219,3 +219,14 @@ def test_distill_decoder_bad_input_is_one_line_exit_2_and_writes_nothing(extra, 
     _, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_committed_toy_decoder_fits_the_toy_teacher():
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from sfv.decoders import build_decoder
+
+    vae = AutoencoderKLTemporalDecoder.from_pretrained("models/toy-svd-v2/vae", use_safetensors=True)
+    decoder = build_decoder("tiny", vae, "models/toy-decoder-v2")
+    frames = decoder(latents(1, 8, 16, 16), 4)
+    assert frames.shape == (1, 3, 8, 32, 32) and frames.abs().max() <= 1
