@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sfv.console import ArgParser, check_positive, parse_device, parse_dtype, run_command
-from sfv.errors import InputError, ModelLoadError, first_line
+from sfv.errors import InputError, ModelLoadError, SFVError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-guidance-scale", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode call (default: all)")
+    s.add_argument("--decoder", default="vae", help="vae (the model's own, default) or tiny (the export's fast_decoder/)")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     s.add_argument("--long", default=None, help="--frames beyond the model's window: chain or multidiffusion")
@@ -194,8 +195,10 @@ def cmd_sample(args) -> int:
     t0 = time.perf_counter()
     print(f"sfv sample: loading {args.model} ({args.dtype}, {device})", flush=True)
     try:
-        pipe = SFVPipeline.from_pretrained(args.model, dtype=dtype, use_safetensors=True).to(device)
+        pipe = SFVPipeline.from_pretrained(args.model, decoder=args.decoder, dtype=dtype, use_safetensors=True).to(device)
         pipe.set_progress_bar_config(desc="sfv sample", leave=False)
+    except SFVError:
+        raise  # already one clear line (no such fast decoder, a damaged one)
     except Exception as e:  # corrupt weights, mismatched configs: a user problem, reported in one line
         raise ModelLoadError(f"could not load '{args.model}': {first_line(e)}") from None
     t1 = time.perf_counter()

@@ -187,12 +187,11 @@ def decoder_recipe(tiny_dir, video_dir, run_dir, *extra):
 
 def test_distill_decoder_lowers_the_loss(tiny_dir, video_dir, tmp_path):
     # against the real frames only: the random tiny VAE's own decoder output is no target worth learning
-    out = run(decoder_recipe(tiny_dir, video_dir, tmp_path / "run", "train.total_videos=40", "train.lr=0.01",
-                             "loss.teacher_weight=0"), cpu=True)
+    out = run(decoder_recipe(tiny_dir, video_dir, tmp_path / "run", "train.total_videos=80", "loss.teacher_weight=0"), cpu=True)
     log = [json.loads(line)["loss/loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    first, last = np.mean(log[:3]), np.mean(log[-3:])  # 20 steps, one log line per step
+    first, last = np.mean(log[:5]), np.mean(log[-5:])  # 40 steps, one log line per step
     print(f"loss {first:.4f} -> {last:.4f}")
-    assert last < 0.8 * first
+    assert last < 0.7 * first  # measured 0.38-0.51 of the start over train.seed 0-3
     net = TinyTemporalDecoder.from_pretrained(out)
     assert any(m.conv.weight.abs().max() > 0 for m in net.mix)  # the temporal mixes trained too
 
@@ -230,3 +229,20 @@ def test_committed_toy_decoder_fits_the_toy_teacher():
     decoder = build_decoder("tiny", vae, "models/toy-decoder-v2")
     frames = decoder(latents(1, 8, 16, 16), 4)
     assert frames.shape == (1, 3, 8, 32, 32) and frames.abs().max() <= 1
+
+
+def test_cli_exports_the_fast_decoder_and_samples_with_it(tiny_dir, decoder_dir, image_path, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    teacher = SVDTeacher.from_pretrained(tiny_dir)
+    save_file(teacher.unet.state_dict(), tmp_path / "g.safetensors")
+    export = tmp_path / "student"
+    assert main(["export", "--generator", str(tmp_path / "g.safetensors"), "--teacher", str(tiny_dir),
+                 "--decoder", str(decoder_dir), "--out", str(export)]) == 0
+    sample = ["sample", "--model", str(export), "--image", str(image_path), "--frames", "3", "--height", "32", "--width", "32"]
+    assert main([*sample, "--decoder", "tiny", "--out", str(tmp_path / "tiny.gif")]) == 0
+    assert (tmp_path / "tiny.gif").is_file()
+    capsys.readouterr()
+    assert main([*sample, "--decoder", "fast", "--out", str(tmp_path / "fast.gif")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "carries no 'fast' decoder" in err and not (tmp_path / "fast.gif").exists()
