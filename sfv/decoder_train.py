@@ -27,13 +27,12 @@ import yaml
 
 from sfv import checkpoint, distributed
 from sfv.config import DataConfig, load_sections
-from sfv.data import ResumableSampler, collate
+from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
 from sfv.decoders.tiny import TinyDecoderConfig, TinyTemporalDecoder
 from sfv.errors import InputError
 from sfv.model_dir import check_model_dir, check_video_size
 from sfv.monitor import crossed
 from sfv.teachers import Teacher, load_teacher
-from sfv.train import build_data
 
 
 @dataclass
@@ -141,11 +140,13 @@ def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False) -> 
     if world.size > 1:
         raise InputError("sfv distill-decoder runs on one process; start it without accelerate/torchrun")
     run_dir = Path(cfg.run_dir)
-    dataset = build_data(recipe)
+    d = recipe.data
+    if not d.videos:
+        raise InputError("the recipe has no data.videos; set it to a folder of videos (data.videos=/path)")
+    dataset = VideoFolder(d.videos, ClipSpec(d.frames, d.height, d.width, d.fps), seed=cfg.seed, metadata=d.metadata)
     dataset[(0, 0)]  # fail fast, before loading any model, if no file is usable
     ckpt = checkpoint.resolve(resume, run_dir) if resume else None
     if Path(recipe.model.teacher).is_dir():
-        d = recipe.data
         check_video_size(d.height, d.width, d.frames, check_model_dir(recipe.model.teacher).vae_scale_factor)
     teacher = load_teacher(recipe.model.teacher, device=world.device)
     teacher.requires_grad_(False)

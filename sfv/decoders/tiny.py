@@ -1,5 +1,5 @@
 """A fast temporal decoder: latents [B, F, C, h, w] -> frames [B, 3, F, 8h, 8w] in [-1, 1], in the spirit of
-TAESD / TAESDV (Bohan, madebyollin): plain 3×3 conv residual blocks with ReLU (diffusers' `AutoencoderTinyBlock`,
+TAESD / TAESDV (madebyollin): plain 3×3 conv residual blocks with ReLU (diffusers' `AutoencoderTinyBlock`,
 the block of `AutoencoderTiny`'s `DecoderTiny`), nearest ×2 upsampling, no attention and no normalisation —
 plus one cheap temporal mix per resolution so neighbouring frames agree (no flicker):
 
