@@ -1,8 +1,9 @@
 """`sfv` command line: thin — parse, call the library, turn user errors into one line and exit code 2.
 
     sfv sample --model DIR --image PATH --out out.mp4|out.gif [options]
-    sfv export --generator PATH --teacher DIR --out DIR      (or --checkpoint DIR [--weights ema|raw])
+    sfv export --generator PATH --teacher DIR --out DIR      (or --checkpoint DIR [--weights ema|raw]) [--decoder DIR]
     sfv distill --recipe recipes/NAME.yaml [section.key=value ...] [--resume latest|DIR]
+    sfv distill-decoder --recipe recipes/decoder_toy.yaml [section.key=value ...] [--resume latest|DIR]
     sfv cache --teacher DIR --videos DIR --out DIR --frames F --height H --width W [--fps 7]
     sfv bench  --teacher DIR --student DIR | --arch svd|svd-xt --random-weights  [--steps 25,16,8,4,1 ...]
     sfv eval   --videos DIR --reference DIR [--i3d PATH] [--psnr-ssim] [--lpips] [--out FILE]
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from sfv.console import ArgParser, check_positive, parse_device, parse_dtype, run_command
-from sfv.errors import InputError, ModelLoadError, first_line
+from sfv.errors import InputError, ModelLoadError, SFVError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-guidance-scale", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode call (default: all)")
+    s.add_argument("--decoder", default="vae", help="vae (the model's own, default) or tiny (the export's fast_decoder/)")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     s.add_argument("--long", default=None, help="--frames beyond the model's window: chain or multidiffusion")
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--teacher", help="the teacher's diffusers folder (default with --checkpoint: the run's model.teacher)")
     e.add_argument("--t-g", type=int, default=4, help="with --generator: the student's T_g, recorded for few-step sampling "
                    "(default 4; with --checkpoint: the run's model.t_g)")
+    e.add_argument("--decoder", help="a fast decoder folder (`sfv distill-decoder` output) to ship as fast_decoder/")
     e.add_argument("--out", required=True, help="new folder to write")
     e.set_defaults(func=cmd_export)
 
@@ -63,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="SF-V training (same as `accelerate launch -m sfv.train`)")
     add_train_arguments(d)
     d.set_defaults(func=cmd_distill)
+
+    dd = sub.add_parser("distill-decoder", help="train the fast tiny decoder on the teacher VAE's latents of real clips")
+    add_train_arguments(dd)
+    dd.set_defaults(func=cmd_distill_decoder)
 
     c = sub.add_parser("cache", help="precompute VAE latents + conditioning of a video folder into safetensors shards")
     c.add_argument("--teacher", required=True, help="the SVD folder whose VAE and image encoder training will use")
@@ -188,8 +195,10 @@ def cmd_sample(args) -> int:
     t0 = time.perf_counter()
     print(f"sfv sample: loading {args.model} ({args.dtype}, {device})", flush=True)
     try:
-        pipe = SFVPipeline.from_pretrained(args.model, dtype=dtype, use_safetensors=True).to(device)
+        pipe = SFVPipeline.from_pretrained(args.model, decoder=args.decoder, dtype=dtype, use_safetensors=True).to(device)
         pipe.set_progress_bar_config(desc="sfv sample", leave=False)
+    except SFVError:
+        raise  # already one clear line (no such fast decoder, a damaged one)
     except Exception as e:  # corrupt weights, mismatched configs: a user problem, reported in one line
         raise ModelLoadError(f"could not load '{args.model}': {first_line(e)}") from None
     t1 = time.perf_counter()
@@ -225,8 +234,9 @@ def cmd_export(args) -> int:
     from sfv.export import export_student
 
     t0 = time.perf_counter()
-    out = export_student(args.out, args.generator, args.teacher, args.checkpoint, args.weights, args.t_g)
-    print(f"sfv export: {out} (student UNet + teacher VAE/CLIP/scheduler) in {time.perf_counter() - t0:.1f} s")
+    out = export_student(args.out, args.generator, args.teacher, args.checkpoint, args.weights, args.t_g, args.decoder)
+    extra = " + fast decoder" if args.decoder else ""
+    print(f"sfv export: {out} (student UNet + teacher VAE/CLIP/scheduler{extra}) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -235,6 +245,13 @@ def cmd_distill(args) -> int:
     from sfv.train import run
 
     run(load_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu)
+    return 0
+
+
+def cmd_distill_decoder(args) -> int:
+    from sfv.decoder_train import load_decoder_recipe, run
+
+    run(load_decoder_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu)
     return 0
 
 

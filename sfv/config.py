@@ -126,6 +126,21 @@ def _plain(x):
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     """Read a YAML recipe (or start from defaults if path is None) and apply `section.key=value` overrides."""
+    recipe = load_sections(Recipe, path, overrides)
+    for key, value, choices in (("discriminator.r1", recipe.discriminator.r1, ("approx", "exact", "none")),
+                                ("discriminator.heads", recipe.discriminator.heads, ("spatial", "temporal", "both")),
+                                ("discriminator.fake_sigma", recipe.discriminator.fake_sigma, ("levels", "max")),
+                                ("train.precision", recipe.train.precision, ("auto", "fp32", "bf16")),
+                                ("parallel.mode", recipe.parallel.mode, ("ddp", "fsdp"))):
+        if value not in choices:
+            raise InputError(f"recipe key '{key}' must be one of {', '.join(choices)}, not {value!r}")
+    _check_ranges(recipe)
+    return recipe
+
+
+def load_sections(cls, path: str | Path | None, overrides: list[str] = ()):
+    """The typed recipe `cls` (a dataclass of section dataclasses) from YAML at `path` (defaults if None) with
+    `section.key=value` overrides; unknown keys and wrong types are one InputError each."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -136,7 +151,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         except yaml.YAMLError as e:
             raise InputError(f"recipe '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
-            raise InputError(f"recipe '{path}' must be a mapping of sections ({', '.join(_fields(Recipe))})")
+            raise InputError(f"recipe '{path}' must be a mapping of sections ({', '.join(_fields(cls))})")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -148,16 +163,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             if not isinstance(node, dict):
                 raise InputError(f"override '{item}': '{p}' is not a section")
         node[leaf] = yaml.safe_load(value) if value else None
-    recipe = _build(Recipe, data, "")
-    for key, value, choices in (("discriminator.r1", recipe.discriminator.r1, ("approx", "exact", "none")),
-                                ("discriminator.heads", recipe.discriminator.heads, ("spatial", "temporal", "both")),
-                                ("discriminator.fake_sigma", recipe.discriminator.fake_sigma, ("levels", "max")),
-                                ("train.precision", recipe.train.precision, ("auto", "fp32", "bf16")),
-                                ("parallel.mode", recipe.parallel.mode, ("ddp", "fsdp"))):
-        if value not in choices:
-            raise InputError(f"recipe key '{key}' must be one of {', '.join(choices)}, not {value!r}")
-    _check_ranges(recipe)
-    return recipe
+    return _build(cls, data, "")
 
 
 def _check_ranges(r: Recipe) -> None:

@@ -35,9 +35,12 @@ def read_full_weights(path: Path, name: str, like: dict[str, torch.Tensor]) -> d
 
 
 def export_student(out_dir: str, generator: str | None = None, teacher_dir: str | None = None, ckpt: str | None = None,
-                   weights: str = "ema", t_g: int = 4) -> Path:
+                   weights: str = "ema", t_g: int = 4, decoder: str | None = None) -> Path:
     """Write the student (`generator` weights with `teacher_dir`, or a training checkpoint `ckpt`, whose recipe
-    names the teacher and T_g) as a drop-in diffusers folder. Everything cheap is checked before the teacher loads."""
+    names the teacher and T_g) as a drop-in diffusers folder, with a fast decoder folder `decoder` (sfv.decoders.tiny)
+    as its fast_decoder/ if given. Everything cheap is checked before the teacher loads."""
+    from sfv.decoders.tiny import TinyTemporalDecoder
+
     from sfv.generator import SFVGenerator
     from sfv.pipeline import check_export_target, export_pipeline
     from sfv.teachers import load_teacher
@@ -55,6 +58,8 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
         raise InputError("--teacher is required with --generator")
     if not sharded:
         SFVGenerator.check_source(generator)  # before the (slow) teacher load
+    if decoder is not None:
+        TinyTemporalDecoder.from_pretrained(decoder)  # a missing or corrupt folder is one line before the teacher loads
     teacher = load_teacher(teacher_dir)
     if sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
         name = checkpoint.STUDENT_WEIGHTS[weights]
@@ -66,4 +71,4 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
     else:
         unet = SFVGenerator.load_unet(generator, teacher)
     return export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)},
-                           t_g=recipe.get("model", {}).get("t_g", t_g))
+                           t_g=recipe.get("model", {}).get("t_g", t_g), fast_decoder=decoder)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +31,8 @@ from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDisc
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import StableVideoDiffusionPipelineOutput
 
 import sfv
+from sfv.decoders import build_decoder
+from sfv.decoders.tiny import CONFIG_NAME, WEIGHTS_NAME
 from sfv.errors import InputError
 from sfv.files import atomic_path
 from sfv.images import check_output_type
@@ -46,7 +49,7 @@ class SFVPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
     _callback_tensor_inputs = ["latents"]
-    decoder = "vae"  # the decoding slot (sfv.decoders), built on this pipeline's VAE; set per instance to switch
+    decoder = "vae"  # the decoding slot (sfv.decoders): a name built on this pipeline's VAE, or a built decoder (set_decoder)
     t_g = 4  # T_g of the student's training grid (SF-V §3.2); its levels are the few-step sampler's schedule
 
     def __init__(self, vae: AutoencoderKLTemporalDecoder, image_encoder, unet: UNetSpatioTemporalConditionModel,
@@ -55,13 +58,27 @@ class SFVPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "SFVPipeline":
-        """DiffusionPipeline.from_pretrained, then the student's T_g from an export's sfv.json (its few-step levels)."""
+    def from_pretrained(cls, pretrained_model_name_or_path, decoder: str = "vae", **kwargs) -> "SFVPipeline":
+        """DiffusionPipeline.from_pretrained, then the student's T_g from an export's sfv.json (its few-step levels).
+
+        decoder: "vae" (the stock temporal VAE decoder: frames as the stock pipeline's) or the name of a fast decoder
+        the export carries (sfv.json "decoders", e.g. "tiny" in fast_decoder/; `sfv export --decoder`)."""
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        info = Path(pretrained_model_name_or_path) / EXPORT_INFO
-        if info.is_file():
-            pipe.t_g = int(json.loads(info.read_text()).get("sampling", {}).get("t_g", cls.t_g))
+        info_file = Path(pretrained_model_name_or_path) / EXPORT_INFO
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        pipe.t_g = int(info.get("sampling", {}).get("t_g", cls.t_g))
+        if decoder != "vae":
+            folders = info.get("decoders", {})
+            if decoder not in folders:
+                raise InputError(f"'{pretrained_model_name_or_path}' carries no {decoder!r} decoder (sfv.json lists "
+                                 f"{', '.join(['vae', *folders])}); export it with `sfv export ... --decoder DIR`")
+            pipe.set_decoder(decoder, Path(pretrained_model_name_or_path) / folders[decoder])
         return pipe
+
+    def set_decoder(self, name: str, folder: str | os.PathLike | None = None) -> "SFVPipeline":
+        """Decode with `name` from sfv.decoders.DECODERS ("vae", or "tiny" read from `folder`), built once here."""
+        self.decoder = name if name == "vae" else build_decoder(name, self.vae, folder)
+        return self
 
     def set_fast_paths(self, attention: str = "sdpa", channels_last: bool = False, compile: bool = False) -> "SFVPipeline":
         """Switch the speed paths that do not change the call (dtype: `.to(dtype=...)`; chunking:
@@ -212,17 +229,23 @@ def check_export_target(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+FAST_DECODER = "fast_decoder"  # the export's subfolder for a fast decoder (not in model_index.json: stock diffusers skips it)
+
+
 def export_pipeline(
     unet: UNetSpatioTemporalConditionModel, teacher: SVDTeacher, out_dir: str | os.PathLike, info: dict | None = None,
-    t_g: int = SFVPipeline.t_g,
+    t_g: int = SFVPipeline.t_g, fast_decoder: str | os.PathLike | None = None,
 ) -> Path:
     """Write the drop-in diffusers folder for a student UNet, atomically (temp folder + rename).
 
     Contents: model_index.json (StableVideoDiffusionPipeline, so stock diffusers loads it), unet/ (the student),
     vae/, image_encoder/, feature_extractor/, scheduler/ (the teacher's; its 1-step Karras schedule is σ_max),
     and sfv.json (how to sample it — T_g, read back by SFVPipeline.from_pretrained — and where it came from).
-    Weights are safetensors.
+    fast_decoder: a tiny decoder folder (sfv.decoders.tiny), checked against the VAE and copied to fast_decoder/;
+    sfv.json lists it under "decoders" (SFVPipeline.from_pretrained(folder, decoder="tiny")). Weights are safetensors.
     """
+    if fast_decoder is not None:
+        build_decoder("tiny", teacher.vae, fast_decoder)  # loads and fits, before anything is written
     out = check_export_target(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
@@ -231,8 +254,13 @@ def export_pipeline(
             "sfv_version": sfv.__version__,
             "pipeline": "SFVPipeline",
             "sampling": {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": teacher.sigma_max, "t_g": t_g},
-            "decoder": teacher.decoder_name,
+            "decoder": teacher.decoder_name,  # what the stock pipeline decodes with
             **(info or {}),
         }
+        if fast_decoder is not None:
+            (tmp / FAST_DECODER).mkdir()
+            for name in (CONFIG_NAME, WEIGHTS_NAME):  # the folder's two files, nothing else it may hold
+                shutil.copy2(Path(fast_decoder) / name, tmp / FAST_DECODER / name)
+            meta["decoders"] = {"tiny": FAST_DECODER}
         (tmp / EXPORT_INFO).write_text(json.dumps(meta, indent=2) + "\n")
     return out

@@ -3,15 +3,23 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sfv.config import Recipe, load_recipe, save_recipe
 from sfv.errors import InputError
 
 
 def test_shipped_recipes_load_and_round_trip(tmp_path):
+    from sfv.decoder_train import load_decoder_recipe
+
     paths = sorted(Path("recipes").glob("*.yaml"))
-    assert {p.name for p in paths} >= {"tiny_cpu.yaml", "svd_14f_768x448.yaml", "svd_xt_25f_1024x576.yaml"}
+    assert {p.name for p in paths} >= {"tiny_cpu.yaml", "svd_14f_768x448.yaml", "svd_xt_25f_1024x576.yaml", "decoder_toy.yaml"}
     for path in paths:
+        if path.name.startswith("decoder_"):  # sfv distill-decoder's recipes
+            recipe = load_decoder_recipe(path)
+            (tmp_path / "d.yaml").write_text(yaml.safe_dump(recipe.to_dict()))
+            assert load_decoder_recipe(tmp_path / "d.yaml") == recipe
+            continue
         recipe = load_recipe(path)
         save_recipe(recipe, tmp_path / "r.yaml")
         assert load_recipe(tmp_path / "r.yaml") == recipe

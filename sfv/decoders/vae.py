@@ -8,6 +8,8 @@ import torch
 class VAEDecoder:
     """Latents [B, F, C, h, w] -> frames [B, 3, F, H, W] in [-1, 1] (float32); the VAE is shared, not copied."""
 
+    name = "vae"
+
     def __init__(self, vae):
         self.vae = vae
 

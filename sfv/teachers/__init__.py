@@ -88,7 +88,7 @@ class Teacher(Protocol):
 
     def student_from_state(self, state: dict, path) -> torch.nn.Module: ...  # the same from a state dict
 
-    def set_decoder(self, name: str) -> "Teacher": ...  # the decoding slot, by name (sfv.decoders)
+    def set_decoder(self, decoder, folder=None) -> "Teacher": ...  # the decoding slot, by name (sfv.decoders) or built
 
     def postprocess(self, frames: torch.Tensor, output_type: str = "np"): ...
 

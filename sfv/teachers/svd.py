@@ -62,7 +62,7 @@ class SVDTeacher(SVDConditioning):
 
     Any SVD-layout model works: the real teacher, a tiny test model, or an exported one-step student
     (SFVPipeline drives its own components through this class). Modules are shared, never copied.
-    `decoder` picks the decoding slot (sfv.decoders): the stock temporal VAE today.
+    `decoder` picks the decoding slot (sfv.decoders): the stock temporal VAE by default.
     """
 
     precond = PRECOND
@@ -76,7 +76,7 @@ class SVDTeacher(SVDConditioning):
         feature_extractor,
         scheduler: EulerDiscreteScheduler,
         execution_device: torch.device | None = None,
-        decoder: str = "vae",
+        decoder="vae",  # a name in sfv.decoders.DECODERS or a built decoder
     ):
         self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
         self.set_decoder(decoder)
@@ -114,7 +114,7 @@ class SVDTeacher(SVDConditioning):
         return teacher.to(device) if device is not None else teacher
 
     @classmethod
-    def from_pipeline(cls, pipe, execution_device: torch.device | None = None, decoder: str = "vae") -> "SVDTeacher":
+    def from_pipeline(cls, pipe, execution_device: torch.device | None = None, decoder="vae") -> "SVDTeacher":
         return cls(pipe.unet, pipe.vae, pipe.image_encoder, pipe.feature_extractor, pipe.scheduler, execution_device, decoder)
 
     def to_pipeline(self, unet: UNetSpatioTemporalConditionModel | None = None) -> StableVideoDiffusionPipeline:
@@ -135,9 +135,11 @@ class SVDTeacher(SVDConditioning):
         """This teacher's UNet architecture holding the student weights `state` (read from `path`); strict."""
         return student_from_state(state, self.unet, path)
 
-    def set_decoder(self, name: str) -> "SVDTeacher":
-        """Select the decoding slot by name (sfv.decoders.DECODERS), built on this teacher's VAE."""
-        self.decoder, self.decoder_name = build_decoder(name, self.vae), name
+    def set_decoder(self, decoder, folder: str | os.PathLike | None = None) -> "SVDTeacher":
+        """Select the decoding slot: a name (sfv.decoders.DECODERS, built on this teacher's VAE; `folder` for a
+        decoder with its own weights) or a decoder already built (e.g. the one SFVPipeline keeps)."""
+        self.decoder = build_decoder(decoder, self.vae, folder) if isinstance(decoder, str) else decoder
+        self.decoder_name = self.decoder.name
         return self
 
     def modules(self) -> list[torch.nn.Module]:

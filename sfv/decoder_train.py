@@ -1,0 +1,191 @@
+"""Distil the teacher's temporal VAE decoder into the fast tiny decoder (sfv.decoders.tiny). The one loop.
+
+    sfv distill-decoder --recipe recipes/decoder_toy.yaml [section.key=value ...] [--resume latest|DIR]
+
+Per step, on a batch of real clips x (frames in [−1, 1]) from a video folder, read as the SF-V trainer reads them:
+
+    z = E(x)                                   the frozen teacher VAE's latents (mode × scaling_factor), [B, F, C, h, w]
+    L = w_real · ‖D(z) − x‖ + w_teacher · ‖D(z) − VAE_dec(z)‖     (mean L1, or mean squared with loss.kind=l2)
+
+The first term learns the real frames, the second the stock decoder's frames of the same latents (what a drop-in
+decoder should reproduce; on a generated video there is no real x). One process (CPU or one GPU): the decoder is
+small and the teacher's encode dominates, so data parallelism is left out. Lengths are counted in videos seen and
+the data order is sfv.data.ResumableSampler's, so `--resume` continues bit for bit. Output: <run_dir>/decoder/
+(config.json + diffusion_pytorch_model.safetensors), log.jsonl, config.yaml, checkpoints/, report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from sfv import checkpoint, distributed
+from sfv.config import DataConfig, load_sections
+from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
+from sfv.decoders.tiny import TinyDecoderConfig, TinyTemporalDecoder
+from sfv.errors import InputError
+from sfv.model_dir import check_model_dir, check_video_size
+from sfv.monitor import crossed
+from sfv.teachers import Teacher, load_teacher
+
+
+@dataclass
+class DecoderModelConfig:
+    teacher: str = ""  # the SVD folder whose VAE latents the decoder reads (and whose decoder it imitates)
+    init: str | None = None  # start from this decoder folder instead of random weights
+    block_out_channels: list[int] | None = None  # widths per stage, deepest first (None: 64 each, 32 at full size)
+    num_blocks: list[int] | None = None  # residual blocks per stage (None: 3 each, 1 at full size)
+
+
+@dataclass
+class DecoderLossConfig:
+    kind: str = "l1"  # l1 | l2
+    real_weight: float = 1.0  # against the real frames
+    teacher_weight: float = 1.0  # against the stock VAE decoder's frames of the same latents
+
+
+@dataclass
+class DecoderTrainConfig:
+    run_dir: str = "runs/decoder"
+    seed: int = 0
+    batch_size: int = 4  # videos per step
+    total_videos: int = 4000
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    log_every: int = 200  # videos
+    checkpoint_every: int = 1000  # videos
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class DecoderRecipe:
+    model: DecoderModelConfig = field(default_factory=DecoderModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: DecoderLossConfig = field(default_factory=DecoderLossConfig)
+    train: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists
+
+
+def load_decoder_recipe(path, overrides: list[str] = ()) -> DecoderRecipe:
+    r = load_sections(DecoderRecipe, path, overrides)
+    if not r.model.teacher:
+        raise InputError("the recipe has no model.teacher; set it to an SVD diffusers folder (model.teacher=/path)")
+    if r.data.cache:
+        raise InputError("distill-decoder learns real frames, which a latent cache does not hold: unset data.cache, set data.videos")
+    if r.loss.kind not in ("l1", "l2"):
+        raise InputError(f"recipe key 'loss.kind' must be one of l1, l2, not {r.loss.kind!r}")
+    if min(r.loss.real_weight, r.loss.teacher_weight) < 0 or r.loss.real_weight + r.loss.teacher_weight == 0:
+        raise InputError("loss.real_weight and loss.teacher_weight must be ≥ 0 and not both 0")
+    for key in ("batch_size", "total_videos"):
+        if getattr(r.train, key) < 1:
+            raise InputError(f"recipe key 'train.{key}' must be at least 1, got {getattr(r.train, key)}")
+    if r.train.lr <= 0:
+        raise InputError(f"recipe key 'train.lr' must be greater than 0, got {r.train.lr}")
+    return r
+
+
+def decoder_loss(pred: torch.Tensor, real: torch.Tensor, stock: torch.Tensor | None, cfg: DecoderLossConfig) -> dict:
+    """{'loss', 'real', 'teacher'}: mean L1 (or squared) error of D(z) [B, 3, F, H, W] to each target, weighted sum."""
+    def err(a, b):
+        return (a - b).abs().mean() if cfg.kind == "l1" else (a - b).square().mean()
+
+    out = {"real": err(pred, real)}
+    if stock is not None:
+        out["teacher"] = err(pred, stock)
+    out["loss"] = cfg.real_weight * out["real"] + cfg.teacher_weight * out.get("teacher", 0.0)
+    return out
+
+
+def build_decoder_net(recipe: DecoderRecipe, teacher: Teacher) -> TinyTemporalDecoder:
+    """The decoder to train: from model.init, or a fresh layout for the teacher's VAE (seeded by train.seed)."""
+    m = recipe.model
+    if m.init:
+        net = TinyTemporalDecoder.from_pretrained(m.init).requires_grad_(True)
+    else:
+        torch.manual_seed(recipe.train.seed)
+        net = TinyTemporalDecoder(TinyDecoderConfig.for_vae(teacher.vae, m.block_out_channels, m.num_blocks))
+    net.check_fits(teacher.vae, f"for '{m.teacher}'")
+    return net.to(teacher.device).train()
+
+
+def train_step(net, opt, teacher: Teacher, frames: torch.Tensor, recipe: DecoderRecipe) -> dict:
+    """One update on clips `frames` [B, F, 3, H, W] in [0, 1]; returns the losses as floats."""
+    with torch.no_grad():
+        z = teacher.encode_video(frames)  # [B, F, C, h, w]
+        stock = teacher.decode(z) if recipe.loss.teacher_weight > 0 else None  # [B, 3, F, H, W]
+    real = frames.to(z.device).transpose(1, 2) * 2 - 1  # [B, 3, F, H, W] in [−1, 1]
+    losses = decoder_loss(net(z), real, stock, recipe.loss)
+    losses["loss"].backward()
+    clip = recipe.train.grad_clip
+    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip if clip > 0 else float("inf"))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {**{f"loss/{k}": v.item() for k, v in losses.items()}, "grad_norm": norm.item()}
+
+
+def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False) -> Path:
+    """Train per the recipe (resuming from a checkpoint if asked); returns the decoder folder."""
+    cfg = recipe.train
+    world = distributed.init(cpu=cpu)
+    if world.size > 1:
+        raise InputError("sfv distill-decoder runs on one process; start it without accelerate/torchrun")
+    run_dir = Path(cfg.run_dir)
+    d = recipe.data
+    if not d.videos:
+        raise InputError("the recipe has no data.videos; set it to a folder of videos (data.videos=/path)")
+    dataset = VideoFolder(d.videos, ClipSpec(d.frames, d.height, d.width, d.fps), seed=cfg.seed, metadata=d.metadata)
+    dataset[(0, 0)]  # fail fast, before loading any model, if no file is usable
+    ckpt = checkpoint.resolve(resume, run_dir) if resume else None
+    if Path(recipe.model.teacher).is_dir():
+        check_video_size(d.height, d.width, d.frames, check_model_dir(recipe.model.teacher).vae_scale_factor)
+    teacher = load_teacher(recipe.model.teacher, device=world.device)
+    teacher.requires_grad_(False)
+    for module in teacher.modules():
+        module.eval()
+    net = build_decoder_net(recipe, teacher)  # a bad init folder stops here, before the run folder is touched
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    modules, optimizers = {"decoder": net}, {"optim": (opt, net)}
+    videos, steps = 0, 0
+    if ckpt:
+        saved = checkpoint.load(ckpt, world, modules, optimizers, {})
+        videos, steps = saved["state"]["videos"], saved["state"]["steps"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    sampler = ResumableSampler(len(dataset), cfg.seed, start=videos)
+    loader = iter(torch.utils.data.DataLoader(dataset, cfg.batch_size, sampler=sampler, collate_fn=collate,
+                                              num_workers=recipe.data.num_workers))
+    skipped: set[str] = set()
+    t0, start, first, stats = time.perf_counter(), videos, None, None
+    with open(run_dir / "log.jsonl", "a") as log:
+        while videos < cfg.total_videos:
+            batch = next(loader)
+            skipped.update(batch["skipped"])
+            stats = train_step(net, opt, teacher, batch["frames"], recipe)
+            before, videos, steps = videos, videos + len(batch["frames"]), steps + 1
+            first = first or stats
+            if crossed(before, videos, cfg.log_every) or videos >= cfg.total_videos:
+                rate = (videos - start) / max(time.perf_counter() - t0, 1e-9)
+                log.write(json.dumps({"videos": videos, "steps": steps, **stats}) + "\n")
+                log.flush()
+                print(f"distill-decoder: {videos}/{cfg.total_videos} videos  loss {stats['loss/loss']:.4f}  "
+                      f"({rate:.1f} videos/s)", flush=True)
+            if crossed(before, videos, cfg.checkpoint_every) or videos >= cfg.total_videos:
+                checkpoint.save(run_dir / "checkpoints", videos, world, modules, optimizers, {},
+                                {"state": {"videos": videos, "steps": steps}, "recipe": recipe.to_dict()}, cfg.keep_checkpoints)
+    shutil.rmtree(run_dir / "decoder", ignore_errors=True)  # this run's own earlier output (a resumed run replaces it)
+    out = net.eval().save_pretrained(run_dir / "decoder")
+    report = {"videos": videos, "steps": steps, "first": first, "last": stats,
+              "seconds": time.perf_counter() - t0, "skipped_files": sorted(skipped), "decoder": str(out)}
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"distill-decoder: wrote {out}")
+    return out
