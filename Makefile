@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sfv-installed
 DEMO := runs/demo
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo gpu-check clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,12 @@ test: $(STAMP)
 # students on held-out conditionings -> runs/demo/report.md
 demo: $(STAMP)
 	$(PY) -m sfv.toy.demo --out $(DEMO)
+
+# The GPU figures (CUDA only, never in the tests): full-size SVD speed with the stock and the fast decoder, and the
+# memory of an FSDP training step -> runs/gpu-check/gpu-check.json and docs/benchmarks.md's GPU section.
+# `python tools/gpu_check.py --dry-run` runs the same steps on the CPU at tiny size.
+gpu-check: $(STAMP)
+	$(PY) tools/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

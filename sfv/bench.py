@@ -55,6 +55,7 @@ class BenchConfig:
     long_frames: int = 0  # > 0: also the one-step student on a video this long (chain and multidiffusion windows)
     window: int | None = None  # long video: frames per window (None: the model's)
     overlap: int | None = None  # long video: shared frames (None: 1 chain, window // 2 multidiffusion)
+    fast_decoder: str | None = None  # also the student decoding with a fast decoder: its folder, or "random" (speed only)
 
 
 @dataclass
@@ -74,10 +75,11 @@ class Variant:
         return 2 if self.cfg else 1  # CFG doubles the batch (unconditional ‖ conditional)
 
 
-def main_variants(steps, long_frames: int = 0) -> list[Variant]:
+def main_variants(steps, long_frames: int = 0, fast_decoder: bool = False) -> list[Variant]:
     teacher = [Variant(f"teacher-{n}{'-cfg' if cfg else ''}", "teacher", n, cfg) for n in steps for cfg in (True, False)]
     long = [Variant(f"student-1-{mode}-{long_frames}f", "student", 1, False, long=mode) for mode in ("chain", "multidiffusion")]
-    return teacher + [Variant("student-1", "student", 1, False)] + (long if long_frames else [])
+    fast = [Variant("student-1-fast-decoder", "student_fast", 1, False)] if fast_decoder else []
+    return teacher + [Variant("student-1", "student", 1, False)] + fast + (long if long_frames else [])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -95,6 +97,11 @@ class Bench:
         self.student_svd = SVDTeacher.from_pipeline(student_pipe, decoder=student_pipe.decoder)
         self.timers = {"teacher": ComponentTimer(component_groups(teacher), self.device),
                        "student": ComponentTimer(component_groups(self.student_svd), self.device)}
+        self.pipes = {"student": student_pipe}
+        if config.fast_decoder:  # the same student modules, decoding with the fast decoder
+            self.pipes["student_fast"] = fast = fast_decoder_pipeline(student_pipe, config.fast_decoder)
+            self.timers["student_fast"] = ComponentTimer(component_groups(SVDTeacher.from_pipeline(fast, decoder=fast.decoder)),
+                                                         self.device)
 
     def _generator(self):
         return torch.Generator("cpu").manual_seed(self.config.seed)  # the same seed for every variant and run
@@ -102,10 +109,10 @@ class Bench:
     def call(self, variant: Variant):
         c = self.config
         chunk = variant.decode_chunk_size or c.decode_chunk_size
-        if variant.model == "student":  # the product: SFVPipeline, 1 step, no CFG
+        if variant.model in self.pipes:  # the product: SFVPipeline, 1 step, no CFG
             long = {"num_frames": c.long_frames, "long_video": variant.long, "window": c.window, "overlap": c.overlap} \
                 if variant.long else {"num_frames": c.frames}
-            return lambda: self.student(
+            return lambda: self.pipes[variant.model](
                 self.image, height=c.height, width=c.width, num_inference_steps=variant.steps, max_guidance_scale=1.0,
                 decode_chunk_size=chunk, generator=self._generator(), output_type="np", **long,
             )
@@ -213,6 +220,21 @@ def speedups(records: list[dict]) -> list[dict]:
             for r in records if r["model"] == "teacher" and r["status"] == "ok"]
 
 
+def fast_decoder_speedups(records: list[dict]) -> dict | None:
+    """The student decoding with the fast decoder against the same student with the stock decoder, and against
+    each teacher setting (ratios of medians, this run's numbers)."""
+    by = {r["name"]: r for r in records if r["status"] == "ok"}
+    if "student-1-fast-decoder" not in by or "student-1" not in by:
+        return None
+    stock, fast = by["student-1"]["summary"], by["student-1-fast-decoder"]["summary"]
+    return {"decode": stock["vae_decode"]["median_s"] / fast["vae_decode"]["median_s"],
+            "end_to_end": stock["total"]["median_s"] / fast["total"]["median_s"],
+            "decode_share_stock": stock["vae_decode"]["median_s"] / stock["total"]["median_s"],
+            "decode_share_fast": fast["vae_decode"]["median_s"] / fast["total"]["median_s"],
+            "vs_teacher": [{"teacher": r["name"], "end_to_end": r["summary"]["total"]["median_s"] / fast["total"]["median_s"]}
+                           for r in by.values() if r["model"] == "teacher"]}
+
+
 def pipeline_overhead(records: list[dict], target: float = 0.05) -> dict | None:
     """SFVPipeline's end-to-end median over the median of its bare components' sum (same calls)."""
     student = next((r for r in records if r["model"] == "student" and r["status"] == "ok"), None)
@@ -252,7 +274,8 @@ def run_bench(config: BenchConfig, teacher, student_pipe, image, out_dir: str | 
             set_fast_paths(svd.unet, svd.vae, svd.image_encoder, compile=True)
     bench = Bench(config, teacher, student_pipe, image)
     t0 = time.perf_counter()
-    records = [variant_record(v, config) for v in bench.run_variants(main_variants(config.steps, config.long_frames), log)]
+    variants = main_variants(config.steps, config.long_frames, bool(config.fast_decoder))
+    records = [variant_record(v, config) for v in bench.run_variants(variants, log)]
     fast = None
     if config.fast_paths:
         if config.compile:
@@ -270,6 +293,7 @@ def run_bench(config: BenchConfig, teacher, student_pipe, image, out_dir: str | 
         "variants": records,
         "speedups": speedups(records),
         "pipeline_overhead": pipeline_overhead(records),
+        "fast_decoder": fast_decoder_speedups(records),
         "fast_paths": fast,
         "notes": notes or [],
         "wall_time_s": time.perf_counter() - t0,
@@ -291,6 +315,24 @@ def _json_default(value):
 
 # ----------------------------------------------------------------------------------------------------
 # Loading (CLI entry)
+
+
+def fast_decoder_pipeline(student_pipe, fast_decoder: str):
+    """An SFVPipeline over the student's modules that decodes with a fast decoder: a decoder folder (checked against
+    the VAE), or "random" (sfv.decoders.tiny's default layout for this VAE, random weights: speed only)."""
+    from sfv.decoders.tiny import TinyDecoder, TinyDecoderConfig, TinyTemporalDecoder
+    from sfv.pipeline import SFVPipeline
+
+    pipe = SFVPipeline(**student_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.t_g = student_pipe.t_g
+    if fast_decoder == "random":
+        net = TinyTemporalDecoder(TinyDecoderConfig.for_vae(student_pipe.vae)).eval().requires_grad_(False)
+        pipe.decoder = TinyDecoder(net.to(student_pipe.vae.device, student_pipe.vae.dtype))
+    else:
+        pipe.set_decoder("tiny", fast_decoder)
+        pipe.decoder.net.to(student_pipe.vae.device, student_pipe.vae.dtype)
+    return pipe
 
 
 def load_models(config: BenchConfig):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sfv.console import check_positive, parse_device, parse_dtype, parse_steps
@@ -43,6 +44,17 @@ def bench_cli(args) -> int:
         check_model_dir(args.student)
         frames, factor = args.frames or info.num_frames, info.vae_scale_factor
     check_video_size(args.height, args.width, frames, factor)
+    fast_decoder = args.fast_decoder
+    if fast_decoder is None and args.student:  # the export's own fast decoder, if it carries one
+        from sfv.pipeline import EXPORT_INFO
+
+        info = Path(args.student) / EXPORT_INFO
+        folder = json.loads(info.read_text()).get("decoders", {}).get("tiny") if info.is_file() else None
+        fast_decoder = str(Path(args.student) / folder) if folder else None
+    elif fast_decoder not in (None, "random"):
+        from sfv.decoders.tiny import TinyTemporalDecoder
+
+        TinyTemporalDecoder.from_pretrained(fast_decoder)  # a missing or corrupt folder: one line, before any model loads
     if args.long_frames:
         from sfv.sampling import long_video_windows
 
@@ -60,7 +72,8 @@ def bench_cli(args) -> int:
                          dtype=str(dtype).removeprefix("torch."), compile=args.compile, repeats=args.repeats,
                          warmup=args.warmup, seed=args.seed, decode_chunk_size=args.decode_chunk_size,
                          fast_paths=args.fast_paths, teacher=args.teacher, student=args.student, arch=args.arch,
-                         long_frames=args.long_frames, window=args.window, overlap=args.overlap)
+                         long_frames=args.long_frames, window=args.window, overlap=args.overlap,
+                         fast_decoder=fast_decoder)
     print(f"sfv bench: loading ({'random ' + args.arch if args.arch else args.teacher + ' / ' + args.student}, "
           f"{args.dtype}, {device})", flush=True)
     try:
@@ -74,5 +87,9 @@ def bench_cli(args) -> int:
     o = report["pipeline_overhead"]
     if o:
         print(f"sfv bench: SFVPipeline overhead over its components {o['overhead'] * 100:+.1f}% (target <= 5%)")
+    f = report["fast_decoder"]
+    if f:
+        print(f"sfv bench: fast decoder: decode {f['decode']:.1f}x faster, student end to end {f['end_to_end']:.2f}x; "
+              + ", ".join(f"{t['end_to_end']:.1f}x vs {t['teacher']}" for t in f["vs_teacher"]))
     print(f"sfv bench: wrote {out / 'bench.json'}, bench.md, bench.png")
     return 0

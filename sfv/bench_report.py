@@ -10,7 +10,7 @@ PARTS = (  # (key in the summary, label, colour) — stacked left to right
     ("clip_encode", "CLIP encode", (90, 140, 220)),
     ("vae_encode", "VAE encode", (120, 190, 120)),
     ("unet_total", "UNet", (230, 120, 60)),
-    ("vae_decode", "VAE decode", (170, 110, 200)),
+    ("vae_decode", "decode", (170, 110, 200)),
     ("other", "other", (170, 170, 170)),
 )
 
@@ -59,6 +59,18 @@ def markdown(report: dict) -> str:
                       f"({_ms(o['pipeline_median_s'])} ms end to end vs {_ms(o['components_sum_median_s'])} ms in CLIP + VAE "
                       f"encode + UNet + VAE decode; target ≤ {o['target'] * 100:.0f}%: {'met' if o['met'] else 'NOT met'}). "
                       f"VAE decode is {o['decode_share_of_total'] * 100:.0f}% of the student's end-to-end time."]
+    f = report.get("fast_decoder")
+    if f:
+        lines += ["", "## Fast decoder (student, 1 step)", "",
+                  f"`student-1-fast-decoder` decodes with {c.get('fast_decoder')}: decode **{f['decode']:.1f}×** faster than "
+                  f"the stock VAE decoder, the student **{f['end_to_end']:.2f}×** faster end to end; decode is "
+                  f"{f['decode_share_stock'] * 100:.0f}% of the student's time with the stock decoder, "
+                  f"{f['decode_share_fast'] * 100:.0f}% with the fast one.", "",
+                  "| against | student-1 (stock decoder) | student-1-fast-decoder |", "|---|---|---|"]
+        for t in f["vs_teacher"]:
+            stock = ups.get(t["teacher"])
+            lines.append(f"| {t['teacher']} | {stock['end_to_end']:.1f}× | **{t['end_to_end']:.1f}×** |" if stock else
+                         f"| {t['teacher']} | — | **{t['end_to_end']:.1f}×** |")
     long = [r for r in report["variants"] if r.get("long_video") and r["status"] == "ok"]
     if long:
         short = next((r for r in report["variants"] if r["name"] == "student-1" and r["status"] == "ok"), None)

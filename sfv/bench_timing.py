@@ -71,12 +71,12 @@ class ComponentTimer:
 
 
 def component_groups(svd) -> dict[str, list[torch.nn.Module]]:
-    """The modules behind each component of an SVDTeacher (or an SFVPipeline's components)."""
+    """The modules behind each component of an SVDTeacher (decode: its decoding slot's network)."""
     return {
         "clip_encode": [svd.image_encoder],
         "vae_encode": [svd.vae.encoder, svd.vae.quant_conv],
         "unet_total": [svd.unet],
-        "vae_decode": [svd.vae.decoder],
+        "vae_decode": [svd.decoder.module],  # the decoding slot's network (the VAE's decoder, or a fast decoder)
     }
 
 

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "multidiffusion windows (reports frames of output video per second)")
     b.add_argument("--window", type=int, help="with --long-frames: frames per window (default: the model's)")
     b.add_argument("--overlap", type=int, help="with --long-frames: shared frames (default: 1 chain, window/2 multidiffusion)")
+    b.add_argument("--fast-decoder", help="also time the student decoding with a fast decoder: a decoder folder, or 'random' "
+                   "(random weights, speed only; with --arch); default: the student export's fast_decoder/, if it has one")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--seed", type=int, default=0)

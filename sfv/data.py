@@ -41,7 +41,12 @@ class ClipSpec:
     height: int
     width: int
     fps: int
-    motion_bucket_id: int = 127
+    motion_bucket_id: int = 127  # per-video label for videos whose metadata has none (the teacher reads it)
+
+    @classmethod
+    def of(cls, data) -> "ClipSpec":
+        """From a recipe's data section (sfv.config.Data)."""
+        return cls(data.frames, data.height, data.width, data.fps, data.motion_bucket_id)
 
 
 def find_videos(root: Path) -> list[Path]:

@@ -37,7 +37,7 @@ def make_pairs(recipe, dataset, teacher, sigma_d) -> list[Pairs]:
     d, cfg = recipe.data, recipe.train
     source = dataset
     if d.eval_videos:
-        source = VideoFolder(d.eval_videos, ClipSpec(d.frames, d.height, d.width, d.fps, d.motion_bucket_id), seed=cfg.seed)
+        source = VideoFolder(d.eval_videos, ClipSpec.of(d), seed=cfg.seed)
     n, chunk = min(cfg.d_eval_count, len(source)), cfg.batch_per_device
     gen = torch.Generator(teacher.device).manual_seed(HELDOUT_SEED)
     out = []

@@ -61,7 +61,7 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
 
 def build_data(recipe: Recipe):
     d = recipe.data
-    spec = ClipSpec(d.frames, d.height, d.width, d.fps, d.motion_bucket_id)
+    spec = ClipSpec.of(d)
     if d.cache:
         return LatentCache(d.cache, spec, d.noise_aug_strength)
     if not d.videos:

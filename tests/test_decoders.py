@@ -246,3 +246,27 @@ def test_cli_exports_the_fast_decoder_and_samples_with_it(tiny_dir, decoder_dir,
     assert main([*sample, "--decoder", "fast", "--out", str(tmp_path / "fast.gif")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "carries no 'fast' decoder" in err and not (tmp_path / "fast.gif").exists()
+
+
+def test_bench_times_the_export_fast_decoder_beside_the_stock_decoder(tiny_dir, exported, tmp_path, capsys):
+    """`sfv bench` picks up the export's fast_decoder/ and times the student with both decoders in one run; the
+    decode component is the decoding slot's network (hooks on the fast decoder, not the VAE's)."""
+    from sfv.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "--teacher", str(tiny_dir), "--student", str(exported), "--steps", "1", "--frames", "2",
+                 "--height", "16", "--width", "16", "--repeats", "1", "--warmup", "0", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    by = {v["name"]: v["summary"] for v in report["variants"]}
+    assert list(by) == ["teacher-1-cfg", "teacher-1", "student-1", "student-1-fast-decoder"]
+    assert report["config"]["fast_decoder"] == str(exported / "fast_decoder")
+    fast, stock = by["student-1-fast-decoder"], by["student-1"]
+    assert 0 < fast["vae_decode"]["median_s"] < stock["vae_decode"]["median_s"]  # timed: the tiny net, not the VAE
+    f = report["fast_decoder"]
+    assert f["decode"] == pytest.approx(stock["vae_decode"]["median_s"] / fast["vae_decode"]["median_s"])
+    assert [t["teacher"] for t in f["vs_teacher"]] == ["teacher-1-cfg", "teacher-1"]
+    assert "## Fast decoder" in (out / "bench.md").read_text() and "fast decoder: decode" in capsys.readouterr().out
+    bad = main(["bench", "--teacher", str(tiny_dir), "--student", str(exported), "--fast-decoder", str(tmp_path / "nope"),
+                "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert bad == 2 and len(err) == 1 and "does not exist" in err[0] and not (tmp_path / "bad").exists()

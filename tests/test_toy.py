@@ -491,3 +491,23 @@ def test_batched_demo_generation_matches_one_video_at_a_time(tmp_path):
             single = _timed_video(svd, images[i], buckets[i], method, 64, 8, 1000 * seed + i)[0]
             assert np.abs(videos[seed, i].astype(int) - single.astype(int)).max() <= 1, (seed, i)
     assert np.abs(videos[0].astype(int) - videos[1].astype(int)).mean() > 1  # the seeds really differ
+
+
+def test_demo_reports_the_committed_student_with_the_fast_decoder(tmp_path):
+    """World v2's defaults: the committed SF-V student is also scored decoding with the committed toy decoder
+    (models/toy-decoder-v2), beside the same student with the stock VAE decoder, with the targets' ratios."""
+    from sfv.toy.demo import main
+
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--student", "models/toy-sfv-v2", "--recon-student", "", "--eval", "2", "--seeds", "2",
+                 "--references", "2", "--steps", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    by = {r["name"]: r for r in report["rows"]}
+    assert by["student-full-1-tiny-decoder"]["decoder"] == "models/toy-decoder-v2"
+    ratio = report["targets"]["full_tiny_decoder_over_stock_decoder"]
+    assert ratio == pytest.approx(by["student-full-1-tiny-decoder"]["toy_error"] / by["student-full-1"]["toy_error"], abs=1e-3)
+    # the same student's videos, decoded by a decoder trained to match the VAE's frames: per-video precision agrees
+    # (the headline's Fréchet and diversity parts over 2 × 2 videos are too few to compare here)
+    precision = by["student-full-1-tiny-decoder"]["parts"]["precision"] / by["student-full-1"]["parts"]["precision"]
+    assert 0.8 < precision < 1.25
+    assert "| student-full-1-tiny-decoder | 1 |" in (out / "report.md").read_text()

@@ -34,10 +34,11 @@ ROWS = {
     "spatial": ["discriminator.heads=spatial"],
     "temporal": ["discriminator.heads=temporal"],
     "paper-d": ["discriminator.p_mean=-1", "discriminator.fake_sigma=levels"],
+    "lambda-0.03": ["generator.huber_weight=0.03"],  # the reconstruction weight between SF-V's 0.1 and adversarial only
 }
 LABELS = {"sfv": "SF-V (both terms)", "recon": "reconstruction only", "adv": "adversarial only",
           "spatial": "spatial heads only", "temporal": "temporal heads only",
-          "paper-d": "SF-V with the paper's D noise (P_mean −1, fakes at G's levels)"}
+          "paper-d": "SF-V with the paper's D noise (P_mean −1, fakes at G's levels)", "lambda-0.03": "SF-V, λ = 0.03"}
 KEYS = ("toy_error", "precision", "motion", "diversity", "coverage", "frechet")
 
 

@@ -1,6 +1,7 @@
 """The decoding slot: latents [B, F, C, h, w] -> frames [B, 3, F, H, W] in [-1, 1], float32.
 
-A decoder is a callable `decoder(latents, decode_chunk_size) -> frames` with a `name`, built by name from DECODERS:
+A decoder is a callable `decoder(latents, decode_chunk_size) -> frames` with a `name` and its network as `module`,
+built by name from DECODERS:
 
     vae    the teacher's temporal VAE decoder, as the stock pipeline runs it (vae.py; the default)
     tiny   a fast temporal decoder trained by `sfv distill-decoder` on the VAE's latents (tiny.py); it is read

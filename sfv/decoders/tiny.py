@@ -169,6 +169,11 @@ class TinyDecoder:
     def __init__(self, net: TinyTemporalDecoder):
         self.net = net
 
+    @property
+    def module(self) -> nn.Module:
+        """The network that decodes (timed as the decode component by sfv bench)."""
+        return self.net
+
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
         net = self.net.to(latents.device)

@@ -13,6 +13,11 @@ class VAEDecoder:
     def __init__(self, vae):
         self.vae = vae
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The network that decodes (timed as the decode component by sfv bench)."""
+        return self.vae.decoder
+
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
         num_frames = latents.shape[1]

@@ -35,9 +35,9 @@ from sfv.toy.report import plot_heldout, summary_table, write_report
 # (full-length SF-V; reconstruction only, the ablation's proof). A committed student that is absent is skipped.
 WORLD_DEFAULTS = {
     "v1": {"teacher": "models/toy-svd", "recipe": "recipes/toy_v1.yaml", "steps": "25,16,8,4,1", "train_videos": 1000,
-           "full_student": "models/toy-sfv-full", "recon_student": ""},
+           "full_student": "models/toy-sfv-full", "recon_student": "", "decoder": ""},
     "v2": {"teacher": "models/toy-svd-v2", "recipe": "recipes/toy.yaml", "steps": "25,4,1", "train_videos": 500,
-           "full_student": "models/toy-sfv-v2", "recon_student": "models/toy-recon-v2"},
+           "full_student": "models/toy-sfv-v2", "recon_student": "models/toy-recon-v2", "decoder": "models/toy-decoder-v2"},
 }
 
 
@@ -52,6 +52,8 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--recipe", help="distillation recipe (" + _default_help("recipe") + ")")
     p.add_argument("--full-student", help="a committed fully-distilled student to report too ('' = none; " + _default_help("full_student") + ")")
     p.add_argument("--recon-student", help="a committed reconstruction-only student to report too ('' = none; " + _default_help("recon_student") + ")")
+    p.add_argument("--decoder", help="a fast decoder folder (sfv distill-decoder): the committed full student is also "
+                   "reported decoded with it ('' = none; " + _default_help("decoder") + ")")
     p.add_argument("--student", help="evaluate this exported student folder instead of distilling one (skips the training world)")
     p.add_argument("--train-videos", type=int, help="toy-world videos written for distillation (" + _default_help("train_videos") + ")")
     p.add_argument("--eval", type=int, default=12, help="held-out conditionings (frame 0 + motion bucket)")
@@ -169,6 +171,9 @@ def _methods(args, steps: list[int], export: Path) -> list[dict]:
     for name, folder in (("student-full-1", args.full_student), ("recon-full-1", args.recon_student)):
         if folder and Path(folder, "model_index.json").is_file():
             methods.append({"name": name, "model": folder, "steps": 1, "cfg": 1.0, "unet_evals": 1})
+    if args.decoder and any(m["name"] == "student-full-1" for m in methods):
+        methods.append({"name": "student-full-1-tiny-decoder", "model": args.full_student, "decoder": args.decoder,
+                        "steps": 1, "cfg": 1.0, "unet_evals": 1})
     return methods
 
 
@@ -217,6 +222,10 @@ def _targets(rows: list[dict]) -> dict:
         for k in ("teacher-4", "teacher-1"):
             if k in by:
                 t[f"{k.replace('-', '_')}_over_full"] = round(ratio(k, "student-full-1"), 3)
+    if "student-full-1-tiny-decoder" in by:  # the fast decoder: headline within 5 % of the stock-decoded student's
+        t["full_tiny_decoder_over_stock_decoder"] = round(ratio("student-full-1-tiny-decoder", "student-full-1"), 3)
+        t["full_stock_decoder_s_over_tiny_decoder_s"] = round(by["student-full-1"]["seconds_per_video"]
+                                                              / max(by["student-full-1-tiny-decoder"]["seconds_per_video"], 1e-9), 2)
     return t
 
 

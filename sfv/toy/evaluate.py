@@ -23,19 +23,18 @@ def evaluate_v1(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[
     from tqdm import tqdm
 
     from sfv.metrics.toy import score
-    from sfv.teachers.svd import SVDTeacher
     from sfv.toy.teacher import load_world
 
     frames, buckets = load_world(out / "world-eval")
     real = (frames.float().permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)  # [N, F, H, W, 3]
     n, num_frames, size = real.shape[0], real.shape[1], real.shape[2]
     images = [Image.fromarray(real[i, 0]) for i in range(n)]
-    models: dict[str, SVDTeacher] = {}
+    models: dict = {}
     videos: dict[str, list[np.ndarray]] = {}
     rows = []
     bar = tqdm(total=len(methods) * args.seeds * n, desc="generate", unit="video")
     for m in methods:
-        svd = models.setdefault(m["model"], SVDTeacher.from_pretrained(m["model"], torch_dtype=torch.float32))
+        svd = _model(models, m)
         scores = []
         all_seeds, times = _generate(svd, images, buckets, m, size, num_frames, args.seeds, bar)
         for gen in all_seeds:
@@ -48,7 +47,7 @@ def evaluate_v1(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[
                      "seconds_per_video_timed": times})
     bar.close()
     # the ceiling of any generator in this latent space: the real clips encoded and decoded by the teacher's VAE
-    vae = models[methods[0]["model"]]
+    vae = models[(methods[0]["model"], None)]
     t = time.perf_counter()
     recon = vae.postprocess(vae.decode(vae.encode_video(frames.float())), "np")
     recon_s = (time.perf_counter() - t) / n
@@ -70,7 +69,6 @@ def evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[
     from tqdm import tqdm
 
     from sfv.metrics.toy import score_futures
-    from sfv.teachers.svd import SVDTeacher
     from sfv.toy.teacher import load_world
     from sfv.toy.world import read_world, scene_from_json
 
@@ -83,19 +81,19 @@ def evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[
     buckets = buckets.reshape(n, refs)[:, 0]
     num_frames, size = real.shape[2], real.shape[3]
     images = [Image.fromarray(real[0, i, 0]) for i in range(n)]
-    models: dict[str, SVDTeacher] = {}
+    models: dict = {}
     videos: dict[str, np.ndarray] = {}
     rows = []
     bar = tqdm(total=len(methods) * args.seeds * n, desc="generate", unit="video")
     for m in methods:
-        svd = models.setdefault(m["model"], SVDTeacher.from_pretrained(m["model"], torch_dtype=torch.float32))
+        svd = _model(models, m)
         gen, times = _generate(svd, images, buckets, m, size, num_frames, args.seeds, bar)
         videos[m["name"]] = gen
         s = score_futures(gen, scenes, real)
         rows.append({**m, "toy_error": s["toy_error"], "toy_error_std": 0.0, "parts": _v2_parts(s),
                      "seconds_per_video": statistics.median(times), "seconds_per_video_timed": times})
     bar.close()
-    vae = models[methods[0]["model"]]  # the ceiling: the real draws through the teacher's VAE
+    vae = models[(methods[0]["model"], None)]  # the ceiling: the real draws through the teacher's VAE
     t = time.perf_counter()
     recon = vae.postprocess(vae.decode(vae.encode_video(frames.float())), "np")
     recon_s = (time.perf_counter() - t) / len(frames)
@@ -112,6 +110,19 @@ def evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[
 
 def _v2_parts(s: dict) -> dict:
     return {k: s[k] for k in V2_COLUMNS}
+
+
+def _model(models: dict, m: dict):
+    """Method m's model (loaded once per folder and decoder): an SVDTeacher over the folder, decoding with the stock
+    VAE, or with m["decoder"] (a fast decoder folder, sfv.decoders.tiny) when the method names one."""
+    from sfv.teachers.svd import SVDTeacher
+
+    key = (m["model"], m.get("decoder"))
+    if key not in models:
+        models[key] = SVDTeacher.from_pretrained(m["model"], torch_dtype=torch.float32)
+        if m.get("decoder"):
+            models[key].set_decoder("tiny", m["decoder"])
+    return models[key]
 
 
 def _generate(svd, images: list, buckets, m: dict, size: int, num_frames: int, seeds: int, bar=None) -> tuple[np.ndarray, list[float]]:

@@ -1,0 +1,51 @@
+"""`make gpu-check` (tools/gpu_check.py): its steps run on the CPU at tiny size (--dry-run), its report fills the
+docs' GPU section between the markers, and without a GPU the real run is one line and exit 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_measures_every_step_and_fills_the_gpu_section(tmp_path):
+    tool = _tool()
+    assert tool.main(["--dry-run", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    names = [v["name"] for v in report["bench"]["variants"]]
+    assert names == ["teacher-2-cfg", "teacher-2", "student-1", "student-1-fast-decoder"]
+    assert all(v["status"] == "ok" for v in report["bench"]["variants"])
+    f = report["bench"]["fast_decoder"]
+    assert f["decode"] > 1 and 0 < f["decode_share_fast"] < f["decode_share_stock"] < 1  # the fast decoder is faster
+    assert [r["activation_checkpointing"] for r in report["memory"]["runs"]] == [False, True]
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text((ROOT / "docs" / "benchmarks.md").read_text())
+    tool.fill_docs(docs, report)
+    text = docs.read_text()
+    assert "not measured on a GPU yet" not in text and "*to be measured*" not in text
+    assert "| student-1-fast-decoder |" in text and "| activation checkpointing | peak, 1 GPU |" in text
+    assert "## Tiny SVD on CPU (measured)" in text and "What can be said without a GPU" in text
+    tool.fill_docs(docs, {**report, "date": "2000-01-01"})  # refilling replaces both sections, nothing else
+    again = docs.read_text()
+    assert again.count("2000-01-01") == 2 and again.count(report["date"]) == text.count(report["date"]) - 2
+    assert again.count(tool.BEGIN) == 1 and again.count(tool.MEM_BEGIN) == 1
+    assert len(again.splitlines()) == len(text.splitlines())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_without_a_gpu_the_real_run_is_one_line_and_exit_2(tmp_path, capsys):
+    assert _tool().main(["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA GPU here" in err[0] and not (tmp_path / "out").exists()
