@@ -6,9 +6,13 @@ Per step, on a batch of real clips x (frames in [−1, 1]) from a video folder, 
 
     z = E(x)                                   the frozen teacher VAE's latents (mode × scaling_factor), [B, F, C, h, w]
     L = w_real · ‖D(z) − x‖ + w_teacher · ‖D(z) − VAE_dec(z)‖     (mean L1, or mean squared with loss.kind=l2)
+      + w_generated · ‖D(ẑ) − VAE_dec(ẑ)‖      with model.student: ẑ = the one-step student's latents for the clips'
+                                               conditioning (frame 0 + labels), the videos the decoder will decode
 
 The first term learns the real frames, the second the stock decoder's frames of the same latents (what a drop-in
-decoder should reproduce; on a generated video there is no real x). One process (CPU or one GPU): the decoder is
+decoder should reproduce; on a generated video there is no real x). Generated latents are not distributed as
+encoded real ones, and a decoder trained on real latents alone decodes them worse than the stock decoder (measured
+on the toy teacher: docs/architecture.md), hence the third term. One process (CPU or one GPU): the decoder is
 small and the teacher's encode dominates, so data parallelism is left out. Lengths are counted in videos seen and
 the data order is sfv.data.ResumableSampler's, so `--resume` continues bit for bit. Output: <run_dir>/decoder/
 (config.json + diffusion_pytorch_model.safetensors), log.jsonl, config.yaml, checkpoints/, report.json.
@@ -39,6 +43,7 @@ from sfv.teachers import Teacher, load_teacher
 class DecoderModelConfig:
     teacher: str = ""  # the SVD folder whose VAE latents the decoder reads (and whose decoder it imitates)
     init: str | None = None  # start from this decoder folder instead of random weights
+    student: str | None = None  # an exported one-step student (same VAE): also learn the stock decoder on its latents
     block_out_channels: list[int] | None = None  # widths per stage, deepest first (None: 64 each, 32 at full size)
     num_blocks: list[int] | None = None  # residual blocks per stage (None: 3 each, 1 at full size)
 
@@ -48,6 +53,7 @@ class DecoderLossConfig:
     kind: str = "l1"  # l1 | l2
     real_weight: float = 1.0  # against the real frames
     teacher_weight: float = 1.0  # against the stock VAE decoder's frames of the same latents
+    generated_weight: float = 1.0  # with model.student: against the stock decoder's frames of the student's latents
 
 
 @dataclass
@@ -84,8 +90,10 @@ def load_decoder_recipe(path, overrides: list[str] = ()) -> DecoderRecipe:
         raise InputError("distill-decoder learns real frames, which a latent cache does not hold: unset data.cache, set data.videos")
     if r.loss.kind not in ("l1", "l2"):
         raise InputError(f"recipe key 'loss.kind' must be one of l1, l2, not {r.loss.kind!r}")
-    if min(r.loss.real_weight, r.loss.teacher_weight) < 0 or r.loss.real_weight + r.loss.teacher_weight == 0:
-        raise InputError("loss.real_weight and loss.teacher_weight must be ≥ 0 and not both 0")
+    if min(r.loss.real_weight, r.loss.teacher_weight, r.loss.generated_weight) < 0 or r.loss.real_weight + r.loss.teacher_weight == 0:
+        raise InputError("loss.real_weight, loss.teacher_weight and loss.generated_weight must be ≥ 0, and the first two not both 0")
+    if r.model.student and not Path(r.model.student, "model_index.json").is_file():
+        raise InputError(f"model.student '{r.model.student}' is not an exported student folder (no model_index.json)")
     for key in ("batch_size", "total_videos"):
         if getattr(r.train, key) < 1:
             raise InputError(f"recipe key 'train.{key}' must be at least 1, got {getattr(r.train, key)}")
@@ -94,15 +102,20 @@ def load_decoder_recipe(path, overrides: list[str] = ()) -> DecoderRecipe:
     return r
 
 
-def decoder_loss(pred: torch.Tensor, real: torch.Tensor, stock: torch.Tensor | None, cfg: DecoderLossConfig) -> dict:
-    """{'loss', 'real', 'teacher'}: mean L1 (or squared) error of D(z) [B, 3, F, H, W] to each target, weighted sum."""
+def decoder_loss(pred: torch.Tensor, real: torch.Tensor, stock: torch.Tensor | None, cfg: DecoderLossConfig,
+                 generated: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """{'loss', 'real', 'teacher'[, 'generated']}: mean L1 (or squared) error of D(z) [B, 3, F, H, W] to each target
+    (and of D(ẑ) to the stock decoder's frames of ẑ, `generated` = (D(ẑ), VAE_dec(ẑ))), weighted sum."""
     def err(a, b):
         return (a - b).abs().mean() if cfg.kind == "l1" else (a - b).square().mean()
 
     out = {"real": err(pred, real)}
     if stock is not None:
         out["teacher"] = err(pred, stock)
-    out["loss"] = cfg.real_weight * out["real"] + cfg.teacher_weight * out.get("teacher", 0.0)
+    if generated is not None:
+        out["generated"] = err(*generated)
+    out["loss"] = (cfg.real_weight * out["real"] + cfg.teacher_weight * out.get("teacher", 0.0)
+                   + cfg.generated_weight * out.get("generated", 0.0))
     return out
 
 
@@ -118,13 +131,25 @@ def build_decoder_net(recipe: DecoderRecipe, teacher: Teacher) -> TinyTemporalDe
     return net.to(teacher.device).train()
 
 
-def train_step(net, opt, teacher: Teacher, frames: torch.Tensor, recipe: DecoderRecipe) -> dict:
-    """One update on clips `frames` [B, F, 3, H, W] in [0, 1]; returns the losses as floats."""
+def train_step(net, opt, teacher: Teacher, batch: dict, recipe: DecoderRecipe, student: Teacher | None = None,
+               generator: torch.Generator | None = None) -> dict:
+    """One update on a batch of clips (`frames` [B, F, 3, H, W] in [0, 1] and their labels); with a student, also on
+    its one-step latents for the clips' conditioning (drawn from `generator`). Returns the losses as floats."""
+    frames, d = batch["frames"], recipe.data
+    generated = None
     with torch.no_grad():
-        z = teacher.encode_video(frames)  # [B, F, C, h, w]
+        if student is None:
+            z = teacher.encode_video(frames)  # [B, F, C, h, w]
+        else:
+            z, cond = teacher.encode_batch(batch, d.height, d.width, d.noise_aug_strength, generator)
+            z_gen = student.sample(cond, frames.shape[1], d.height, d.width, num_inference_steps=1,
+                                   max_guidance_scale=1.0, generator=generator)
+            stock_gen = teacher.decode(z_gen)
         stock = teacher.decode(z) if recipe.loss.teacher_weight > 0 else None  # [B, 3, F, H, W]
     real = frames.to(z.device).transpose(1, 2) * 2 - 1  # [B, 3, F, H, W] in [−1, 1]
-    losses = decoder_loss(net(z), real, stock, recipe.loss)
+    if student is not None:
+        generated = (net(z_gen), stock_gen)
+    losses = decoder_loss(net(z), real, stock, recipe.loss, generated)
     losses["loss"].backward()
     clip = recipe.train.grad_clip
     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip if clip > 0 else float("inf"))
@@ -152,6 +177,12 @@ def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False) -> 
     teacher.requires_grad_(False)
     for module in teacher.modules():
         module.eval()
+    student = None
+    if recipe.model.student:  # the one-step student whose latents the decoder also learns (frozen)
+        student = load_teacher(recipe.model.student, device=world.device).requires_grad_(False)
+        if student.vae_scale_factor != teacher.vae_scale_factor or student.latent_channels != teacher.latent_channels:
+            raise InputError(f"model.student '{recipe.model.student}' has another latent space than the teacher; "
+                             "export the student with this teacher")
     net = build_decoder_net(recipe, teacher)  # a bad init folder stops here, before the run folder is touched
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     modules, optimizers = {"decoder": net}, {"optim": (opt, net)}
@@ -170,7 +201,8 @@ def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False) -> 
         while videos < cfg.total_videos:
             batch = next(loader)
             skipped.update(batch["skipped"])
-            stats = train_step(net, opt, teacher, batch["frames"], recipe)
+            gen = torch.Generator(world.device).manual_seed(cfg.seed * 1_000_003 + steps)  # a pure function of the step
+            stats = train_step(net, opt, teacher, batch, recipe, student, gen)
             before, videos, steps = videos, videos + len(batch["frames"]), steps + 1
             first = first or stats
             if crossed(before, videos, cfg.log_every) or videos >= cfg.total_videos:

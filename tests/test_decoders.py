@@ -207,7 +207,22 @@ def test_distill_decoder_resumes_exactly(tiny_dir, video_dir, tmp_path):
     assert not all(torch.equal(a[k], short[k]) for k in a)  # falsifier: the resumed run really trained on
 
 
+def test_distill_decoder_also_learns_the_student_latents(tiny_dir, video_dir, exported, tmp_path):
+    """model.student: each step also decodes the one-step student's latents for the clips' conditioning against the
+    stock decoder's frames of them; resume stays exact (the student's noise is a pure function of the step)."""
+    extra = [f"model.student={exported}", "loss.real_weight=0", "loss.generated_weight=1.0"]
+    full = run(decoder_recipe(tiny_dir, video_dir, tmp_path / "full", "train.total_videos=8", *extra), cpu=True)
+    log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert all(e["loss/generated"] > 0 and e["loss/loss"] == pytest.approx(e["loss/teacher"] + e["loss/generated"], rel=1e-5)
+               for e in log)
+    run(decoder_recipe(tiny_dir, video_dir, tmp_path / "part", "train.total_videos=4", *extra), cpu=True)
+    resumed = run(decoder_recipe(tiny_dir, video_dir, tmp_path / "part", "train.total_videos=8", *extra), "latest", cpu=True)
+    a, b = load_file(full / "diffusion_pytorch_model.safetensors"), load_file(resumed / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("extra, message", [(["data.videos=/nonexistent"], "does not exist"),
+                                           (["model.student=/nonexistent"], "not an exported student folder"),
                                            (["loss.kind=l3"], "loss.kind"),
                                            (["model.init=/nonexistent"], "does not exist"),
                                            (["train.bogus=1"], "unknown recipe key 'train.bogus'")])
