@@ -18,7 +18,7 @@ test: $(STAMP)
 
 # The toy-world demo (world v2): distil the committed toy teacher (models/toy-svd-v2) into a one-step student with
 # the SF-V trainer, then score teacher 25/4/1 steps, the student and the committed SF-V and reconstruction-only
-# students on held-out conditionings -> runs/demo/report.md
+# students (the SF-V one also with the committed fast decoder) on held-out conditionings -> runs/demo/report.md
 demo: $(STAMP)
 	$(PY) -m sfv.toy.demo --out $(DEMO)
 
