@@ -402,6 +402,7 @@ def test_demo_distils_and_scores_on_world_v2_by_default(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["world"] == {"preset": "v2", "directions": 4} and report["recipe"] == "recipes/toy.yaml"
     assert report["distill"]["g_steps"] == 2
+    assert report["distill"]["data"] == "latent cache" and (out / "cache" / "index.json").is_file()  # encoded once
     assert [r["name"] for r in report["rows"]] == ["teacher-1", "teacher-1-nocfg", "student-1", "real→VAE", "real"]
     for r in report["rows"]:
         assert set(r["parts"]) == set(V2_COLUMNS) and math.isfinite(r["toy_error"])

@@ -56,6 +56,8 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
                    "reported decoded with it ('' = none; " + _default_help("decoder") + ")")
     p.add_argument("--student", help="evaluate this exported student folder instead of distilling one (skips the training world)")
     p.add_argument("--train-videos", type=int, help="toy-world videos written for distillation (" + _default_help("train_videos") + ")")
+    p.add_argument("--no-latent-cache", action="store_true", help="train on the world's video files, each clip decoded and "
+                   "encoded in the loop, instead of encoding them once into a latent cache (sfv cache) first")
     p.add_argument("--eval", type=int, default=12, help="held-out conditionings (frame 0 + motion bucket)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", help="teacher step counts, CFG as SVD (" + _default_help("steps") + ")")
@@ -120,8 +122,10 @@ def demo(args) -> int:
         print(f"[2/4] SF-V distillation skipped: evaluating {args.student}", flush=True)
         run_dir, student = out, Path(args.student)
     else:
+        if not args.no_latent_cache:
+            recipe.data.cache = str(_latent_cache(args.teacher, recipe, out / "cache"))
         print(f"[2/4] SF-V distillation of {args.teacher} ({args.recipe}: {recipe.train.total_videos} videos, "
-              f"batch {recipe.train.batch_size})", flush=True)
+              f"batch {recipe.train.batch_size}, {'video files' if args.no_latent_cache else 'latent cache'})", flush=True)
         from sfv.train import run
 
         run_dir = run(recipe)
@@ -141,6 +145,7 @@ def demo(args) -> int:
         "phases_s": {"world": round(t_world, 1), "distill": round(t_distill, 1), "evaluate": round(t_eval, 1)},
         "teacher": args.teacher, "recipe": args.recipe, "overrides": list(args.overrides), "world": world,
         "distill": {"total_videos": recipe.train.total_videos, "batch_size": recipe.train.batch_size,
+                    "data": "latent cache" if recipe.data.cache else "video files",
                     "g_steps": 0 if args.teacher_only else recipe.train.total_videos // recipe.train.batch_size,
                     "last_log": log[-1] if log else None},
         "eval": {"conditionings": args.eval, "seeds": args.seeds, "frames": real.shape[-4], "size": real.shape[-3],
@@ -158,6 +163,19 @@ def demo(args) -> int:
     print(summary_table(report))
     print(f"demo: {out / 'report.md'} ({report['wall_s'] / 60:.1f} min)")
     return 0
+
+
+def _latent_cache(teacher_dir: str, recipe, out: Path) -> Path:
+    """The training world encoded once by the teacher's VAE and image encoder (what `sfv cache` writes), so that the
+    loop reads latents instead of decoding and encoding every clip again at every epoch."""
+    from sfv.data import ClipSpec, VideoFolder, write_cache
+    from sfv.teachers import load_teacher
+
+    d = recipe.data
+    dataset = VideoFolder(d.videos, ClipSpec.of(d), seed=recipe.train.seed, metadata=d.metadata)
+    print(f"[2/4] latent cache of {len(dataset)} training videos -> {out}", flush=True)
+    write_cache(load_teacher(teacher_dir), dataset, out, d.noise_aug_strength, seed=recipe.train.seed)
+    return out
 
 
 def _methods(args, steps: list[int], export: Path) -> list[dict]:
