@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 from sfv.bench_timing import ComponentTimer, component_groups, is_out_of_memory, summarise, timed_run
-from sfv.errors import InputError
 
 CFG_MAX_GUIDANCE = 3.0  # SVD's default ramp: linspace(1.0, 3.0, frames)
 
@@ -314,7 +313,7 @@ def _json_default(value):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Loading (CLI entry)
+# The student with a fast decoder
 
 
 def fast_decoder_pipeline(student_pipe, fast_decoder: str):
@@ -333,35 +332,3 @@ def fast_decoder_pipeline(student_pipe, fast_decoder: str):
         pipe.set_decoder("tiny", fast_decoder)
         pipe.decoder.net.to(student_pipe.vae.device, student_pipe.vae.dtype)
     return pipe
-
-
-def load_models(config: BenchConfig):
-    """(teacher SVDTeacher, student SFVPipeline) from folders, or random full-size ones for --arch."""
-    from sfv.pipeline import SFVPipeline
-    from sfv.teachers import load_teacher
-    from sfv.teachers.svd import SVDTeacher
-
-    dtype, device = getattr(torch, config.dtype), torch.device(config.device)
-    if config.arch is not None:
-        from sfv.arch import build_random_svd
-
-        pipe = build_random_svd(config.arch, device, dtype, seed=config.seed)
-        teacher = SVDTeacher.from_pipeline(pipe, decoder=config.decoder)
-        # The student shares the teacher's modules: same architecture, and speed does not depend on weights.
-        student = SFVPipeline(pipe.vae, pipe.image_encoder, pipe.unet, pipe.scheduler, pipe.feature_extractor)
-        student.decoder = config.decoder
-        return teacher, student
-    from sfv.errors import ModelLoadError, first_line
-
-    teacher = load_teacher(config.teacher, torch_dtype=dtype, device=device)
-    teacher.set_decoder(config.decoder)
-    try:
-        student = SFVPipeline.from_pretrained(config.student, dtype=dtype, use_safetensors=True).to(device)
-    except Exception as e:
-        raise ModelLoadError(f"could not load student '{config.student}': {first_line(e)}") from None
-    student.decoder = config.decoder
-    for name in ("in_channels", "cross_attention_dim", "addition_time_embed_dim"):
-        if student.unet.config.get(name) != teacher.unet.config.get(name):
-            raise InputError(f"student and teacher differ in UNet {name} ({student.unet.config.get(name)} vs "
-                             f"{teacher.unet.config.get(name)}); benchmark a student exported from this teacher")
-    return teacher, student

@@ -65,7 +65,7 @@ def bench_cli(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from sfv.bench import BenchConfig, load_models, run_bench
+    from sfv.bench import BenchConfig, run_bench
     from sfv.tiny import example_image
 
     config = BenchConfig(steps=steps, frames=frames, height=args.height, width=args.width, device=str(device),
@@ -93,3 +93,37 @@ def bench_cli(args) -> int:
               + ", ".join(f"{t['end_to_end']:.1f}x vs {t['teacher']}" for t in f["vs_teacher"]))
     print(f"sfv bench: wrote {out / 'bench.json'}, bench.md, bench.png")
     return 0
+
+
+def load_models(config):
+    """(teacher SVDTeacher, student SFVPipeline) from folders, or random full-size ones for --arch (a BenchConfig)."""
+    import torch
+
+    from sfv.pipeline import SFVPipeline
+    from sfv.teachers import load_teacher
+    from sfv.teachers.svd import SVDTeacher
+
+    dtype, device = getattr(torch, config.dtype), torch.device(config.device)
+    if config.arch is not None:
+        from sfv.arch import build_random_svd
+
+        pipe = build_random_svd(config.arch, device, dtype, seed=config.seed)
+        teacher = SVDTeacher.from_pipeline(pipe, decoder=config.decoder)
+        # The student shares the teacher's modules: same architecture, and speed does not depend on weights.
+        student = SFVPipeline(pipe.vae, pipe.image_encoder, pipe.unet, pipe.scheduler, pipe.feature_extractor)
+        student.decoder = config.decoder
+        return teacher, student
+    from sfv.errors import ModelLoadError, first_line
+
+    teacher = load_teacher(config.teacher, torch_dtype=dtype, device=device)
+    teacher.set_decoder(config.decoder)
+    try:
+        student = SFVPipeline.from_pretrained(config.student, dtype=dtype, use_safetensors=True).to(device)
+    except Exception as e:
+        raise ModelLoadError(f"could not load student '{config.student}': {first_line(e)}") from None
+    student.decoder = config.decoder
+    for name in ("in_channels", "cross_attention_dim", "addition_time_embed_dim"):
+        if student.unet.config.get(name) != teacher.unet.config.get(name):
+            raise InputError(f"student and teacher differ in UNet {name} ({student.unet.config.get(name)} vs "
+                             f"{teacher.unet.config.get(name)}); benchmark a student exported from this teacher")
+    return teacher, student
