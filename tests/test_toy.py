@@ -512,3 +512,11 @@ def test_demo_reports_the_committed_student_with_the_fast_decoder(tmp_path):
     precision = by["student-full-1-tiny-decoder"]["parts"]["precision"] / by["student-full-1"]["parts"]["precision"]
     assert 0.8 < precision < 1.25
     assert "| student-full-1-tiny-decoder | 1 |" in (out / "report.md").read_text()
+
+
+def test_demo_missing_fast_decoder_is_one_line_before_any_work(tmp_path, capsys):
+    from sfv.toy.demo import main
+
+    assert main(["--out", str(tmp_path / "d"), "--decoder", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a fast decoder folder" in err[0] and not (tmp_path / "d").exists()

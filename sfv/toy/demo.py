@@ -95,6 +95,9 @@ def demo(args) -> int:
     held_out = [f"data.eval_videos={out / 'world-eval'}"] if args.world == "v2" else []  # D's held-out pairs
     recipe = load_recipe(args.recipe, [f"model.teacher={args.teacher}", f"data.videos={out / 'world-train'}",
                                        f"train.run_dir={out / 'distill'}", *held_out, *args.overrides])
+    if args.decoder and not Path(args.decoder, "config.json").is_file():  # before any minute of work
+        raise InputError(f"--decoder '{args.decoder}' is not a fast decoder folder (no config.json); train one with "
+                         "`sfv distill-decoder`, or pass --decoder '' for none")
     if args.student and not Path(args.student, "model_index.json").is_file():
         raise InputError(f"--student '{args.student}' is not an exported sfv/diffusers folder (no model_index.json)")
     if out.exists() and any(out.iterdir()):
