@@ -1,8 +1,10 @@
 """Distil the teacher's temporal VAE decoder into the fast tiny decoder (sfv.decoders.tiny). The one loop.
 
     sfv distill-decoder --recipe recipes/decoder_toy.yaml [section.key=value ...] [--resume latest|DIR]
+    accelerate launch --multi_gpu --num_processes N -m sfv.decoder_train --recipe ... [--resume latest]
 
-Per step, on a batch of real clips x (frames in [−1, 1]) from a video folder, read as the SF-V trainer reads them:
+Per step, on a batch of real clips x (frames in [−1, 1]) from a video folder, read as the SF-V trainer reads them
+(or on a latent cache's rows, `sfv cache`: z is read, and with no frames there the real term is off),
 
     z = E(x)                                   the frozen teacher VAE's latents (mode × scaling_factor), [B, F, C, h, w]
     L = w_real · ‖D(z) − x‖ + w_teacher · ‖D(z) − VAE_dec(z)‖     (mean L1, or mean squared with loss.kind=l2)
@@ -12,16 +14,19 @@ Per step, on a batch of real clips x (frames in [−1, 1]) from a video folder, 
 The first term learns the real frames, the second the stock decoder's frames of the same latents (what a drop-in
 decoder should reproduce; on a generated video there is no real x). Generated latents are not distributed as
 encoded real ones, and a decoder trained on real latents alone decodes them worse than the stock decoder (measured
-on the toy teacher: docs/architecture.md), hence the third term. One process (CPU or one GPU): the decoder is
-small and the teacher's encode dominates, so data parallelism is left out. Lengths are counted in videos seen and
-the data order is sfv.data.ResumableSampler's, so `--resume` continues bit for bit. Output: <run_dir>/decoder/
-(config.json + diffusion_pytorch_model.safetensors), log.jsonl, config.yaml, checkpoints/, report.json.
+on the toy teacher: docs/architecture.md), hence the third term. On several processes the decoder is replicated
+with DDP (sfv/distributed.py) and train.batch_size is the global batch: process r of W takes every W-th clip of
+it, so a step sees the same clips on any number of processes. Lengths are counted in videos seen and the data
+order is sfv.data.ResumableSampler's, so `--resume` continues bit for bit on the same number of processes. Output:
+<run_dir>/decoder/ (config.json + diffusion_pytorch_model.safetensors), log.jsonl, config.yaml, checkpoints/,
+report.json.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +36,7 @@ import yaml
 
 from sfv import checkpoint, distributed
 from sfv.config import DataConfig, load_sections
-from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
+from sfv.data import ClipSpec, LatentCache, ResumableSampler, VideoFolder, collate
 from sfv.decoders.tiny import TinyDecoderConfig, TinyTemporalDecoder
 from sfv.errors import InputError
 from sfv.model_dir import check_model_dir, check_video_size
@@ -86,8 +91,9 @@ def load_decoder_recipe(path, overrides: list[str] = ()) -> DecoderRecipe:
     r = load_sections(DecoderRecipe, path, overrides)
     if not r.model.teacher:
         raise InputError("the recipe has no model.teacher; set it to an SVD diffusers folder (model.teacher=/path)")
-    if r.data.cache:
-        raise InputError("distill-decoder learns real frames, which a latent cache does not hold: unset data.cache, set data.videos")
+    if r.data.cache and r.loss.real_weight > 0:
+        raise InputError("a latent cache holds latents, not frames: set loss.real_weight=0 (learn the stock decoder's "
+                         "frames of the cached latents) or train from data.videos")
     if r.loss.kind not in ("l1", "l2"):
         raise InputError(f"recipe key 'loss.kind' must be one of l1, l2, not {r.loss.kind!r}")
     if min(r.loss.real_weight, r.loss.teacher_weight, r.loss.generated_weight) < 0 or r.loss.real_weight + r.loss.teacher_weight == 0:
@@ -102,19 +108,21 @@ def load_decoder_recipe(path, overrides: list[str] = ()) -> DecoderRecipe:
     return r
 
 
-def decoder_loss(pred: torch.Tensor, real: torch.Tensor, stock: torch.Tensor | None, cfg: DecoderLossConfig,
+def decoder_loss(pred: torch.Tensor, real: torch.Tensor | None, stock: torch.Tensor | None, cfg: DecoderLossConfig,
                  generated: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
-    """{'loss', 'real', 'teacher'[, 'generated']}: mean L1 (or squared) error of D(z) [B, 3, F, H, W] to each target
-    (and of D(ẑ) to the stock decoder's frames of ẑ, `generated` = (D(ẑ), VAE_dec(ẑ))), weighted sum."""
+    """{'loss'[, 'real', 'teacher', 'generated']}: mean L1 (or squared) error of D(z) [B, 3, F, H, W] to each target
+    given (and of D(ẑ) to the stock decoder's frames of ẑ, `generated` = (D(ẑ), VAE_dec(ẑ))), weighted sum."""
     def err(a, b):
         return (a - b).abs().mean() if cfg.kind == "l1" else (a - b).square().mean()
 
-    out = {"real": err(pred, real)}
+    out = {}
+    if real is not None:
+        out["real"] = err(pred, real)
     if stock is not None:
         out["teacher"] = err(pred, stock)
     if generated is not None:
         out["generated"] = err(*generated)
-    out["loss"] = (cfg.real_weight * out["real"] + cfg.teacher_weight * out.get("teacher", 0.0)
+    out["loss"] = (cfg.real_weight * out.get("real", 0.0) + cfg.teacher_weight * out.get("teacher", 0.0)
                    + cfg.generated_weight * out.get("generated", 0.0))
     return out
 
@@ -133,23 +141,28 @@ def build_decoder_net(recipe: DecoderRecipe, teacher: Teacher) -> TinyTemporalDe
 
 def train_step(net, opt, teacher: Teacher, batch: dict, recipe: DecoderRecipe, student: Teacher | None = None,
                generator: torch.Generator | None = None) -> dict:
-    """One update on a batch of clips (`frames` [B, F, 3, H, W] in [0, 1] and their labels); with a student, also on
-    its one-step latents for the clips' conditioning (drawn from `generator`). Returns the losses as floats."""
-    frames, d = batch["frames"], recipe.data
+    """One update on a batch of clips (`frames` [B, F, 3, H, W] in [0, 1], or a latent cache's `latents`, and their
+    labels); with a student, also on its one-step latents for the clips' conditioning (drawn from `generator`).
+    `net` may be DDP-wrapped: one forward, one backward. Returns the losses as floats."""
+    d = recipe.data
     generated = None
     with torch.no_grad():
-        if student is None:
-            z = teacher.encode_video(frames)  # [B, F, C, h, w]
-        else:
+        if student is not None:
             z, cond = teacher.encode_batch(batch, d.height, d.width, d.noise_aug_strength, generator)
-            z_gen = student.sample(cond, frames.shape[1], d.height, d.width, num_inference_steps=1,
+            z_gen = student.sample(cond, z.shape[1], d.height, d.width, num_inference_steps=1,
                                    max_guidance_scale=1.0, generator=generator)
             stock_gen = teacher.decode(z_gen)
+        elif "latents" in batch:  # a latent cache row: already the teacher's latents
+            z = batch["latents"].to(teacher.device)
+        else:
+            z = teacher.encode_video(batch["frames"])  # [B, F, C, h, w]
         stock = teacher.decode(z) if recipe.loss.teacher_weight > 0 else None  # [B, 3, F, H, W]
-    real = frames.to(z.device).transpose(1, 2) * 2 - 1  # [B, 3, F, H, W] in [−1, 1]
+    real = batch["frames"].to(z.device).transpose(1, 2) * 2 - 1 if "frames" in batch else None  # [B, 3, F, H, W] in [−1, 1]
+    pred = net(z if student is None else torch.cat([z, z_gen]))  # one forward (DDP reduces once per backward)
     if student is not None:
-        generated = (net(z_gen), stock_gen)
-    losses = decoder_loss(net(z), real, stock, recipe.loss, generated)
+        pred, pred_gen = pred.split(len(z))
+        generated = (pred_gen, stock_gen)
+    losses = decoder_loss(pred, real, stock, recipe.loss, generated)
     losses["loss"].backward()
     clip = recipe.train.grad_clip
     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip if clip > 0 else float("inf"))
@@ -158,18 +171,29 @@ def train_step(net, opt, teacher: Teacher, batch: dict, recipe: DecoderRecipe, s
     return {**{f"loss/{k}": v.item() for k, v in losses.items()}, "grad_norm": norm.item()}
 
 
+def load_data(recipe: DecoderRecipe):
+    """The recipe's clips: data.cache (latents, `sfv cache`) or data.videos; fails before any model loads."""
+    d = recipe.data
+    if d.cache:
+        return LatentCache(d.cache, ClipSpec.of(d), d.noise_aug_strength)
+    if not d.videos:
+        raise InputError("the recipe has neither data.videos nor data.cache; set one (e.g. data.videos=/path/to/videos)")
+    dataset = VideoFolder(d.videos, ClipSpec.of(d), seed=recipe.train.seed, metadata=d.metadata)
+    dataset[(0, 0)]  # fail fast if no file is usable
+    return dataset
+
+
 def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False) -> Path:
-    """Train per the recipe (resuming from a checkpoint if asked); returns the decoder folder."""
+    """Train per the recipe (resuming from a checkpoint if asked); returns the decoder folder. Collective on
+    several processes (every process calls it)."""
     cfg = recipe.train
     world = distributed.init(cpu=cpu)
-    if world.size > 1:
-        raise InputError("sfv distill-decoder runs on one process; start it without accelerate/torchrun")
+    if cfg.batch_size % world.size:
+        raise InputError(f"train.batch_size {cfg.batch_size} is not a multiple of the {world.size} processes")
+    micro = cfg.batch_size // world.size  # clips per process and step
     run_dir = Path(cfg.run_dir)
     d = recipe.data
-    if not d.videos:
-        raise InputError("the recipe has no data.videos; set it to a folder of videos (data.videos=/path)")
-    dataset = VideoFolder(d.videos, ClipSpec(d.frames, d.height, d.width, d.fps), seed=cfg.seed, metadata=d.metadata)
-    dataset[(0, 0)]  # fail fast, before loading any model, if no file is usable
+    dataset = load_data(recipe)
     ckpt = checkpoint.resolve(resume, run_dir) if resume else None
     if Path(recipe.model.teacher).is_dir():
         check_video_size(d.height, d.width, d.frames, check_model_dir(recipe.model.teacher).vae_scale_factor)
@@ -184,40 +208,69 @@ def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False) -> 
             raise InputError(f"model.student '{recipe.model.student}' has another latent space than the teacher; "
                              "export the student with this teacher")
     net = build_decoder_net(recipe, teacher)  # a bad init folder stops here, before the run folder is touched
+    net_ddp = distributed.wrap(net, world)  # the same start on every process (DDP broadcasts rank 0's weights)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     modules, optimizers = {"decoder": net}, {"optim": (opt, net)}
     videos, steps = 0, 0
     if ckpt:
         saved = checkpoint.load(ckpt, world, modules, optimizers, {})
         videos, steps = saved["state"]["videos"], saved["state"]["steps"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    sampler = ResumableSampler(len(dataset), cfg.seed, start=videos)
-    loader = iter(torch.utils.data.DataLoader(dataset, cfg.batch_size, sampler=sampler, collate_fn=collate,
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    sampler = ResumableSampler(len(dataset), cfg.seed, world.rank, world.size, start=videos // world.size)
+    loader = iter(torch.utils.data.DataLoader(dataset, micro, sampler=sampler, collate_fn=collate,
                                               num_workers=recipe.data.num_workers))
     skipped: set[str] = set()
     t0, start, first, stats = time.perf_counter(), videos, None, None
-    with open(run_dir / "log.jsonl", "a") as log:
-        while videos < cfg.total_videos:
-            batch = next(loader)
-            skipped.update(batch["skipped"])
-            gen = torch.Generator(world.device).manual_seed(cfg.seed * 1_000_003 + steps)  # a pure function of the step
-            stats = train_step(net, opt, teacher, batch, recipe, student, gen)
-            before, videos, steps = videos, videos + len(batch["frames"]), steps + 1
-            first = first or stats
-            if crossed(before, videos, cfg.log_every) or videos >= cfg.total_videos:
-                rate = (videos - start) / max(time.perf_counter() - t0, 1e-9)
-                log.write(json.dumps({"videos": videos, "steps": steps, **stats}) + "\n")
-                log.flush()
-                print(f"distill-decoder: {videos}/{cfg.total_videos} videos  loss {stats['loss/loss']:.4f}  "
-                      f"({rate:.1f} videos/s)", flush=True)
-            if crossed(before, videos, cfg.checkpoint_every) or videos >= cfg.total_videos:
-                checkpoint.save(run_dir / "checkpoints", videos, world, modules, optimizers, {},
-                                {"state": {"videos": videos, "steps": steps}, "recipe": recipe.to_dict()}, cfg.keep_checkpoints)
-    shutil.rmtree(run_dir / "decoder", ignore_errors=True)  # this run's own earlier output (a resumed run replaces it)
-    out = net.eval().save_pretrained(run_dir / "decoder")
-    report = {"videos": videos, "steps": steps, "first": first, "last": stats,
-              "seconds": time.perf_counter() - t0, "skipped_files": sorted(skipped), "decoder": str(out)}
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"distill-decoder: wrote {out}")
+    log = open(run_dir / "log.jsonl", "a") if world.is_main else None
+    while videos < cfg.total_videos:
+        batch = next(loader)
+        skipped.update(batch["skipped"])
+        # the student's noise: a pure function of (step, process); one process keeps the seeds it always had
+        gen = torch.Generator(world.device).manual_seed((cfg.seed * 1_000_003 + steps) * world.size + world.rank)
+        stats = train_step(net_ddp, opt, teacher, batch, recipe, student, gen)
+        stats = dict(zip(stats, distributed.mean(list(stats.values()), world)))  # the global batch's losses
+        before, videos, steps = videos, videos + cfg.batch_size, steps + 1
+        first = first or stats
+        if world.is_main and (crossed(before, videos, cfg.log_every) or videos >= cfg.total_videos):
+            rate = (videos - start) / max(time.perf_counter() - t0, 1e-9)
+            log.write(json.dumps({"videos": videos, "steps": steps, **stats}) + "\n")
+            log.flush()
+            print(f"distill-decoder: {videos}/{cfg.total_videos} videos  loss {stats['loss/loss']:.4f}  "
+                  f"({rate:.1f} videos/s)", flush=True)
+        if crossed(before, videos, cfg.checkpoint_every) or videos >= cfg.total_videos:
+            checkpoint.save(run_dir / "checkpoints", videos, world, modules, optimizers, {},
+                            {"state": {"videos": videos, "steps": steps}, "recipe": recipe.to_dict()}, cfg.keep_checkpoints)
+    skipped = set().union(*distributed.gather_objects(skipped, world))
+    out = run_dir / "decoder"
+    if world.is_main:
+        log.close()
+        shutil.rmtree(out, ignore_errors=True)  # this run's own earlier output (a resumed run replaces it)
+        net.eval().save_pretrained(out)
+        report = {"videos": videos, "steps": steps, "processes": world.size, "first": first, "last": stats,
+                  "seconds": time.perf_counter() - t0, "skipped_files": sorted(skipped), "decoder": str(out)}
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"distill-decoder: wrote {out}")
+    distributed.barrier(world)
+    distributed.shutdown(world)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sfv.decoder_train` (what `accelerate launch -m sfv.decoder_train` starts on each process)."""
+    from sfv.config import add_train_arguments
+    from sfv.console import ArgParser, run_command
+
+    parser = ArgParser(prog="sfv.decoder_train", description="train the fast tiny decoder (= sfv distill-decoder)")
+    add_train_arguments(parser)
+
+    def command(args):
+        run(load_decoder_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu)
+        return 0
+
+    return run_command(parser, command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

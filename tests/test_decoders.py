@@ -3,6 +3,10 @@ its folder format, its export beside a stock diffusers folder, and `sfv distill-
 resume, bad input). Tiny real components throughout (sfv.tiny: VAE factor 2), no mocks."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ from sfv.pipeline import SFVPipeline, export_pipeline
 from sfv.teachers.svd import SVDTeacher
 from sfv.tiny import example_image
 
+REPO = Path(__file__).resolve().parents[1]
 LAYOUT = dict(block_out_channels=[32, 32], num_blocks=[1, 1])  # two stages: ×2, the tiny VAE's factor
 
 
@@ -178,11 +183,15 @@ def test_bad_decoder_folder_is_one_line_exit_2_and_nothing_is_written(case, mess
 # -- sfv distill-decoder ------------------------------------------------------------------------------------------
 
 
+def recipe_args(tiny_dir, video_dir, run_dir) -> list[str]:
+    return [f"model.teacher={tiny_dir}", f"data.videos={video_dir}", f"train.run_dir={run_dir}",
+            "model.block_out_channels=[32, 32]", "model.num_blocks=[1, 1]", "data.frames=4", "data.height=16",
+            "data.width=16", "data.fps=8", "train.batch_size=2", "train.lr=0.003", "train.log_every=2",
+            "train.checkpoint_every=4"]
+
+
 def decoder_recipe(tiny_dir, video_dir, run_dir, *extra):
-    return load_decoder_recipe(None, [f"model.teacher={tiny_dir}", f"data.videos={video_dir}", f"train.run_dir={run_dir}",
-                                      "model.block_out_channels=[32, 32]", "model.num_blocks=[1, 1]", "data.frames=4",
-                                      "data.height=16", "data.width=16", "data.fps=8", "train.batch_size=2",
-                                      "train.lr=0.003", "train.log_every=2", "train.checkpoint_every=4", *extra])
+    return load_decoder_recipe(None, [*recipe_args(tiny_dir, video_dir, run_dir), *extra])
 
 
 def test_distill_decoder_lowers_the_loss(tiny_dir, video_dir, tmp_path):
@@ -219,6 +228,63 @@ def test_distill_decoder_also_learns_the_student_latents(tiny_dir, video_dir, ex
     resumed = run(decoder_recipe(tiny_dir, video_dir, tmp_path / "part", "train.total_videos=8", *extra), "latest", cpu=True)
     a, b = load_file(full / "diffusion_pytorch_model.safetensors"), load_file(resumed / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_matches_one_process_and_resumes(tiny_dir, video_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m sfv.decoder_train` on CPU (two gloo processes, DDP),
+    stopped after 2 steps and resumed: train.batch_size is the global batch, so the two processes see the same clips
+    per step as one process does, and every logged loss and the final weights agree with a one-process run up to
+    the order of float sums (a resume that lost the data position, the optimiser state or a step would not)."""
+    def launch(total, *extra):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sfv.decoder_train", "--recipe",
+               "recipes/decoder_toy.yaml", "--cpu", *recipe_args(tiny_dir, video_dir, tmp_path / "two"),
+               "loss.real_weight=0.5", f"train.total_videos={total}", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return load_file(tmp_path / "two" / "decoder" / "diffusion_pytorch_model.safetensors")
+
+    one = run(decoder_recipe(tiny_dir, video_dir, tmp_path / "one", "train.total_videos=12", "loss.real_weight=0.5"), cpu=True)
+    part = launch(4)
+    two = launch(12, "--resume", "latest")
+    a, b = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert [e["videos"] for e in a] == [e["videos"] for e in b] == list(range(2, 13, 2))
+    for x, y in zip(a, b):  # the same global batches: the same losses, up to summation order
+        assert y["loss/loss"] == pytest.approx(x["loss/loss"], rel=1e-4) and y["loss/real"] == pytest.approx(x["loss/real"], rel=1e-4)
+    ref = load_file(one / "diffusion_pytorch_model.safetensors")
+    diff = sum((two[k] - ref[k]).square().sum() for k in ref).sqrt()
+    moved = sum((part[k] - ref[k]).square().sum() for k in ref).sqrt()  # falsifier: 4 steps fewer
+    print(f"|2 processes - 1 process| = {diff:.2e}, |after 2 steps - after 6| = {moved:.2e}")
+    assert diff < 1e-3 * moved
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["processes"] == 2 and report["steps"] == 6
+
+
+def test_distill_decoder_trains_from_a_latent_cache(tiny_dir, video_dir, tmp_path, capsys):
+    """data.cache (`sfv cache`): the latents are read, not encoded, so the steps against the stock decoder's frames
+    equal those of a run on the videos the cache was written from; the cache holds no frames, so the real term must
+    be off (one line and exit 2 otherwise)."""
+    cache = tmp_path / "cache"
+    assert main(["cache", "--teacher", str(tiny_dir), "--videos", str(video_dir), "--out", str(cache), "--frames", "4",
+                 "--height", "16", "--width", "16", "--fps", "8"]) == 0
+    capsys.readouterr()
+    base = ["train.total_videos=6", "loss.real_weight=0", "data.videos=null"]
+    run(decoder_recipe(tiny_dir, video_dir, tmp_path / "cached", f"data.cache={cache}", *base), cpu=True)
+    run(decoder_recipe(tiny_dir, video_dir, tmp_path / "files", "train.total_videos=6", "loss.real_weight=0"), cpu=True)
+    a, b = _log(tmp_path / "cached"), _log(tmp_path / "files")
+    assert len(a) == 3 and all("loss/real" not in e for e in a)
+    assert [e["loss/teacher"] for e in a] == pytest.approx([e["loss/teacher"] for e in b], rel=1e-5)
+    code = main(["distill-decoder", "--recipe", "recipes/decoder_toy.yaml", "--cpu", f"model.teacher={tiny_dir}",
+                 f"data.cache={cache}", f"train.run_dir={tmp_path / 'bad'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "loss.real_weight=0" in err
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("extra, message", [(["data.videos=/nonexistent"], "does not exist"),
