@@ -66,8 +66,8 @@ def gpu_section(report: dict) -> str:
     by = {v["name"]: v["summary"] for v in bench["variants"] if v["status"] == "ok"}
     c = bench["config"]
     lines = [f"## GPU figures: {report['gpu']}, {report['date']} (`make gpu-check`)", "",
-             f"`tools/gpu_check.py` ({c['frames']} frames at {c['width']}×{c['height']}, {c['dtype']}, random full-size "
-             f"weights; medians of {c['repeats']} repeats after {c['warmup']} warm-up; raw: runs/gpu-check/gpu-check.json), "
+             f"`tools/gpu_check.py` ({c['frames']} frames at {c['width']}×{c['height']}, {c['dtype']}, "
+             f"{'the tiny test SVD' if report['dry_run'] else 'random full-size weights'}; medians of {c['repeats']} repeats after {c['warmup']} warm-up; raw: runs/gpu-check/gpu-check.json), "
              "next to the A100 UNet times SF-V reports (Tab. 1 of the paper):", "",
              "| variant | SF-V paper, A100, UNet only | sfv: UNet | sfv: decode | sfv: end to end |", "|---|---|---|---|---|"]
     for name, s in by.items():
