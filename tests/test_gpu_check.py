@@ -20,9 +20,18 @@ def _tool():
     return module
 
 
-def test_dry_run_measures_every_step_and_fills_the_gpu_section(tmp_path):
+def test_dry_run_measures_every_step_and_fills_the_gpu_section(tmp_path, tiny_dir, capsys):
+    import shutil
+
+    from sfv.cli import main
+
     tool = _tool()
-    assert tool.main(["--dry-run", "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"  # the dry run reuses a tiny SVD and its export found in --out (made here, in-process)
+    shutil.copytree(tiny_dir, out / "tiny-svd")
+    assert main(["export", "--generator", str(out / "tiny-svd" / "unet"), "--teacher", str(out / "tiny-svd"),
+                 "--out", str(out / "tiny-sfv")]) == 0
+    assert tool.main(["--dry-run", "--out", str(out)]) == 0
+    assert "make_tiny_svd" not in capsys.readouterr().out  # reused, not rebuilt
     report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     names = [v["name"] for v in report["bench"]["variants"]]
     assert names == ["teacher-2-cfg", "teacher-2", "student-1", "student-1-fast-decoder"]
