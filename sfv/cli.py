@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sfv.console import ArgParser, check_positive, parse_device, parse_dtype, run_command
-from sfv.errors import InputError, ModelLoadError, SFVError, first_line
+from sfv.errors import InputError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,18 +191,13 @@ def cmd_sample(args) -> int:
 
     import torch
 
-    from sfv.pipeline import SFVPipeline
+    from sfv.pipeline import load_pipeline
     from sfv.video import write_video
 
     t0 = time.perf_counter()
     print(f"sfv sample: loading {args.model} ({args.dtype}, {device})", flush=True)
-    try:
-        pipe = SFVPipeline.from_pretrained(args.model, decoder=args.decoder, dtype=dtype, use_safetensors=True).to(device)
-        pipe.set_progress_bar_config(desc="sfv sample", leave=False)
-    except SFVError:
-        raise  # already one clear line (no such fast decoder, a damaged one)
-    except Exception as e:  # corrupt weights, mismatched configs: a user problem, reported in one line
-        raise ModelLoadError(f"could not load '{args.model}': {first_line(e)}") from None
+    pipe = load_pipeline(args.model, device, dtype, decoder=args.decoder)
+    pipe.set_progress_bar_config(desc="sfv sample", leave=False)
     t1 = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(args.seed)
     try:
