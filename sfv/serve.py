@@ -4,7 +4,8 @@
 
 A person uploads a first frame (or picks one of the toy world's), sets the motion bucket, fps, seed, steps, CFG,
 the decoder and `sfv sample`'s long-video options, and gets the video back with its measured generation time.
-The default model is the committed one-step toy student (models/toy-sfv-v2), which runs on a CPU, offline.
+The default model is the committed one-step toy student (models/toy-sfv-v2, with the committed fast decoder
+models/toy-decoder-v2 beside its VAE), which runs on a CPU, offline.
 
 How it serves:
   * one model per server, loaded before the page opens (Server.load); requests wait in gradio's queue and run
@@ -35,7 +36,9 @@ from pathlib import Path
 
 from sfv.errors import InputError, ModelLoadError, SFVError, first_line
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "toy-sfv-v2"  # the committed one-step toy student
+MODELS = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = MODELS / "toy-sfv-v2"  # the committed one-step toy student ...
+DEFAULT_DECODER = MODELS / "toy-decoder-v2"  # ... and the fast decoder trained on its latents, offered beside the VAE
 MAX_UPLOAD_BYTES = 32 * 2**20
 MAX_PIXELS = 1024 * 1024  # per first frame (SVD's own 1024×576 is 0.59 MP); `sfv serve --max-pixels`
 MAX_FRAMES = 128
@@ -324,15 +327,6 @@ def build_page(server: Server, examples: list[list]):
     """The gradio Blocks of the page (imports gradio)."""
     import gradio as gr
 
-    class FrameUpload(gr.Image):
-        """gr.Image that hands the handler the uploaded file's path unread, so that load_frame, not gradio's
-        preprocessing, judges it (and a bad upload gets sfv's message). A template of gr.Image: same front end."""
-
-        is_template = True
-
-        def preprocess(self, payload):
-            return None if payload is None or payload.path is None else payload.path
-
     spec = server.spec
     kind = (f"a one-step SF-V student (1–{spec.max_steps} steps on its own σ levels)" if spec.student
             else "an SVD folder sampled with the stock Euler schedule (a teacher)")
@@ -346,7 +340,8 @@ def build_page(server: Server, examples: list[list]):
                     f"(sides in multiples of {spec.vae_scale_factor}).")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=260):
-                frame = FrameUpload(label="First frame", type="filepath", sources=["upload"], height=200, elem_id="sfv-frame")
+                frame = gr.Image(label="First frame", type="filepath", sources=["upload"], height=200, elem_id="sfv-frame")
+                frame.preprocess = _upload_path
                 example_column = gr.Column()
             with gr.Column(scale=1, min_width=300):
                 bucket = gr.Slider(0, 255, value=127, step=1, label="Motion bucket",
@@ -357,7 +352,7 @@ def build_page(server: Server, examples: list[list]):
                     steps = gr.Slider(1, spec.max_steps, value=1, step=1, label="Steps")
                 with gr.Row():
                     guidance = gr.Slider(1.0, MAX_GUIDANCE, value=spec.default_guidance, step=0.5, label="CFG (1 = off)")
-                    decoder = gr.Radio(list(spec.decoders), value="vae", label="Decoder")
+                    decoder = gr.Radio(list(spec.decoders), value="vae", label="Decoder", elem_id="sfv-decoder")
                 with gr.Accordion("Frames and long video", open=False):
                     frames = gr.Number(value=spec.num_frames, precision=0, minimum=1, maximum=MAX_FRAMES, label="Frames")
                     long = gr.Radio(["off", *LONG_VIDEO], value="off", label="Long video")
@@ -401,6 +396,13 @@ def build_page(server: Server, examples: list[list]):
     return page
 
 
+def _upload_path(payload):
+    """The uploaded file's path, unread: gr.Image's own preprocessing opens the file and answers a non-image with
+    gradio's internal error; this way load_frame judges every upload and a bad one gets its message. (Set on the
+    component, not by subclassing: gradio writes a .pyi stub beside any module that defines a component class.)"""
+    return None if payload is None or payload.path is None else payload.path
+
+
 def check_listen(host: str, port: int) -> None:
     """Raise InputError unless a server could listen on host:port now (a bad address or a port in use)."""
     import socket
@@ -429,12 +431,15 @@ def serve_cli(args) -> int:
 
     check_listen(args.host, args.port)
     check_positive(args, "max-pixels")
-    model = args.model if args.model is not None else str(DEFAULT_MODEL)
+    model, decoder = args.model, args.decoder
+    if model is None:
+        model = str(DEFAULT_MODEL)
+        decoder = decoder if decoder is not None or not DEFAULT_DECODER.is_dir() else str(DEFAULT_DECODER)
     check_model_dir(model)
-    if args.decoder is not None:
-        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (Path(args.decoder) / n).is_file()]
+    if decoder is not None:
+        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (Path(decoder) / n).is_file()]
         if missing:
-            raise InputError(f"fast decoder folder '{args.decoder}' lacks {', '.join(missing)}; pass a "
+            raise InputError(f"fast decoder folder '{decoder}' lacks {', '.join(missing)}; pass a "
                              "`sfv distill-decoder` output (e.g. models/toy-decoder-v2)")
     if importlib.util.find_spec("gradio") is None:
         raise InputError("sfv serve needs gradio, the `serve` extra: pip install -e '.[serve]' (make setup installs it)")
@@ -446,7 +451,7 @@ def serve_cli(args) -> int:
     server = None
     try:
         print(f"sfv serve: loading {model} ({args.dtype}, {device})", flush=True)
-        server = Server.load(model, device, dtype, out_dir, args.decoder, args.max_pixels or MAX_PIXELS)
+        server = Server.load(model, device, dtype, out_dir, decoder, args.max_pixels or MAX_PIXELS)
         page = build_page(server, toy_examples(out_dir))
         import gradio as gr
 
