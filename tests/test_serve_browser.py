@@ -1,5 +1,5 @@
 """`sfv serve` in a real browser: the server runs as its own process (`sfv serve --port N`, the committed toy
-student), Debian's headless chromium is driven through chromedriver by selenium. A person's session: upload a
+student), Debian's headless chromium is driven through chromedriver by selenium. What a person does there: upload a
 first frame and generate (the served video has the model's 8 frames, in the file and in the page's player), upload
 a file that is not an image (the page says so), then pick an offered toy-world frame and generate again (the server
 still serves).
@@ -181,6 +181,6 @@ def test_page_generates_reports_a_bad_upload_and_keeps_serving(browser, server, 
     shot = Path(os.environ.get("SFV_SCREENSHOT") or tmp_path / "serve.png")
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(shot))
-    print(f"\npage session {elapsed:.1f} s; shown: {timing.split(' s ')[0]} s and {timing2.split(' s ')[0]} s; "
+    print(f"\npage visit {elapsed:.1f} s; shown: {timing.split(' s ')[0]} s and {timing2.split(' s ')[0]} s; "
           f"screenshot {shot}")
     assert "Traceback" not in log.read_text()
