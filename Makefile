@@ -3,6 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sfv-installed
+BROWSER := $(VENV)/.sfv-browser
 DEMO := runs/demo
 
 .PHONY: setup test demo gpu-check clean
@@ -13,7 +14,13 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $@
 
-test: $(STAMP)
+# The page test (tests/test_serve_browser.py) drives Debian's chromium + chromium-driver; scripts/setup-browser.sh
+# installs them with apt once per venv (nothing when both are on PATH; one line and a skipped test without root).
+$(BROWSER): scripts/setup-browser.sh | $(STAMP)
+	bash scripts/setup-browser.sh $(VENV)
+	touch $@
+
+test: $(STAMP) $(BROWSER)
 	$(PY) -m pytest -q
 
 # The toy-world demo (world v2): distil the committed toy teacher (models/toy-svd-v2) into a one-step student with

@@ -7,6 +7,7 @@
     sfv cache --teacher DIR --videos DIR --out DIR --frames F --height H --width W [--fps 7]
     sfv bench  --teacher DIR --student DIR | --arch svd|svd-xt --random-weights  [--steps 25,16,8,4,1 ...]
     sfv eval   --videos DIR --reference DIR [--i3d PATH] [--psnr-ssim] [--lpips] [--out FILE]
+    sfv serve  [--model DIR] [--host 127.0.0.1] [--port 7860] [--device cpu] [--decoder DIR]   (a local web page)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from sfv.console import ArgParser, check_positive, parse_device, parse_dtype, run_command
-from sfv.errors import InputError, ModelLoadError, SFVError, first_line
+from sfv.errors import InputError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="cpu")
     v.add_argument("--out", default=None, help="JSON file to write (default: print the JSON)")
     v.set_defaults(func=cmd_eval)
+
+    w = sub.add_parser("serve", help="a local web page: upload a first frame, get the video and its generation time")
+    w.add_argument("--model", default=None, help="diffusers SVD folder: an `sfv export` output or a teacher "
+                   "(default: the committed one-step toy student, models/toy-sfv-v2, with models/toy-decoder-v2)")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    w.add_argument("--port", type=int, default=7860)
+    w.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    w.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    w.add_argument("--decoder", default=None, help="a fast tiny decoder folder to offer beside the VAE (default: the "
+                   "export's fast_decoder/, if it has one), e.g. models/toy-decoder-v2")
+    w.add_argument("--max-pixels", type=int, default=None, help="largest first frame taken, in pixels (default 1048576)")
+    w.set_defaults(func=cmd_serve)
     return p
 
 
@@ -191,18 +204,13 @@ def cmd_sample(args) -> int:
 
     import torch
 
-    from sfv.pipeline import SFVPipeline
+    from sfv.pipeline import load_pipeline
     from sfv.video import write_video
 
     t0 = time.perf_counter()
     print(f"sfv sample: loading {args.model} ({args.dtype}, {device})", flush=True)
-    try:
-        pipe = SFVPipeline.from_pretrained(args.model, decoder=args.decoder, dtype=dtype, use_safetensors=True).to(device)
-        pipe.set_progress_bar_config(desc="sfv sample", leave=False)
-    except SFVError:
-        raise  # already one clear line (no such fast decoder, a damaged one)
-    except Exception as e:  # corrupt weights, mismatched configs: a user problem, reported in one line
-        raise ModelLoadError(f"could not load '{args.model}': {first_line(e)}") from None
+    pipe = load_pipeline(args.model, device, dtype, decoder=args.decoder)
+    pipe.set_progress_bar_config(desc="sfv sample", leave=False)
     t1 = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(args.seed)
     try:
@@ -293,6 +301,12 @@ def cmd_eval(args) -> int:
     from sfv.metrics.evaluate import evaluate_cli
 
     return evaluate_cli(args)
+
+
+def cmd_serve(args) -> int:
+    from sfv.serve import serve_cli
+
+    return serve_cli(args)
 
 
 if __name__ == "__main__":

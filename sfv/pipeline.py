@@ -33,7 +33,7 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 import sfv
 from sfv.decoders import build_decoder
 from sfv.decoders.tiny import CONFIG_NAME, WEIGHTS_NAME
-from sfv.errors import InputError
+from sfv.errors import InputError, ModelLoadError, SFVError, first_line
 from sfv.files import atomic_path
 from sfv.images import check_output_type
 from sfv.model_dir import check_video_size
@@ -182,6 +182,18 @@ class SFVPipeline(DiffusionPipeline):
         if not return_dict:
             return frames
         return StableVideoDiffusionPipelineOutput(frames=frames)
+
+
+def load_pipeline(model: str | os.PathLike, device: torch.device, dtype: torch.dtype = torch.float32,
+                  decoder: str = "vae") -> SFVPipeline:
+    """SFVPipeline.from_pretrained(model, decoder=) on `device` (safetensors only); a folder that does not load is one
+    ModelLoadError line. Check the folder first with sfv.model_dir.check_model_dir (it names every missing file)."""
+    try:
+        return SFVPipeline.from_pretrained(model, decoder=decoder, dtype=dtype, use_safetensors=True).to(device)
+    except SFVError:
+        raise  # already one clear line (no such fast decoder, a damaged one)
+    except Exception as e:  # corrupt weights, mismatched configs: a user problem, reported in one line
+        raise ModelLoadError(f"could not load '{model}': {first_line(e)}") from None
 
 
 ATTENTION = ("sdpa", "classic")

@@ -1,7 +1,8 @@
-"""`sfv sample` / `sfv export`: real files in and out; every bad input is one line on stderr, exit 2, nothing written."""
+"""`sfv sample` / `sfv export` / `sfv serve`: real files in and out; every bad input is one line on stderr, exit 2, nothing written."""
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,34 @@ def test_bad_long_video_and_step_arguments_are_one_line_exit_2(extra, message, t
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in stderr, stderr
     assert not out.exists()
+
+
+def _serve_bad_cases(tmp_path):
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    busy = listening.getsockname()[1]
+    return listening, {
+        "model missing": (["--model", tmp_path / "no-model"], "does not exist"),
+        "port too large": (["--port", "70000"], "--port must be from 1 to 65535"),
+        "port zero": (["--port", "0"], "--port must be from 1 to 65535"),
+        "port not an int": (["--port", "http"], "invalid int value"),
+        "port in use": (["--port", busy], f"cannot listen on 127.0.0.1:{busy}"),
+        "decoder folder missing": (["--decoder", tmp_path / "no-decoder"], "lacks config.json"),
+        "zero max pixels": (["--max-pixels", "0"], "--max-pixels must be at least 1"),
+        "unknown device": (["--device", "quantum"], "unknown device 'quantum'"),
+    }
+
+
+@pytest.mark.parametrize("case", ["model missing", "port too large", "port zero", "port not an int", "port in use",
+                                  "decoder folder missing", "zero max pixels", "unknown device"])
+def test_serve_bad_input_is_one_line_exit_2_before_the_page(case, tmp_path, capsys):
+    listening, cases = _serve_bad_cases(tmp_path)
+    extra, message = cases[case]
+    gradio_before = "gradio" in sys.modules
+    with listening:
+        code, stdout, stderr = run_cli(["serve", *extra], capsys)
+    assert code == 2
+    assert stderr.strip().splitlines() == [stderr.strip()] and stderr.startswith("sfv: error:") and message in stderr, stderr
+    assert stdout == ""  # nothing loaded ("sfv serve: loading ..." comes after every check)
+    assert ("gradio" in sys.modules) == gradio_before  # refused before the page's library was imported

@@ -1,0 +1,186 @@
+"""`sfv serve` in a real browser: the server runs as its own process (`sfv serve --port N`, the committed toy
+student), Debian's headless chromium is driven through chromedriver by selenium. What a person does there: upload a
+first frame and generate (the served video has the model's 8 frames, in the file and in the page's player), upload
+a file that is not an image (the page says so), then pick an offered toy-world frame and generate again (the server
+still serves).
+
+The browser comes from scripts/setup-browser.sh (`make test` runs it once per venv); where it could not be installed
+the test is skipped with that script's reason. Set SFV_SCREENSHOT=docs/img/serve.png to refresh the README's
+screenshot; otherwise the screenshot goes to the test's temporary folder.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import PIL.Image
+import pytest
+
+from sfv.toy.world import make_branch_scene, render
+from sfv.video import read_video
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAMES, SIZE = 8, 32  # the toy student's window and the toy world's size
+START_TIMEOUT, REQUEST_TIMEOUT = 240, 90  # s: the server imports torch, diffusers and gradio before it listens
+
+
+def _browser_or_skip() -> tuple[str, str]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        note = Path(sys.prefix) / "sfv-browser-skip.txt"  # written by scripts/setup-browser.sh when it could not install
+        pytest.skip(note.read_text().strip() if note.is_file() else
+                    "chromium and chromedriver are not on PATH: run `bash scripts/setup-browser.sh` (apt, as root)")
+    pytest.importorskip("selenium", reason="selenium is part of the dev extra: pip install -e '.[dev,serve]'")
+    pytest.importorskip("gradio", reason="gradio is the serve extra: pip install -e '.[dev,serve]'")
+    return chromium, driver
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = _browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,940"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture(scope="module")
+def server(browser, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "sfv.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"sfv serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"sfv serve did not answer within {START_TIMEOUT} s:\n{log.read_text()}")
+            time.sleep(0.25)
+        yield url, log
+    finally:
+        proc.terminate()  # SIGTERM stops it as Ctrl+C does
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait(browser, condition, timeout, what):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda b: condition(b), message=what)
+
+
+def _video_src(browser):
+    return browser.execute_script("const v = document.querySelector('#sfv-video video'); return v ? v.src : null;")
+
+
+def _upload(browser, path):
+    browser.find_element("css selector", "#sfv-frame input[type=file]").send_keys(str(path))
+
+
+def _generate(browser):
+    """Click Generate and wait for a new video; returns its URL and the timing shown beside it."""
+    before = _video_src(browser)
+    browser.find_element("css selector", "#sfv-generate").click()
+    src = _wait(browser, lambda b: (s := _video_src(b)) and s != before and s, REQUEST_TIMEOUT, "no new video")
+    timing = _wait(browser, lambda b: (t := b.find_element("css selector", "#sfv-time").text) and " s to generate " in t
+                   and t, 10, "no generation time")
+    return src, timing
+
+
+def _check_video(browser, src, tmp_path, fps):
+    """The served file has FRAMES frames of SIZE×SIZE, and the page's player plays FRAMES / fps seconds of it."""
+    file = tmp_path / Path(src).name
+    with urllib.request.urlopen(src, timeout=30) as response:
+        file.write_bytes(response.read())
+    frames, file_fps = read_video(file)
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3) and abs(file_fps - fps) < 0.01
+    duration = _wait(browser, lambda b: b.execute_script(
+        "const v = document.querySelector('#sfv-video video'); return v.readyState >= 1 ? v.duration : null;"),
+        20, "the player did not load the video")
+    assert round(duration * fps) == FRAMES, duration
+
+
+def _toast_text(browser):
+    return " ".join(e.text for e in browser.find_elements("css selector", "[data-testid=toast-text]"))
+
+
+def _close_toasts(browser):
+    for button in browser.find_elements("css selector", "[data-testid=toast-close]"):
+        button.click()
+    _wait(browser, lambda b: not _toast_text(b), 10, "the error did not close")
+
+
+def test_page_generates_reports_a_bad_upload_and_keeps_serving(browser, server, tmp_path):
+    url, log = server
+    good = tmp_path / "frame0.png"
+    PIL.Image.fromarray(render(make_branch_scene(5), 1, SIZE)[0]).save(good)
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"these bytes are not an image")
+
+    t0 = time.perf_counter()
+    browser.get(url)
+    _wait(browser, lambda b: b.find_elements("css selector", "#sfv-frame input[type=file]"), 30, "no upload field")
+
+    _upload(browser, good)  # 1. a good first frame, the page's defaults: 8 frames at 7 fps
+    src, timing = _generate(browser)
+    _check_video(browser, src, tmp_path, fps=7)
+    assert f"{FRAMES} frames of {SIZE}×{SIZE}" in timing and "1 step, no CFG" in timing, timing
+
+    _upload(browser, bad)  # 2. not an image: the message is on the page (when uploaded, and again on Generate)
+    _wait(browser, lambda b: "'holiday.png' is not an image that can be read" in _toast_text(b), 20, "no upload error")
+    _close_toasts(browser)
+    browser.find_element("css selector", "#sfv-generate").click()
+    _wait(browser, lambda b: "'holiday.png' is not an image" in _toast_text(b), REQUEST_TIMEOUT, "no error on Generate")
+    assert _video_src(browser) == src  # nothing new was made
+    _close_toasts(browser)
+
+    # 3. the server still serves: one of the offered toy-world frames (it sets motion bucket 128 and 8 fps), seed 1,
+    # decoded by the committed fast decoder that the default server offers beside the VAE
+    browser.find_element("css selector", "[data-testid=dataset-cell-3-0]").click()
+    _wait(browser, lambda b: b.find_element("css selector", "#sfv-fps input[type=number]").get_attribute("value") == "8",
+          10, "the example did not set fps")
+    seed_box = browser.find_element("css selector", "#sfv-seed input")
+    seed_box.clear()
+    seed_box.send_keys("1\t")
+    browser.find_element("css selector", "#sfv-decoder input[value=tiny]").click()
+    src2, timing2 = _generate(browser)
+    _check_video(browser, src2, tmp_path, fps=8)
+    assert "tiny decoder; motion bucket 128, 8 fps, seed 1" in timing2, timing2
+    elapsed = time.perf_counter() - t0
+
+    shot = Path(os.environ.get("SFV_SCREENSHOT") or tmp_path / "serve.png")
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.save_screenshot(str(shot))
+    print(f"\npage visit {elapsed:.1f} s; shown: {timing.split(' s ')[0]} s and {timing2.split(' s ')[0]} s; "
+          f"screenshot {shot}")
+    assert "Traceback" not in log.read_text()
