@@ -5,8 +5,8 @@ a file that is not an image (the page says so), then pick an offered toy-world f
 still serves).
 
 The browser comes from scripts/setup-browser.sh (`make test` runs it once per venv); where it could not be installed
-the test is skipped with that script's reason. Set SFV_SCREENSHOT=docs/img/serve.png to refresh the README's
-screenshot; otherwise the screenshot goes to the test's temporary folder.
+the test is skipped with that script's reason. Every run saves its screenshot as docs/img/serve-latest.png (not
+tracked, so the tree stays clean); SFV_SCREENSHOT=docs/img/serve.png refreshes the README's committed one.
 """
 
 import os
@@ -178,9 +178,9 @@ def test_page_generates_reports_a_bad_upload_and_keeps_serving(browser, server, 
     assert "tiny decoder; motion bucket 128, 8 fps, seed 1" in timing2, timing2
     elapsed = time.perf_counter() - t0
 
-    shot = Path(os.environ.get("SFV_SCREENSHOT") or tmp_path / "serve.png")
+    shot = Path(os.environ.get("SFV_SCREENSHOT") or ROOT / "docs" / "img" / "serve-latest.png")
     browser.execute_script("window.scrollTo(0, 0)")
-    browser.save_screenshot(str(shot))
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     print(f"\npage visit {elapsed:.1f} s; shown: {timing.split(' s ')[0]} s and {timing2.split(' s ')[0]} s; "
           f"screenshot {shot}")
     assert "Traceback" not in log.read_text()
