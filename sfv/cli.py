@@ -204,7 +204,7 @@ def cmd_sample(args) -> int:
 
     import torch
 
-    from sfv.pipeline import load_pipeline
+    from sfv.pipeline import generate_frames, load_pipeline
     from sfv.video import write_video
 
     t0 = time.perf_counter()
@@ -213,19 +213,13 @@ def cmd_sample(args) -> int:
     pipe.set_progress_bar_config(desc="sfv sample", leave=False)
     t1 = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    try:
-        frames = pipe(
-            image, height=args.height, width=args.width, num_frames=num_frames, num_inference_steps=args.steps,
-            min_guidance_scale=args.min_guidance_scale, max_guidance_scale=args.max_guidance_scale, fps=args.fps,
-            motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
-            decode_chunk_size=args.decode_chunk_size, generator=generator, output_type="np",
-            long_video=args.long, window=window, overlap=overlap,
-        ).frames[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    except (torch.OutOfMemoryError, MemoryError):
-        raise InputError(f"out of memory generating {num_frames} frames at {args.height}x{args.width} on {device}: "
-                         "try fewer frames, a smaller size, --decode-chunk-size 2 or --dtype bf16") from None
+    frames = generate_frames(
+        pipe, image, "try fewer frames, a smaller size, --decode-chunk-size 2 or --dtype bf16",
+        height=args.height, width=args.width, num_frames=num_frames, num_inference_steps=args.steps,
+        min_guidance_scale=args.min_guidance_scale, max_guidance_scale=args.max_guidance_scale, fps=args.fps,
+        motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
+        decode_chunk_size=args.decode_chunk_size, generator=generator, long_video=args.long, window=window, overlap=overlap,
+    )
     t2 = time.perf_counter()
     try:
         write_video(out, frames, fps=args.fps)

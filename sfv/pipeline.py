@@ -196,6 +196,19 @@ def load_pipeline(model: str | os.PathLike, device: torch.device, dtype: torch.d
         raise ModelLoadError(f"could not load '{model}': {first_line(e)}") from None
 
 
+def generate_frames(pipe: SFVPipeline, image, out_of_memory_hint: str, **kwargs):
+    """One video, np [F, H, W, 3] in [0, 1]: pipe(image, output_type="np", **kwargs), finished on the device (so a
+    timer around it measures the work). Running out of memory is one InputError that ends with the caller's hint."""
+    try:
+        frames = pipe(image, output_type="np", **kwargs).frames[0]
+        if pipe.device.type == "cuda":
+            torch.cuda.synchronize(pipe.device)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise InputError(f"out of memory generating {kwargs.get('num_frames')} frames at {kwargs.get('height')}×"
+                         f"{kwargs.get('width')} on {pipe.device}: {out_of_memory_hint}") from None
+    return frames
+
+
 ATTENTION = ("sdpa", "classic")
 
 

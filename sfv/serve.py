@@ -265,28 +265,22 @@ class Server:
         import torch
 
         from sfv.model_dir import check_video_size
+        from sfv.pipeline import generate_frames
         from sfv.video import write_video
 
         image = load_frame(frame_path, self.spec.vae_scale_factor, self.max_pixels)
         s = check_request(request, self.spec)
         width, height = image.size
         check_video_size(height, width, s.frames, self.spec.vae_scale_factor)
-        device = self.pipe.device
         with self._lock:
             self.pipe.decoder = self.decoders[s.decoder]
             t0 = time.perf_counter()
-            try:
-                frames = self.pipe(
-                    image, height=height, width=width, num_frames=s.frames, min_guidance_scale=1.0,
-                    max_guidance_scale=s.guidance, fps=s.fps, motion_bucket_id=s.motion_bucket_id,
-                    generator=torch.Generator("cpu").manual_seed(s.seed), output_type="np",
-                    long_video=s.long, window=s.window, overlap=s.overlap, **self.sampling(s.steps),
-                ).frames[0]
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-            except (torch.OutOfMemoryError, MemoryError):
-                raise InputError(f"out of memory generating {s.frames} frames at {width}×{height} on {device}: "
-                                 "try fewer frames or a smaller first frame") from None
+            frames = generate_frames(
+                self.pipe, image, "try fewer frames or a smaller first frame", height=height, width=width,
+                num_frames=s.frames, min_guidance_scale=1.0, max_guidance_scale=s.guidance, fps=s.fps,
+                motion_bucket_id=s.motion_bucket_id, generator=torch.Generator("cpu").manual_seed(s.seed),
+                long_video=s.long, window=s.window, overlap=s.overlap, **self.sampling(s.steps),
+            )
             seconds = time.perf_counter() - t0
         path = self.out_dir / f"video-{next(self._numbers):05d}.mp4"
         t1 = time.perf_counter()
