@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sfv.console import check_positive, parse_device, parse_dtype, parse_steps
@@ -46,11 +45,10 @@ def bench_cli(args) -> int:
     check_video_size(args.height, args.width, frames, factor)
     fast_decoder = args.fast_decoder
     if fast_decoder is None and args.student:  # the export's own fast decoder, if it carries one
-        from sfv.pipeline import EXPORT_INFO
+        from sfv.pipeline import shipped_decoders
 
-        info = Path(args.student) / EXPORT_INFO
-        folder = json.loads(info.read_text()).get("decoders", {}).get("tiny") if info.is_file() else None
-        fast_decoder = str(Path(args.student) / folder) if folder else None
+        folder = shipped_decoders(args.student).get("tiny")
+        fast_decoder = str(folder) if folder else None
     elif fast_decoder not in (None, "random"):
         from sfv.decoders.tiny import TinyTemporalDecoder
 

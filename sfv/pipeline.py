@@ -44,6 +44,17 @@ from sfv.teachers.svd import SVDTeacher
 EXPORT_INFO = "sfv.json"
 
 
+def export_info(folder: str | os.PathLike) -> dict:
+    """An `sfv export` folder's sfv.json ({} for any other folder, e.g. a teacher)."""
+    path = Path(folder) / EXPORT_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def shipped_decoders(folder: str | os.PathLike) -> dict[str, Path]:
+    """The fast decoders an export carries (sfv.json "decoders", `sfv export --decoder`): name -> folder."""
+    return {name: Path(folder) / sub for name, sub in export_info(folder).get("decoders", {}).items()}
+
+
 class SFVPipeline(DiffusionPipeline):
     """One-step image-to-video with an SF-V student (components exactly as StableVideoDiffusionPipeline's)."""
 
@@ -64,15 +75,13 @@ class SFVPipeline(DiffusionPipeline):
         decoder: "vae" (the stock temporal VAE decoder: frames as the stock pipeline's) or the name of a fast decoder
         the export carries (sfv.json "decoders", e.g. "tiny" in fast_decoder/; `sfv export --decoder`)."""
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        info_file = Path(pretrained_model_name_or_path) / EXPORT_INFO
-        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-        pipe.t_g = int(info.get("sampling", {}).get("t_g", cls.t_g))
+        pipe.t_g = int(export_info(pretrained_model_name_or_path).get("sampling", {}).get("t_g", cls.t_g))
         if decoder != "vae":
-            folders = info.get("decoders", {})
+            folders = shipped_decoders(pretrained_model_name_or_path)
             if decoder not in folders:
                 raise InputError(f"'{pretrained_model_name_or_path}' carries no {decoder!r} decoder (sfv.json lists "
                                  f"{', '.join(['vae', *folders])}); export it with `sfv export ... --decoder DIR`")
-            pipe.set_decoder(decoder, Path(pretrained_model_name_or_path) / folders[decoder])
+            pipe.set_decoder(decoder, folders[decoder])
         return pipe
 
     def set_decoder(self, name: str, folder: str | os.PathLike | None = None) -> "SFVPipeline":

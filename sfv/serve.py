@@ -223,19 +223,15 @@ class Server:
     def load(cls, model: str | os.PathLike, device, dtype, out_dir: str | os.PathLike, decoder: str | None = None,
              max_pixels: int = MAX_PIXELS) -> "Server":
         """Load the folder (and a fast decoder: `decoder`, else the export's own fast_decoder/, if any)."""
-        import json
-
         from sfv.decoders import build_decoder
         from sfv.model_dir import check_model_dir
-        from sfv.pipeline import EXPORT_INFO, load_pipeline
+        from sfv.pipeline import EXPORT_INFO, load_pipeline, shipped_decoders
 
         info = check_model_dir(model)
         t0 = time.perf_counter()
         pipe = load_pipeline(model, device, dtype)
         pipe.set_progress_bar_config(disable=True)
-        export = Path(model) / EXPORT_INFO
-        shipped = json.loads(export.read_text()).get("decoders", {}) if export.is_file() else {}
-        folder = decoder if decoder is not None else (Path(model) / shipped["tiny"] if "tiny" in shipped else None)
+        folder = decoder if decoder is not None else shipped_decoders(model).get("tiny")
         decoders = {"vae": "vae"}
         if folder is not None:
             try:
@@ -245,7 +241,7 @@ class Server:
             except Exception as e:  # a damaged decoder folder: one line, as for the model
                 raise ModelLoadError(f"could not load the fast decoder '{folder}': {first_line(e)}") from None
         load_seconds = time.perf_counter() - t0
-        student = export.is_file()
+        student = (Path(model) / EXPORT_INFO).is_file()
         spec = ModelSpec(str(model), info.vae_scale_factor, info.num_frames, student,
                          pipe.t_g - 1 if student else MAX_TEACHER_STEPS, tuple(decoders))
         return cls(pipe, spec, decoders, out_dir, max_pixels, load_seconds)
