@@ -1,6 +1,11 @@
 # The README's two commands:  `make demo` (the main job)  and  `make test`.
 # Both create .venv on first use (scripts/setup.sh: CPU torch 2.13.0 + pinned deps, about a minute here).
 VENV ?= .venv
+# The tests and the demo start many Python processes (accelerate launches, CLI and tool runs). Each one compiles
+# the torch/diffusers modules it imports unless their bytecode is cached, about 7 s per start here; so let Python
+# write its cache even where the environment turns that off (setup installs with --no-compile: only the modules
+# actually imported get compiled, once).
+unexport PYTHONDONTWRITEBYTECODE
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sfv-installed
 BROWSER := $(VENV)/.sfv-browser
