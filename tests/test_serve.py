@@ -1,5 +1,6 @@
-"""`sfv serve`'s checks of a request, called directly (no server, no model, no browser): what a bad upload or a bad
-setting is told. The page itself is driven in a real browser by tests/test_serve_browser.py."""
+"""`sfv serve`'s checks of a request, called directly (no page, no browser): what a bad upload or a bad setting is
+told; and the server's model, run by one request at a time. The page itself is driven in a real browser by
+tests/test_serve_browser.py."""
 
 import struct
 import zlib
@@ -97,3 +98,52 @@ def test_a_request_is_checked_against_the_model():
     for message, request in bad.items():
         with pytest.raises(InputError, match=message):
             check_request(request, STUDENT)
+
+
+def test_the_server_runs_one_pipeline_call_at_a_time(tmp_path):
+    """The committed toy student loaded once; three requests from three threads at once (as gradio's workers would
+    hand them over if its queue let them): their pipeline calls never overlap, and each gets its own video."""
+    import threading
+    import time
+
+    import torch
+
+    from sfv.serve import DEFAULT_MODEL, Server
+    from sfv.video import read_video
+
+    server = Server.load(DEFAULT_MODEL, torch.device("cpu"), torch.float32, tmp_path)
+    spans, real = [], server.pipe
+
+    class Recording:  # the real pipeline, its calls' start and end recorded
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __setattr__(self, name, value):
+            setattr(real, name, value)
+
+        def __call__(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                spans.append((start, time.perf_counter()))
+
+    server.pipe = Recording()
+    frame = toy_examples(tmp_path)[0][0]
+    results, errors = [], []
+
+    def request(seed):
+        try:
+            results.append(server.generate(frame, Request(seed=seed, fps=8)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=request, args=(seed,)) for seed in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 3 == len(spans)
+    spans.sort()
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+    assert len({r.path for r in results}) == 3 and all(read_video(r.path)[0].shape == (8, 32, 32, 3) for r in results)

@@ -183,4 +183,5 @@ def test_page_generates_reports_a_bad_upload_and_keeps_serving(browser, server, 
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     print(f"\npage visit {elapsed:.1f} s; shown: {timing.split(' s ')[0]} s and {timing2.split(' s ')[0]} s; "
           f"screenshot {shot}")
-    assert "Traceback" not in log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text and f"sfv serve: http://127.0.0.1:{url.rsplit(':', 1)[1].strip('/')} (" in text  # the default bind
