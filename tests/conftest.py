@@ -1,5 +1,11 @@
 """Shared fixtures: tiny real SVD components built offline (no mocks, no downloads)."""
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +13,35 @@ import torch
 from sfv.tiny import TinySVDConfig, build_tiny_svd, example_image, save_tiny_svd
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+REPO = Path(__file__).resolve().parents[1]
+# A limit for each launched training, only there so that a hung process fails the test instead of CI: ~20× what a
+# launch takes on an idle 2-core machine, so a loaded or slower machine never reaches it.
+LAUNCH_TIMEOUT = 1200  # s
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two(*args, timeout: int = LAUNCH_TIMEOUT) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 ARGS` on the CPU (two gloo processes, OMP_NUM_THREADS=1 so
+    they do not fight over cores), from the repository root. Each launch gets its own free rendezvous port: the
+    default 29500 may be held by another job on a shared machine or by a launch still shutting down. Should another
+    process take the port between the choice and the bind, the launch fails before any training starts and is
+    started again on a new port (only then)."""
+    for _ in range(3):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+               "1", "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+               *map(str, args)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if proc.returncode == 0 or "EADDRINUSE" not in proc.stderr:
+            return proc
+    return proc
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,6 @@ its folder format, its export beside a stock diffusers folder, and `sfv distill-
 resume, bad input). Tiny real components throughout (sfv.tiny: VAE factor 2), no mocks."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ import torch
 from diffusers import StableVideoDiffusionPipeline
 from safetensors.torch import load_file
 
+from conftest import launch_two
 from sfv.cli import main
 from sfv.decoder_train import load_decoder_recipe, run
 from sfv.decoders.tiny import TinyDecoder, TinyDecoderConfig, TinyTemporalDecoder
@@ -241,11 +239,8 @@ def test_accelerate_launch_two_processes_matches_one_process(tiny_dir, video_dir
     every logged loss and the final weights agree with a one-process run up to the order of float sums. (Resume
     is the one-process code path with the data position divided by the process count, as in the SF-V trainer;
     exact resume is checked above, multi-process resume of that position in tests/test_fsdp.py.)"""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sfv.decoder_train", "--recipe",
-           "recipes/decoder_toy.yaml", "--cpu", *recipe_args(tiny_dir, video_dir, tmp_path / "two"),
-           "loss.real_weight=0.5", "train.total_videos=12"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = launch_two("-m", "sfv.decoder_train", "--recipe", "recipes/decoder_toy.yaml", "--cpu",
+                      *recipe_args(tiny_dir, video_dir, tmp_path / "two"), "loss.real_weight=0.5", "train.total_videos=12")
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = load_file(tmp_path / "two" / "decoder" / "diffusion_pytorch_model.safetensors")
     one = run(decoder_recipe(tiny_dir, video_dir, tmp_path / "one", "train.total_videos=12", "loss.real_weight=0.5"), cpu=True)

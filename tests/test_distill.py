@@ -1,15 +1,13 @@
 """`sfv distill` / `accelerate launch -m sfv.train` end to end on the tiny SVD and real mp4 files."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import launch_two
 from sfv.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,13 +92,11 @@ def test_a_folder_with_no_usable_video_is_an_error(tmp_path, tiny_dir, capsys):
 @pytest.mark.slow
 def test_accelerate_launch_two_processes_and_resume(tmp_path, tiny_dir, video_dir):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU: two gloo processes, DDP, then resume."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sfv.train", "--recipe", str(REPO / "recipes/tiny_cpu.yaml"),
-              f"model.teacher={tiny_dir}", f"data.videos={video_dir}", f"train.run_dir={tmp_path / 'run'}",
-              "train.batch_size=2", "train.checkpoint_every=4", "train.sample_every=0", "train.export=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = ["-m", "sfv.train", "--recipe", REPO / "recipes/tiny_cpu.yaml", f"model.teacher={tiny_dir}", f"data.videos={video_dir}",
+              f"train.run_dir={tmp_path / 'run'}", "train.batch_size=2", "train.checkpoint_every=4", "train.sample_every=0",
+              "train.export=false"]
     for extra in (["train.total_videos=4"], ["train.total_videos=8", "--resume", "latest"]):
-        proc = subprocess.run(launch + extra, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+        proc = launch_two(*launch, *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
     ckpts = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["videos-000000004", "videos-000000008"]

@@ -18,15 +18,12 @@ Runs (tiny recipe, global batch 2 = 1 video per process per step, 1 thread per p
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny_recipe
+from conftest import launch_two, tiny_recipe
 from sfv import checkpoint
 from sfv.cli import main
 from sfv.train import run
@@ -50,10 +47,8 @@ FROZEN_D = "discriminator.lr=1.0e-20"
 
 def _launch(tiny_dir, video_dir, run_dir, *extra, script=("-m", "sfv.train")):
     """2 CPU processes (gloo) as a user would start them; OMP_NUM_THREADS=1 keeps them off each other's cores."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", *script, "--recipe", str(REPO / "recipes/tiny_cpu.yaml"),
-           f"model.teacher={tiny_dir}", f"data.videos={video_dir}", f"train.run_dir={run_dir}", *COMMON, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600, cwd=REPO)
+    proc = launch_two(*script, "--recipe", REPO / "recipes/tiny_cpu.yaml", f"model.teacher={tiny_dir}", f"data.videos={video_dir}",
+                      f"train.run_dir={run_dir}", *COMMON, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

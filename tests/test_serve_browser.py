@@ -11,7 +11,6 @@ tracked, so the tree stays clean); SFV_SCREENSHOT=docs/img/serve.png refreshes t
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,15 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
+from conftest import free_port
 from sfv.toy.world import make_branch_scene, render
 from sfv.video import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES, SIZE = 8, 32  # the toy student's window and the toy world's size
-START_TIMEOUT, REQUEST_TIMEOUT = 240, 90  # s: the server imports torch, diffusers and gradio before it listens
+# Limits that only turn a hang into a failure; on an idle 2-core machine the server answers after ~20 s and a request
+# takes under a second, so a loaded or slower machine stays far below them.
+START_TIMEOUT, REQUEST_TIMEOUT, UI_TIMEOUT = 300, 120, 60  # s
 
 
 def _browser_or_skip() -> tuple[str, str]:
@@ -38,12 +40,6 @@ def _browser_or_skip() -> tuple[str, str]:
     pytest.importorskip("selenium", reason="selenium is part of the dev extra: pip install -e '.[dev,serve]'")
     pytest.importorskip("gradio", reason="gradio is the serve extra: pip install -e '.[dev,serve]'")
     return chromium, driver
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -61,36 +57,56 @@ def browser():
     browser.quit()
 
 
-@pytest.fixture(scope="module")
-def server(browser, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sfv.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
+def _start_server(log: Path) -> tuple[subprocess.Popen, str]:
+    """`sfv serve --port N` on a free port, once it answers. Should another process take the port between choosing
+    it and binding it, sfv serve says "cannot listen" and exits at once; then it is started on another port."""
+    for _ in range(3):
+        port = free_port()
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "sfv.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"sfv serve exited with {proc.returncode}:\n{log.read_text()}")
+        while proc.poll() is None:
             try:
-                with urllib.request.urlopen(url, timeout=5) as response:
+                with urllib.request.urlopen(url, timeout=10) as response:
                     if response.status == 200:
-                        break
+                        return proc, url
             except OSError:
                 pass
             if time.monotonic() > deadline:
+                _stop(proc)
                 pytest.fail(f"sfv serve did not answer within {START_TIMEOUT} s:\n{log.read_text()}")
             time.sleep(0.25)
+        if "cannot listen on" not in log.read_text():
+            break
+    pytest.fail(f"sfv serve exited with {proc.returncode}:\n{log.read_text()}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()  # SIGTERM stops it as Ctrl+C does
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(browser, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    proc, url = _start_server(log)
+    try:
         yield url, log
     finally:
-        proc.terminate()  # SIGTERM stops it as Ctrl+C does
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+# gradio re-renders components while a test looks at them: an element found by selenium can be gone (stale) by the
+# time its text is read or it is clicked. So every read is one execute_script (the browser answers from one DOM state),
+# and every action finds its element and acts in one attempt that a stale or not-yet-there element only postpones.
+_READ_TEXT = "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText).join(' ');"
+_READ_VALUE = "const e = document.querySelector(arguments[0]); return e ? e.value : null;"
 
 
 def _wait(browser, condition, timeout, what):
@@ -99,21 +115,40 @@ def _wait(browser, condition, timeout, what):
     return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda b: condition(b), message=what)
 
 
+def _text(browser, css) -> str:
+    """The visible text of every element matching `css`, read in one step ('' when there is none)."""
+    return browser.execute_script(_READ_TEXT, css)
+
+
+def _act(browser, css, action, what, timeout=UI_TIMEOUT):
+    """Find `css` and do `action(element)`; an element that is not there yet or was replaced in between (stale) is
+    looked up again. Only the one action is repeated, and a stale element never received it."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def attempt(b):
+        action(b.find_element("css selector", css))
+        return True
+
+    WebDriverWait(browser, timeout, poll_frequency=0.1, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                  ).until(attempt, message=what)
+
+
 def _video_src(browser):
     return browser.execute_script("const v = document.querySelector('#sfv-video video'); return v ? v.src : null;")
 
 
 def _upload(browser, path):
-    browser.find_element("css selector", "#sfv-frame input[type=file]").send_keys(str(path))
+    _act(browser, "#sfv-frame input[type=file]", lambda e: e.send_keys(str(path)), "no upload field")
 
 
 def _generate(browser):
     """Click Generate and wait for a new video; returns its URL and the timing shown beside it."""
     before = _video_src(browser)
-    browser.find_element("css selector", "#sfv-generate").click()
+    _act(browser, "#sfv-generate", lambda e: e.click(), "no Generate button")
     src = _wait(browser, lambda b: (s := _video_src(b)) and s != before and s, REQUEST_TIMEOUT, "no new video")
-    timing = _wait(browser, lambda b: (t := b.find_element("css selector", "#sfv-time").text) and " s to generate " in t
-                   and t, 10, "no generation time")
+    timing = _wait(browser, lambda b: (t := _text(b, "#sfv-time")) and " s to generate " in t and t, UI_TIMEOUT,
+                   "no generation time")
     return src, timing
 
 
@@ -126,18 +161,18 @@ def _check_video(browser, src, tmp_path, fps):
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and abs(file_fps - fps) < 0.01
     duration = _wait(browser, lambda b: b.execute_script(
         "const v = document.querySelector('#sfv-video video'); return v.readyState >= 1 ? v.duration : null;"),
-        20, "the player did not load the video")
+        UI_TIMEOUT, "the player did not load the video")
     assert round(duration * fps) == FRAMES, duration
 
 
 def _toast_text(browser):
-    return " ".join(e.text for e in browser.find_elements("css selector", "[data-testid=toast-text]"))
+    return _text(browser, "[data-testid=toast-text]")
 
 
 def _close_toasts(browser):
-    for button in browser.find_elements("css selector", "[data-testid=toast-close]"):
-        button.click()
-    _wait(browser, lambda b: not _toast_text(b), 10, "the error did not close")
+    """Close every error toast (in one script: a toast may close itself meanwhile) and wait until none shows."""
+    browser.execute_script("document.querySelectorAll('[data-testid=toast-close]').forEach(b => b.click());")
+    _wait(browser, lambda b: not _toast_text(b), UI_TIMEOUT, "the error did not close")
 
 
 def test_page_generates_reports_a_bad_upload_and_keeps_serving(browser, server, tmp_path):
@@ -149,30 +184,29 @@ def test_page_generates_reports_a_bad_upload_and_keeps_serving(browser, server, 
 
     t0 = time.perf_counter()
     browser.get(url)
-    _wait(browser, lambda b: b.find_elements("css selector", "#sfv-frame input[type=file]"), 30, "no upload field")
-
     _upload(browser, good)  # 1. a good first frame, the page's defaults: 8 frames at 7 fps
+    _wait(browser, lambda b: b.execute_script("return !!document.querySelector('#sfv-frame img')"), REQUEST_TIMEOUT,
+          "the uploaded frame is not shown")  # the upload has reached the server before Generate is clicked
     src, timing = _generate(browser)
     _check_video(browser, src, tmp_path, fps=7)
     assert f"{FRAMES} frames of {SIZE}×{SIZE}" in timing and "1 step, no CFG" in timing, timing
 
     _upload(browser, bad)  # 2. not an image: the message is on the page (when uploaded, and again on Generate)
-    _wait(browser, lambda b: "'holiday.png' is not an image that can be read" in _toast_text(b), 20, "no upload error")
+    _wait(browser, lambda b: "'holiday.png' is not an image that can be read" in _toast_text(b), REQUEST_TIMEOUT,
+          "no upload error")
     _close_toasts(browser)
-    browser.find_element("css selector", "#sfv-generate").click()
+    _act(browser, "#sfv-generate", lambda e: e.click(), "no Generate button")
     _wait(browser, lambda b: "'holiday.png' is not an image" in _toast_text(b), REQUEST_TIMEOUT, "no error on Generate")
     assert _video_src(browser) == src  # nothing new was made
     _close_toasts(browser)
 
     # 3. the server still serves: one of the offered toy-world frames (it sets motion bucket 128 and 8 fps), seed 1,
     # decoded by the committed fast decoder that the default server offers beside the VAE
-    browser.find_element("css selector", "[data-testid=dataset-cell-3-0]").click()
-    _wait(browser, lambda b: b.find_element("css selector", "#sfv-fps input[type=number]").get_attribute("value") == "8",
-          10, "the example did not set fps")
-    seed_box = browser.find_element("css selector", "#sfv-seed input")
-    seed_box.clear()
-    seed_box.send_keys("1\t")
-    browser.find_element("css selector", "#sfv-decoder input[value=tiny]").click()
+    _act(browser, "[data-testid=dataset-cell-3-0]", lambda e: e.click(), "no example frames")
+    _wait(browser, lambda b: b.execute_script(_READ_VALUE, "#sfv-fps input[type=number]") == "8", UI_TIMEOUT,
+          "the example did not set fps")
+    _act(browser, "#sfv-seed input", lambda e: (e.clear(), e.send_keys("1\t")), "no seed box")
+    _act(browser, "#sfv-decoder input[value=tiny]", lambda e: e.click(), "no tiny decoder choice")
     src2, timing2 = _generate(browser)
     _check_video(browser, src2, tmp_path, fps=8)
     assert "tiny decoder; motion bucket 128, 8 fps, seed 1" in timing2, timing2
