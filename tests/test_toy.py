@@ -326,7 +326,19 @@ def _degraded_v2(gen: np.ndarray, scenes) -> dict[str, np.ndarray]:
 
 
 V2_COLUMNS = ("toy_error", "precision", "position", "shape", "clutter", "motion", "speed", "jitter", "diversity", "coverage",
-              "conditioning", "frechet")
+              "conditioning", "frechet", "energy", "kl", "edge")
+
+
+def _dim(v: np.ndarray, keep: float) -> np.ndarray:
+    """Objects dimmed toward the background (frames 1…F−1): every pixel at bg + keep·(pixel − bg), bg the frame's
+    background colour; the background itself and frame 0 (the conditioning) unchanged."""
+    from sfv.toy.world import BACKGROUNDS
+
+    corner = v[:, :, :1, :2, :2].mean(axis=(2, 3, 4))  # [S, N, 3]: a corner of frame 0 is background
+    bg = BACKGROUNDS[np.linalg.norm(corner[..., None, :] - BACKGROUNDS, axis=-1).argmin(-1)].astype(np.float32)
+    out = bg[:, :, None, None, None] + keep * (v - bg[:, :, None, None, None])
+    out[:, :, 0] = v[:, :, 0]
+    return out
 
 
 def test_v2_real_samples_score_best_and_every_degradation_clearly_worse_in_its_own_part(world_v2):
@@ -351,6 +363,33 @@ def test_v2_real_samples_score_best_and_every_degradation_clearly_worse_in_its_o
     assert r["freeze"]["speed"] > 1.0  # px/frame: the commanded speed is lost
     assert r["shuffle"]["jitter"] > 3.0  # px/frame²
     assert r["drift"]["clutter"] > 0.3  # colours leave frame 0's palette
+
+
+def test_v2_energy_score_and_direction_kl_rank_real_draws_best(world_v2):
+    """The energy score ES = E‖X − y‖ − ½E‖X − X′‖ (pixels) and the KL of each object's chosen directions against
+    uniform, validated before any model was scored: true draws score best on both (their KL near what S true draws
+    give in expectation); the average of the futures, a collapse onto one future, a frozen clip, shuffled frames and
+    drifting colours score clearly worse on ES; collapse, the average and freezing are the KL's failures. Dim or soft
+    objects: precision is clearly worse than real (it does not reward them), and the edge energy says by how much."""
+    gen, ref, scenes, _ = world_v2
+    degraded = _degraded_v2(gen, scenes)
+    degraded["dim"] = _dim(gen, 0.85)  # objects at 85 % of their contrast against the background
+    results = {"real": score_futures(gen, scenes, ref), **{name: score_futures(v, scenes, ref) for name, v in degraded.items()}}
+    real = results["real"]
+    print(f"\n{'':20s}" + " ".join(f"{c:>9s}" for c in ("energy", "kl", "edge", "precision")))
+    for name, s in results.items():
+        print(f"{name:20s}" + " ".join(f"{s[c]:9.3f}" for c in ("energy", "kl", "edge", "precision")))
+    assert abs(real["kl"] - real["kl_expected"]) < 0.1 and real["kl"] < 0.6  # S = 4 true draws: E[KL] = 0.47
+    for name in ("average of futures", "collapse", "freeze", "shuffle", "drift"):
+        assert results[name]["energy"] > 1.2 * real["energy"], (name, results[name]["energy"], real["energy"])
+    assert results["collapse"]["energy"] > results["average of futures"]["energy"] > real["energy"]
+    assert results["blur"]["energy"] > real["energy"] and results["dim"]["energy"] > real["energy"]  # small, but worse
+    for name in ("average of futures", "collapse", "freeze"):  # one direction for every seed (or none): ln K = 1.386
+        assert results[name]["kl"] > 1.2, (name, results[name]["kl"])
+    for name in ("blur", "dim"):  # soft or dim objects still pick their directions like the world
+        assert results[name]["kl"] < 0.6
+    assert 0.95 < real["edge"] < 1.05 and results["blur"]["edge"] < 0.6 and results["dim"]["edge"] < 0.8
+    assert results["dim"]["precision"] > 4 * real["precision"] and results["blur"]["precision"] > 4 * real["precision"]
 
 
 def test_v2_diversity_is_zero_for_true_draws_and_one_for_a_fixed_direction(world_v2):

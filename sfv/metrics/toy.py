@@ -174,6 +174,18 @@ def score(generated, real) -> dict[str, float]:
 # - frechet:    Fréchet distance of the per-video descriptors (as v1) of generated and real sets.
 #
 # Headline `toy_error` = mean over the five groups of (mean over the group's parts of part / SCALES_V2[part]).
+#
+# Reported beside the headline (not part of it, so toy_error stays comparable with every earlier table):
+# - energy:     the energy score ES = E‖X − y‖ − ½·E‖X − X′‖ (Gneiting & Raftery 2007) of the S samples X of a
+#               conditioning against its R true draws y, ‖·‖ the RMS pixel difference over frames 1…F−1, averaged over
+#               conditionings. A proper scoring rule: in expectation it is lowest when the samples are drawn like the
+#               world's own futures, so it penalises blur (E‖X − X′‖ falls to 0 and X sits between the futures) and
+#               collapse (E‖X − X′‖ = 0 and X is one future) alike. True draws score ½·E‖Y − Y′‖, not 0.
+# - kl:         KL(p̂ ‖ uniform) = Σ_k p̂_k·ln(K·p̂_k) of each object's chosen directions over the seeds where it was
+#               found (an object found in fewer than 2 seeds counts ln K, the most), averaged over objects; true draws
+#               score `kl_expected` > 0 with S samples, one fixed direction ln K.
+# - edge:       the edge energy (mean squared spatial gradient, frames 1…F−1) of the samples over that of the true
+#               draws: 1 for a world-like sharpness, below 1 for dim or soft objects.
 
 SCALES_V2 = {"position": 4.0, "shape": 0.5, "clutter": 0.1, "speed": 1.0, "jitter": 2.0, "diversity": 1.0,
              "conditioning": 0.1, "frechet": 2.0}
@@ -188,6 +200,44 @@ def expected_tv(samples: int, directions: int, draws: int = 200_000) -> float:
     d = np.random.default_rng(0).integers(directions, size=(draws, samples))
     counts = np.stack([(d == k).sum(axis=1) for k in range(directions)], axis=1)
     return float(0.5 * np.abs(counts / samples - 1 / directions).sum(axis=1).mean())
+
+
+def expected_kl(samples: int, directions: int, draws: int = 200_000) -> float:
+    """E[KL(p̂ ‖ uniform)] for p̂ the histogram of `samples` uniform draws from `directions` (fixed-seed Monte Carlo):
+    what true sampling scores on the `kl` part."""
+    d = np.random.default_rng(0).integers(directions, size=(draws, samples))
+    p = np.stack([(d == k).mean(axis=1) for k in range(directions)], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.where(p > 0, p * np.log(directions * p), 0.0).sum(axis=1).mean())
+
+
+def direction_kl(picks: np.ndarray, directions: int) -> float:
+    """KL(p̂ ‖ uniform) of one object's chosen directions `picks` [S] (−1 = not found): p̂ over the seeds where it was
+    found; found in fewer than 2 seeds: ln K (nothing to spread over)."""
+    found = picks[picks >= 0]
+    if len(found) < 2:
+        return float(np.log(directions))
+    p = np.bincount(found, minlength=directions) / len(found)
+    nz = p > 0
+    return float((p[nz] * np.log(directions * p[nz])).sum())
+
+
+def energy_score(generated: np.ndarray, real: np.ndarray) -> float:
+    """ES = E‖X − y‖ − ½·E‖X − X′‖ per conditioning, averaged over conditionings. generated [S, N, F, H, W, 3],
+    real [R, N, F, H, W, 3] (float in [0, 1]); ‖·‖ = RMS over the pixels of frames 1…F−1; E‖X − X′‖ over the
+    S(S − 1) ordered pairs of distinct samples (unbiased)."""
+    x = generated[:, :, 1:].reshape(generated.shape[0], generated.shape[1], -1).astype(np.float64)  # [S, N, D]
+    y = real[:, :, 1:].reshape(real.shape[0], real.shape[1], -1).astype(np.float64)  # [R, N, D]
+    d_xy = np.sqrt(((x[:, None] - y[None]) ** 2).mean(-1))  # [S, R, N]
+    d_xx = np.sqrt(((x[:, None] - x[None]) ** 2).mean(-1))  # [S, S, N], 0 on the diagonal
+    s = len(x)
+    return float((d_xy.mean(axis=(0, 1)) - 0.5 * d_xx.sum(axis=(0, 1)) / (s * (s - 1))).mean())
+
+
+def edge_energy(videos: np.ndarray) -> float:
+    """Mean squared spatial gradient (finite differences, RGB) of frames 1…F−1 of videos [..., F, H, W, 3]."""
+    v = videos[..., 1:, :, :, :].astype(np.float64)
+    return float(0.5 * ((np.diff(v, axis=-3) ** 2).mean() + (np.diff(v, axis=-2) ** 2).mean()))
 
 
 def _nearest_future(centre: np.ndarray, futures: np.ndarray) -> int:
@@ -206,7 +256,8 @@ def score_futures(generated, scenes, real) -> dict[str, float]:
     scenes: N `BranchScene`s (their futures are the truth; their own direction draw is not used);
     real: [R, N, F, H, W, 3], R real clips per conditioning (frame 0 = the conditioning image; the clutter baseline
     and the Fréchet reference). Returns the parts, the groups, `toy_error` (the headline), `coverage` (mean fraction
-    of the K directions taken per object; reported, not scored) and the counts."""
+    of the K directions taken per object), `energy`, `kl` and `edge` (reported beside the headline, not scored in
+    it) and the counts."""
     from sfv.toy.world import render
 
     g6, r6 = np.asarray(generated), np.asarray(real)
@@ -226,7 +277,7 @@ def score_futures(generated, scenes, real) -> dict[str, float]:
     clutter = float(np.maximum(g["clutter"].reshape(S, N, F) - base_clutter[None], 0)[:, :, 1:].mean())
 
     scale = np.array([W, H], dtype=np.float64)
-    pos, shp, spd, jit, tv, cov = [], [], [], [], [], []
+    pos, shp, spd, jit, tv, cov, kl = [], [], [], [], [], [], []
     for n, scene in enumerate(scenes):
         futures = scene.futures(F) * scale  # [J, K, F, 2] px
         colours = [o.colour for o in scene.objects]
@@ -259,6 +310,7 @@ def score_futures(generated, scenes, real) -> dict[str, float]:
             p = np.array([(picks[:, j] == k).mean() for k in range(K)])
             tv.append(0.5 * (np.abs(p - 1 / K).sum() + (picks[:, j] < 0).mean()))
             cov.append((p > 0).sum() / K)
+            kl.append(direction_kl(picks[:, j], K))
     e_tv = expected_tv(S, scenes[0].directions)
     top = 1 - 1 / scenes[0].directions  # TV of one fixed direction
     diversity = max(0.0, (float(np.mean(tv)) - e_tv) / (top - e_tv))
@@ -282,4 +334,7 @@ def score_futures(generated, scenes, real) -> dict[str, float]:
     groups = {name: float(np.mean([parts[k] / SCALES_V2[k] for k in members])) for name, members in GROUPS_V2.items()}
     return {**parts, "precision": groups["precision"], "motion": groups["motion"],
             "toy_error": float(np.mean(list(groups.values()))), "coverage": float(np.mean(cov)), "tv": float(np.mean(tv)),
-            "tv_expected": e_tv, "videos": S * N, "seeds": S, "conditionings": N}
+            "tv_expected": e_tv, "energy": energy_score(g["videos"].reshape(S, N, F, H, W, 3), r["videos"].reshape(-1, N, F, H, W, 3)),
+            "kl": float(np.mean(kl)), "kl_expected": expected_kl(S, scenes[0].directions),
+            "edge": edge_energy(g["videos"]) / max(edge_energy(r["videos"]), 1e-12),
+            "videos": S * N, "seeds": S, "conditionings": N}

@@ -14,7 +14,7 @@ import numpy as np
 GRID_METHODS = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "student-1", "student-full-1")
 BRANCH_GRID = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "recon-full-1", "student-1", "student-full-1")
 V2_COLUMNS = ("precision", "motion", "diversity", "coverage", "position", "shape", "clutter", "speed", "jitter",
-              "conditioning", "frechet")
+              "conditioning", "frechet", "energy", "kl", "edge")
 
 
 def summary_table(report: dict) -> str:
