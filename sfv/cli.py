@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shard-size", type=int, default=256)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu")
+    c.add_argument("--teacher-pairs", type=int, default=0, metavar="K",
+                   help="also store K teacher pairs per clip (noise seed -> the teacher's sample from it), for "
+                        "generator.rec_target=teacher (default 0: none)")
+    c.add_argument("--pair-steps", type=int, default=25, help="teacher steps of each pair (default 25)")
+    c.add_argument("--pair-guidance", type=float, default=3.0, help="CFG scale of each pair (default 3.0; 1 = no CFG)")
     c.set_defaults(func=cmd_cache)
     b = sub.add_parser("bench", help="time the one-step student against the multi-step teacher, per component")
     b.add_argument("--teacher", help="the teacher's diffusers folder")
@@ -260,10 +265,13 @@ def cmd_distill_decoder(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from sfv.data import ClipSpec, VideoFolder, write_cache
+    from sfv.cache import write_cache
+    from sfv.data import ClipSpec, VideoFolder
     from sfv.model_dir import check_model_dir, check_video_size
 
-    check_positive(args, "frames", "height", "width", "fps", "shard-size")
+    check_positive(args, "frames", "height", "width", "fps", "shard-size", "pair-steps")
+    if args.teacher_pairs < 0 or args.pair_guidance < 1:
+        raise InputError(f"--teacher-pairs must be ≥ 0 and --pair-guidance ≥ 1 (got {args.teacher_pairs}, {args.pair_guidance})")
     out = Path(args.out)
     if out.exists():
         raise InputError(f"cache folder '{out}' already exists; pick a new one")
@@ -278,8 +286,10 @@ def cmd_cache(args) -> int:
 
     teacher = load_teacher(args.teacher, device=device)
     with tqdm(total=len(dataset), unit="video", desc="sfv cache") as bar:
-        index = write_cache(teacher, dataset, out, args.noise_aug_strength, args.shard_size, seed=args.seed, progress=bar.update)
-    print(f"sfv cache: {index['clips']} clips in {len(index['shards'])} shard(s) at {out}; skipped {len(index['skipped'])} file(s)")
+        index = write_cache(teacher, dataset, out, args.noise_aug_strength, args.shard_size, seed=args.seed, progress=bar.update,
+                            pairs=args.teacher_pairs, pair_steps=args.pair_steps, pair_guidance=args.pair_guidance)
+    pairs = f", {args.teacher_pairs} teacher pair(s) each ({args.pair_steps} steps, CFG {args.pair_guidance:g})" if args.teacher_pairs else ""
+    print(f"sfv cache: {index['clips']} clips{pairs} in {len(index['shards'])} shard(s) at {out}; skipped {len(index['skipped'])} file(s)")
     for s in index["skipped"][:10]:
         print(f"  skipped {s}")
     return 0

@@ -51,6 +51,15 @@ class GeneratorConfig:
     adv_weight: float = 1.0  # weight of the adversarial term (SF-V: 1; 0: reconstruction only, an ablation)
     huber_c: float | None = None  # None: 0.00054·√d of the video latent
     ema: float = 0.95  # EMA decay per G step (the paper's 0.95)
+    # Gated reconstruction: the real clip is reconstructed only from G's levels σ_t ≤ rec_max_sigma, where x_t still
+    # pins its future down (None: every level, SF-V). At σ_max the input says nothing about which future x0 is, and
+    # regressing onto one real draw pulls G toward the average of the futures.
+    rec_max_sigma: float | None = None
+    # What G reconstructs at σ_max: `real` (SF-V: x0 of the training clip, from x0 + σ_max·ε) or `teacher` (the teacher's
+    # deterministic N-step sample from the same noise and conditioning, read from the latent cache's teacher pairs,
+    # `sfv cache --teacher-pairs`; G's input is then that noise at the sampler's initial scale, as at inference).
+    # A function of the noise, so nothing is averaged (DMD's regression term, arXiv 2311.18828; CausVid's ODE pairs).
+    rec_target: str = "real"
 
 
 @dataclass
@@ -71,10 +80,32 @@ class DiscriminatorConfig:
     r1_interval: int = 4  # lazy regularisation: every N-th D step, weighted ×N
     r1_eps: float = 0.01  # perturbation size of the approximated R1
     steps_per_g: int = 1  # D steps per G step
+    # The adversarial objective: `hinge` (SF-V, eqs. 9–10) or `relativistic` (R3GAN, arXiv 2501.05441: pairs of a real
+    # and a fake of the same conditioning and σ′, L_D = softplus(D(fake) − D(real)), L_G = softplus(D(real) − D(fake)))
+    loss: str = "hinge"
+    r2_gamma: float = 0.0  # R2: the R1 penalty on the fake input (same `r1` form and interval); 0 = off (SF-V)
     # σ_t of the fakes D sees: `levels` (SF-V: G's training levels, as in the G phase) or `max` (σ_max only, the
     # one-step generation D must judge at inference; the other levels' fakes are lightly denoised real clips)
     fake_sigma: str = "levels"
     warmup_videos: int = 0  # D-only training before G starts (videos)
+
+
+@dataclass
+class DMDConfig:
+    """Distribution matching (DMD / DMD2, arXiv 2311.18828, 2405.14867): G's one-step samples x̂0 are noised to
+    x_σ = x̂0 + σ·ε and pulled along f_real(x_σ) − f_fake(x_σ), with f_real the frozen teacher (with CFG) and f_fake a
+    trainable copy of the teacher's network that keeps learning to denoise G's own samples:
+
+        ∇_x̂0 L_DMD = (f_fake(x_σ) − f_real(x_σ)) / mean|x̂0 − f_real(x_σ)|        (DMD2's normalisation)
+        L_fake = λ(σ)·‖f_fake(x̂0 + σ·ε) − x̂0‖²,  λ = 1/c_out(σ)²  (the teacher's own training weight)
+    """
+
+    weight: float = 0.0  # weight of the DMD term in G's loss; 0 = off (SF-V)
+    fake_lr: float = 1e-5  # the fake-score network's learning rate (AdamW, generator.betas)
+    fake_steps_per_g: int = 5  # fake-score updates per G step (DMD2's two time-scale rule: 5)
+    guidance: float = 3.0  # the real score's CFG scale (SVD: the top of its per-frame ramp from 1); 1 = no CFG
+    p_mean: float = 0.0  # σ of the DMD noise and of the fake score's training: discretised log-normal over the
+    p_std: float = 1.6  # teacher's Karras levels (as D's σ′); mid to high noise, where modes are decided
 
 
 @dataclass
@@ -108,6 +139,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    dmd: DMDConfig = field(default_factory=DMDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
@@ -130,6 +162,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     for key, value, choices in (("discriminator.r1", recipe.discriminator.r1, ("approx", "exact", "none")),
                                 ("discriminator.heads", recipe.discriminator.heads, ("spatial", "temporal", "both")),
                                 ("discriminator.fake_sigma", recipe.discriminator.fake_sigma, ("levels", "max")),
+                                ("discriminator.loss", recipe.discriminator.loss, ("hinge", "relativistic")),
+                                ("generator.rec_target", recipe.generator.rec_target, ("real", "teacher")),
                                 ("train.precision", recipe.train.precision, ("auto", "fp32", "bf16")),
                                 ("parallel.mode", recipe.parallel.mode, ("ddp", "fsdp"))):
         if value not in choices:
@@ -181,13 +215,18 @@ def _check_ranges(r: Recipe) -> None:
         *[(k, v, 0, False) for k, v in (("discriminator.p_std", r.discriminator.p_std), ("discriminator.r1_eps", r.discriminator.r1_eps),
                                         ("generator.lr", r.generator.lr), ("discriminator.lr", r.discriminator.lr))],
         ("generator.ema", r.generator.ema, 0, True), ("generator.huber_weight", r.generator.huber_weight, 0, True),
-        ("generator.adv_weight", r.generator.adv_weight, 0, True),
+        ("generator.adv_weight", r.generator.adv_weight, 0, True), ("discriminator.r2_gamma", r.discriminator.r2_gamma, 0, True),
+        ("dmd.weight", r.dmd.weight, 0, True), ("dmd.fake_steps_per_g", r.dmd.fake_steps_per_g, 1, True),
+        ("dmd.guidance", r.dmd.guidance, 1, True), ("dmd.fake_lr", r.dmd.fake_lr, 0, False), ("dmd.p_std", r.dmd.p_std, 0, False),
     ]
     for key, value, low, inclusive in rules:
         if value < low or (value == low and not inclusive):
             raise InputError(f"recipe key '{key}' must be {'at least' if inclusive else 'greater than'} {low}, got {value}")
-    if r.generator.adv_weight == 0 and r.generator.huber_weight == 0:
-        raise InputError("generator.adv_weight and generator.huber_weight are both 0: G would get no gradient; set one above 0")
+    if r.generator.adv_weight == 0 and r.generator.huber_weight == 0 and r.dmd.weight == 0:
+        raise InputError("generator.adv_weight, generator.huber_weight and dmd.weight are all 0: G would get no gradient; "
+                         "set one above 0")
+    if r.generator.rec_max_sigma is not None and r.generator.rec_max_sigma <= 0:
+        raise InputError(f"generator.rec_max_sigma must be a noise level σ > 0 (one of G's levels), got {r.generator.rec_max_sigma}")
     if r.generator.ema >= 1:
         raise InputError(f"recipe key 'generator.ema' must be below 1 (a decay per G step), got {r.generator.ema}")
 
@@ -241,6 +280,11 @@ def _check(value, kind, name: str):
         return origin(items)
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if kind in (int, str, bool) and type(value) is kind:
         return value
     want = getattr(kind, "__name__", str(kind))

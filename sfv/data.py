@@ -1,12 +1,9 @@
-"""Training data: real video files -> clips of F frames at the target fps and size; a latent cache of them.
+"""Training data: real video files -> clips of F frames at the target fps and size (sfv/cache.py: a latent cache of them).
 
     VideoFolder      mp4 / webm / mkv / mov / avi / gif files and folders of frames, found recursively;
                      optional metadata (.jsonl or .csv: file, fps, motion_bucket_id; other columns ignored).
                      A clip: F frames resampled from the file's real fps to the target fps, resized to cover
                      H×W and centre-cropped -> frames [F, 3, H, W] in [0, 1].
-    LatentCache      what `sfv cache` writes: the teacher's x0 latents and frame-0 condition (Teacher.encode_batch)
-                     with each clip's labels, in safetensors shards + index.json; training reads it instead of
-                     the videos.
     ResumableSampler the order of samples, a pure function of (seed, position): resuming at a position
                      continues the exact stream, on any number of processes.
 
@@ -25,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from sfv.errors import DataError, first_line
-from sfv.files import atomic_path
 
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -199,40 +194,6 @@ class VideoFolder(torch.utils.data.Dataset):
         )
 
 
-class LatentCache(torch.utils.data.Dataset):
-    """Clips precomputed by `sfv cache`: item -> dict(latents, the condition's cache tensors, labels)."""
-
-    def __init__(self, root: str | Path, spec: ClipSpec | None = None, noise_aug_strength: float | None = None):
-        self.root = Path(root)
-        index = self.root / "index.json"
-        if not index.is_file():
-            raise DataError(f"'{root}' is not a latent cache (no index.json); write one with `sfv cache`")
-        self.info = json.loads(index.read_text())
-        if spec is not None:
-            want = {"frames": spec.frames, "height": spec.height, "width": spec.width, "fps": spec.fps}
-            have = {k: self.info.get(k) for k in want}
-            if want != have:
-                raise DataError(f"latent cache '{root}' holds {have}, the recipe asks for {want}; re-run `sfv cache`")
-        if noise_aug_strength is not None and abs(self.info.get("noise_aug_strength", -1) - noise_aug_strength) > 1e-9:
-            raise DataError(f"latent cache '{root}' was written with noise_aug_strength {self.info.get('noise_aug_strength')}, "
-                            f"the recipe asks for {noise_aug_strength}")
-        self.shards = [(self.root / s["file"], s["count"]) for s in self.info["shards"]]
-        self.offsets = np.cumsum([0] + [c for _, c in self.shards])
-        if self.offsets[-1] == 0:
-            raise DataError(f"latent cache '{root}' is empty")
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, item) -> dict:
-        index = item[0] if isinstance(item, tuple) else item
-        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        row = index - int(self.offsets[shard])
-        with safe_open(self.shards[shard][0], framework="pt") as f:  # every key write_cache stored
-            out = {k: f.get_slice(k)[row : row + 1][0] for k in f.keys()}
-        return {**out, "skipped": []}
-
-
 class ResumableSampler(torch.utils.data.Sampler):
     """Infinite (index, epoch) stream: epoch e is a permutation seeded by (seed, e); process r of W takes
     global positions r, r + W, ...; `start` is the number of samples this process has already consumed."""
@@ -258,61 +219,3 @@ def collate(items: list[dict]) -> dict:
     out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "skipped"}
     out["skipped"] = [s for it in items for s in it.get("skipped", [])]
     return out
-
-
-@torch.no_grad()
-def write_cache(teacher, dataset: VideoFolder, out: str | Path, noise_aug_strength: float, shard_size: int = 256,
-                batch_size: int = 4, seed: int = 0, progress=None) -> dict:
-    """Encode one clip per video (the epoch-0 clip) with the teacher (Teacher.encode_batch) into safetensors shards.
-
-    Per clip: `latents` [F, C, h, w] (x0, as training denoises it), the condition's `cache_tensors()` and the
-    clip's labels (every other tensor of the dataset item: fps, ...). Written to a temporary folder and renamed,
-    so a half-written cache is never read. Returns the index.
-    """
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    if out.exists():
-        raise DataError(f"cache folder '{out}' already exists; pick a new one")
-    with atomic_path(out, f".{out.name}.partial") as tmp:
-        tmp.mkdir(parents=True)
-        spec = dataset.spec
-        generator = torch.Generator(teacher.device).manual_seed(seed)  # the noise-augmentation draws
-        shards, skipped, pending = [], [], {}
-
-        def flush():
-            if not pending.get("latents"):
-                return
-            name = f"shard-{len(shards):05d}.safetensors"
-            save_file({k: torch.cat(v).contiguous() for k, v in pending.items()}, tmp / name)
-            shards.append({"file": name, "count": sum(len(t) for t in pending["latents"])})
-            for v in pending.values():
-                v.clear()
-
-        batch: list[dict] = []
-        for i in range(len(dataset)):
-            try:
-                batch.append(dataset.load(i))
-            except Exception as e:
-                skipped.append(f"{dataset.files[i]}: {first_line(e)[:160]}")
-            if batch and (len(batch) == batch_size or i == len(dataset) - 1):
-                clips = collate([{**b, "skipped": []} for b in batch])
-                x0, cond = teacher.encode_batch(clips, spec.height, spec.width, noise_aug_strength, generator)
-                labels = {k: v for k, v in clips.items() if k not in ("frames", "skipped")}
-                for k, v in {"latents": x0.cpu(), **cond.cache_tensors(), **labels}.items():
-                    pending.setdefault(k, []).append(v)
-                batch = []
-                if sum(len(t) for t in pending["latents"]) >= shard_size:
-                    flush()
-            if progress is not None:
-                progress()
-        flush()
-        if not shards:
-            raise DataError(f"no usable videos in '{dataset.root}' ({len(skipped)} skipped; first: {skipped[0] if skipped else '-'})")
-        index = {
-            "frames": spec.frames, "height": spec.height, "width": spec.width, "fps": spec.fps,
-            "noise_aug_strength": noise_aug_strength, "source": str(dataset.root), "shards": shards,
-            "clips": sum(s["count"] for s in shards), "skipped": skipped,
-        }
-        (tmp / "index.json").write_text(json.dumps(index, indent=1))
-    return index

@@ -36,7 +36,8 @@ import yaml
 
 from sfv import checkpoint, distributed
 from sfv.config import DataConfig, load_sections
-from sfv.data import ClipSpec, LatentCache, ResumableSampler, VideoFolder, collate
+from sfv.cache import LatentCache
+from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
 from sfv.decoders.tiny import TinyDecoderConfig, TinyTemporalDecoder
 from sfv.errors import InputError
 from sfv.model_dir import check_model_dir, check_video_size

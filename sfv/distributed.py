@@ -13,7 +13,8 @@ so neither is used. `parallelize` lays the models out over the processes (recipe
           master weights, gradients and AdamW moments (16 bytes/param, 24 GB for SVD's 1.5 B) and the EMA
           copy (4 bytes/param) are split W ways. On GPU with bf16 the MixedPrecisionPolicy gathers and
           computes in bf16 and reduce-scatters gradients in fp32 (no precision lost in the sum).
-        * The EMA UNet is sharded the same way, so the EMA update is a local lerp of matching shards.
+        * The EMA UNet is sharded the same way, so the EMA update is a local lerp of matching shards; so is DMD's
+          fake-score network (recipe `dmd`), a second trained copy of the teacher's UNet with its own optimiser.
         * D's heads (~1 % of G: a few convs per encoder block) stay replicated under DDP: sharding them
           would add one all-gather per head per pass to save a few tens of MB, and keeps their small
           optimiser state whole on every process.
@@ -106,16 +107,17 @@ def sync(module: torch.nn.Module, enabled: bool):
 # -- FSDP2 ---------------------------------------------------------------------------------------------------
 
 
-def parallelize(world: World, mode: str, G: torch.nn.Module, G_units: list[torch.nn.Module], ema: torch.nn.Module,
-                ema_units: list[torch.nn.Module], D: torch.nn.Module, frozen: list[torch.nn.Module], *,
-                bf16: bool = False, cpu_offload: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Lay out the models for `mode` (see the module docstring) -> (G, D) as the loop calls them.
+def parallelize(world: World, mode: str, trained: list[tuple[torch.nn.Module, list[torch.nn.Module]]],
+                averaged: list[tuple[torch.nn.Module, list[torch.nn.Module]]], D: torch.nn.Module, frozen: list[torch.nn.Module],
+                *, bf16: bool = False, cpu_offload: bool = False) -> tuple[list[torch.nn.Module], torch.nn.Module]:
+    """Lay out the models for `mode` (see the module docstring) -> (the trained networks as the loop calls them, D).
 
-    G: the generator (its UNet inside), ema: the EMA UNet, each with its UNet's blocks (`teacher.sharding_units`);
-    D: the discriminator (trainable heads, frozen backbone); frozen: the teacher's modules. Parameters are
-    replaced by their shards in place, so optimisers are built after this."""
+    trained: networks with gradients (G; DMD's fake score), each with its UNet's blocks (`teacher.sharding_units`);
+    averaged: copies updated without gradients (G's EMA), sharded like the network they follow; D: the discriminator
+    (trainable heads, frozen backbone); frozen: the teacher's modules. Parameters are replaced by their shards in
+    place, so optimisers are built after this."""
     if mode == "ddp":
-        return wrap(G, world), wrap(D, world)
+        return [wrap(m, world) for m, _ in trained], wrap(D, world)
     if not dist.is_initialized():
         raise RuntimeError("FSDP needs a process group: distributed.init(group=True)")
     mesh = init_device_mesh(world.device.type, (world.size,))
@@ -125,14 +127,14 @@ def parallelize(world: World, mode: str, G: torch.nn.Module, G_units: list[torch
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
           if cuda_bf16 else MixedPrecisionPolicy())
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
-    for root, units in ((G, G_units), (ema, ema_units)):
+    for root, units in [*trained, *averaged]:
         for unit in units:  # one all-gather per block, freed again after its forward
             fully_shard(unit, mesh=mesh, mp_policy=mp, offload_policy=offload)
         fully_shard(root, mesh=mesh, mp_policy=mp, offload_policy=offload)  # the rest: embeddings, conv_in/out, samplers
     if cuda_bf16:
         for module in frozen:
             module.to(torch.bfloat16)
-    return G, wrap(D, world)
+    return [m for m, _ in trained], wrap(D, world)
 
 
 def is_sharded(module: torch.nn.Module) -> bool:

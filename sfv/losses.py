@@ -26,6 +26,16 @@ def g_hinge_loss(fake_logits: dict[str, torch.Tensor]) -> torch.Tensor:
     return _head_mean(fake_logits, lambda d: -d)
 
 
+def d_relativistic_loss(real_logits: dict[str, torch.Tensor], fake_logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    # L_D = E[softplus(D(x_fake′) − D(x_real′))]   (relativistic pairing, R3GAN eq. 2; pair i = same c and σ′)
+    return torch.stack([F.softplus(fake_logits[k] - real_logits[k]).mean() for k in fake_logits]).mean()
+
+
+def g_relativistic_loss(real_logits: dict[str, torch.Tensor], fake_logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    # L_G = E[softplus(D(x_real′) − D(x_fake′))]   (the same pairs, roles swapped; real logits carry no gradient to G)
+    return torch.stack([F.softplus(real_logits[k] - fake_logits[k]).mean() for k in fake_logits]).mean()
+
+
 def video_score(logits: dict[str, torch.Tensor]) -> torch.Tensor:
     """D's mean logit per video, [B]: the scalar whose input gradient R1 penalises."""
     return torch.stack([v.flatten(1).mean(1) for v in logits.values()]).mean(0)
@@ -44,11 +54,30 @@ def r1_approx(score: torch.Tensor, score_perturbed: torch.Tensor, eps: float) ->
     return ((score_perturbed - score) / eps).square().mean()
 
 
-def pseudo_huber(x0_pred: torch.Tensor, x0: torch.Tensor, c: float) -> torch.Tensor:
+def pseudo_huber(x0_pred: torch.Tensor, x0: torch.Tensor, c: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     # d(x̂0, x0) = √(‖x̂0 − x0‖² + c²) − c, ‖·‖ over the whole video latent, averaged over videos   (eq. 11)
     # written as ‖·‖² / (√(‖·‖² + c²) + c): the same value without float32 cancellation when ‖·‖ << c
+    # mask [B] (0 or 1): only the videos whose reconstruction is on count; the mean stays over all B videos
     sq = (x0_pred.float() - x0.float()).square().flatten(1).sum(1)
-    return (sq / ((sq + c * c).sqrt() + c)).mean()
+    d = sq / ((sq + c * c).sqrt() + c)
+    return (d if mask is None else d * mask).mean()
+
+
+def dmd_direction(x0_pred: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> torch.Tensor:
+    # ∇_x̂0 KL(p_fake ‖ p_real) ≈ (f_fake(x_σ) − f_real(x_σ)) / mean|x̂0 − f_real(x_σ)|   (DMD2 eq. 7 and its
+    # per-video normalisation): the direction in which G's sample should NOT move; non-finite entries -> 0
+    scale = (x0_pred.float() - real_x0.float()).abs().flatten(1).mean(1).reshape(-1, *[1] * (x0_pred.ndim - 1))
+    return torch.nan_to_num((fake_x0.float() - real_x0.float()) / scale)
+
+
+def dmd_loss(x0_pred: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    # L_DMD = ½·mean‖x̂0 − sg(x̂0 − direction)‖²: its gradient at x̂0 is the direction / numel (DMD2's form)
+    return 0.5 * (x0_pred.float() - (x0_pred.float() - direction).detach()).square().mean()
+
+
+def denoising_loss(x0_pred: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # L = E[λ(σ)·‖D(x0 + σε, σ) − x0‖²]   (EDM eq. 2; λ(σ) per video, [B]): the fake score's objective
+    return (weight.float() * (x0_pred.float() - x0.float()).square().flatten(1).mean(1)).mean()
 
 
 def default_huber_c(dim: int) -> float:

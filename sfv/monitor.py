@@ -12,7 +12,7 @@ import torch
 
 from sfv import distributed
 
-# Fixed seeds of the sample videos, apart from the data-position seeds of training (sfv.train.round_generator):
+# Fixed seeds of the sample videos, apart from the data-position seeds of training (sfv.steps.round_generator):
 SAMPLE_CONDITION_SEED = 12345  # the noise augmentation of the fixed conditioning frames
 SAMPLE_NOISE_SEED = 54321  # the initial noise σ_max·ε of the sample videos, the same at every sampling
 

@@ -40,6 +40,11 @@ class EDMPrecond:
         c_in = 1 / (sigma**2 + sd2) ** 0.5
         return c_skip, c_out, c_in, self.c_noise(sigma)
 
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """EDM's training weight λ(σ) = (σ² + σ_d²)/(σ·σ_d)² = 1/c_out²: a denoiser trained with it sees every
+        level's error at the scale of its network output (EDM eq. 8, Tab. 1)."""
+        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+
     @staticmethod
     def c_noise(sigma: torch.Tensor) -> torch.Tensor:
         """The network's noise-level input (SVD's continuous timestep): ¼·ln σ."""

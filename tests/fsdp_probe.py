@@ -3,8 +3,9 @@
 
   reload CKPT OUT --recipe R [overrides]   load checkpoint CKPT into freshly built parts and save them straight
                                            back under OUT (no training step between): what a resume starts from
-  grads OUT --recipe R [overrides]         train one step (a D update, then a G update) and save, on process 0,
-                                           each update's whole gradients as the optimiser is about to apply them
+  grads OUT --recipe R [overrides]         train one step (a D update, the fake-score updates of DMD, then a G update)
+                                           and save, on process 0, each update's whole gradients as the optimiser is
+                                           about to apply them
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def reload(ckpt: Path, out: Path, recipe) -> None:
 
 
 def grads(out: Path, recipe) -> None:
-    """The gradients of the first D and G updates of a real run, {d|g}/<parameter name> -> whole tensor."""
+    """The gradients of the first D, fake-score and G updates of a real run, {d|f|g}/<parameter name> -> whole tensor."""
     built, captured = [], {}
 
     def observed_build(*args, **kwargs):  # the run's parts, to name the parameters each optimiser steps
@@ -42,7 +43,7 @@ def grads(out: Path, recipe) -> None:
 
     def before_step(opt, args, kwargs):
         p = built[-1]
-        phase, module = ("d", p.D) if opt is p.opt_d else ("g", p.G)
+        phase, module = ("d", p.D) if opt is p.opt_d else ("f", p.fake) if opt is p.opt_fake else ("g", p.G)
         if phase in captured:
             return
         names = {id(q): n for n, q in module.named_parameters()}

@@ -32,11 +32,19 @@ def test_overrides_are_typed():
     r = load_recipe(None, ["train.total_videos=64", "generator.betas=[0.0, 0.99]", "data.cache=null", "discriminator.blocks=[0, 1]"])
     assert r.train.total_videos == 64 and r.generator.betas == (0.0, 0.99) and r.discriminator.blocks == [0, 1]
     assert isinstance(Recipe().generator.lr, float) and load_recipe(None, ["generator.lr=1"]).generator.lr == 1.0
+    assert load_recipe(None, ["dmd.fake_lr=1e-4"]).dmd.fake_lr == 1e-4  # YAML 1.1 reads 1e-4 as a string; a float key takes it
+
+
+def test_every_option_beyond_the_paper_is_off_by_default():
+    r = Recipe()
+    assert (r.discriminator.loss, r.discriminator.r2_gamma, r.generator.rec_max_sigma, r.generator.rec_target, r.dmd.weight) == \
+        ("hinge", 0.0, None, "real", 0.0)
+    assert load_recipe(None, ["generator.adv_weight=0", "generator.huber_weight=0", "dmd.weight=1"]).dmd.weight == 1.0  # DMD alone
 
 
 @pytest.mark.parametrize("override, message", [
     ("train.totl_videos=5", "unknown recipe key 'train.totl_videos'; valid keys in train: run_dir, seed, batch_size"),
-    ("trian.seed=1", "unknown recipe key 'trian'; valid keys: model, data, generator, discriminator, train"),
+    ("trian.seed=1", "unknown recipe key 'trian'; valid keys: model, data, generator, discriminator, dmd, train"),
     ("train.total_videos=lots", "recipe key 'train.total_videos' must be int, got str 'lots'"),
     ("train.export=3", "recipe key 'train.export' must be bool, got int 3"),
     ("generator.betas=[0.5]", "recipe key 'generator.betas' needs 2 values, got 1"),
@@ -48,6 +56,13 @@ def test_overrides_are_typed():
     ("discriminator.p_std=0", "recipe key 'discriminator.p_std' must be greater than 0, got 0.0"),
     ("generator.ema=1", "recipe key 'generator.ema' must be below 1"),
     ("discriminator.heads=spatio", "recipe key 'discriminator.heads' must be one of spatial, temporal, both"),
+    ("discriminator.loss=wasserstein", "recipe key 'discriminator.loss' must be one of hinge, relativistic, not 'wasserstein'"),
+    ("generator.rec_target=ema", "recipe key 'generator.rec_target' must be one of real, teacher, not 'ema'"),
+    ("dmd.fake_steps_per_g=0", "recipe key 'dmd.fake_steps_per_g' must be at least 1, got 0"),
+    ("dmd.guidance=0.5", "recipe key 'dmd.guidance' must be at least 1, got 0.5"),
+    ("discriminator.r2_gamma=-1", "recipe key 'discriminator.r2_gamma' must be at least 0, got -1.0"),
+    ("generator.rec_max_sigma=0", "generator.rec_max_sigma must be a noise level σ > 0"),
+    ("dmd.fake_lr=fast", "recipe key 'dmd.fake_lr' must be float, got str 'fast'"),
 ])
 def test_bad_keys_and_types_are_clear_errors(override, message):
     with pytest.raises(InputError) as e:

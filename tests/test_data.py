@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sfv.data import ClipSpec, LatentCache, ResumableSampler, VideoFolder, clip_indices, collate, resize_crop, write_cache
+from sfv.cache import LatentCache, write_cache
+from sfv.data import ClipSpec, ResumableSampler, VideoFolder, clip_indices, collate, resize_crop
 from sfv.errors import DataError
 from sfv.teachers.svd import SVDTeacher
 from sfv.tiny import write_moving_squares

@@ -70,12 +70,34 @@ def test_tiny_run_logs_samples_exports_and_skips_a_corrupt_video(tmp_path, tiny_
     (["parallel.mode=zero3"], "recipe key 'parallel.mode' must be one of ddp, fsdp, not 'zero3'"),
     (["data.videos=/nonexistent/videos"], "data folder '/nonexistent/videos' does not exist"),
     (["--resume", "latest"], "no complete checkpoint"),
+    (["discriminator.loss=wasserstein"], "recipe key 'discriminator.loss' must be one of hinge, relativistic"),
+    (["generator.rec_target=teacher"], "generator.rec_target=teacher needs teacher pairs, but data.videos are read as files"),
+    (["generator.rec_max_sigma=1000"], "generator.rec_max_sigma 1000 is outside G's levels (700, 70.5, 2.27)"),
+    (["generator.rec_max_sigma=1.5"], "generator.rec_max_sigma 1.5 is outside G's levels"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_dir, video_dir, capsys, extra, message):
     rc = main(_args(tiny_dir, video_dir, tmp_path / "run", *extra))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()  # no partial output
+
+
+def test_options_that_need_pairs_or_a_multi_step_teacher_are_one_line_before_any_model_loads(tmp_path, tiny_dir, video_dir, capsys):
+    """DMD reads the teacher's multi-step score: a one-step student folder (sfv.json) as model.teacher is refused; the
+    teacher-pair target needs a latent cache written with --teacher-pairs."""
+    student = tmp_path / "student"
+    shutil.copytree(tiny_dir, student)
+    (student / "sfv.json").write_text("{}")
+    cache = tmp_path / "cache"
+    assert main(["cache", "--teacher", str(tiny_dir), "--videos", str(video_dir), "--out", str(cache), "--frames", "4",
+                 "--height", "32", "--width", "32", "--fps", "8"]) == 0
+    capsys.readouterr()
+    for extra, message in ((["dmd.weight=1", f"model.teacher={student}"], "is an sfv one-step student (sfv.json)"),
+                           ([f"data.cache={cache}", "generator.rec_target=teacher"], f"the latent cache '{cache}' has none")):
+        rc = main(_args(tiny_dir, video_dir, tmp_path / "run", *extra))
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "run").exists()
 
 
 def test_a_folder_with_no_usable_video_is_an_error(tmp_path, tiny_dir, capsys):

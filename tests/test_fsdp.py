@@ -15,6 +15,8 @@ Runs (tiny recipe, global batch 2 = 1 video per process per step, 1 thread per p
   B1  B's checkpoint at 4 resumed on 1 process (2 → 1), 6 videos; C2  C's checkpoint at 4 resumed on 2 (1 → 2)
   R1, R2  A's checkpoint loaded on 1 process, C's loaded on 2, and saved straight back (tests/fsdp_probe.py reload)
   GF, GP  one step's gradients: 2-process FSDP, and 1 process without FSDP (tests/fsdp_probe.py grads)
+Every run has DMD on (recipe `dmd`, one fake-score update per G step), so DMD's fake-score network and its
+optimiser state are sharded, checkpointed, resumed and resharded with G's in each of these comparisons.
 """
 
 import json
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.slow
 COMMON = ["parallel.mode=fsdp", "train.batch_size=2", "train.batch_per_device=1", "train.checkpoint_every=4",
           "train.log_every=2", "train.sample_every=0", "discriminator.r1_interval=3",
           "generator.lr=1.0e-3",  # G moves ~1e-3 per step: the checkpoints at 4 and 8 videos differ clearly
+          "dmd.weight=1.0", "dmd.fake_steps_per_g=1", "dmd.fake_lr=1.0e-3",  # DMD's fake-score network, sharded like G
           "train.export=false"]  # only A exports (its own override)
 # Losses computed before any optimiser step of their training step: the D losses, and G's reconstruction term
 # (G is not yet updated in the G phase). loss/g and loss/g_adv read D after its update, so they are left out.
@@ -43,6 +46,7 @@ ROUNDING = 1e-5  # relative; float32 rounding of these sums is ~1e-7, a real dif
 # The D lr for the gradient probe: its first update is below float32 resolution, so D's heads stay bitwise the
 # same and G's gradient (which reads D) is computed against identical heads in both runs.
 FROZEN_D = "discriminator.lr=1.0e-20"
+FROZEN_FAKE = "dmd.fake_lr=1.0e-20"  # the same for DMD's fake score, which G's DMD term reads after its first update
 
 
 def _launch(tiny_dir, video_dir, run_dir, *extra, script=("-m", "sfv.train")):
@@ -88,9 +92,10 @@ def runs(tmp_path_factory, tiny_dir, video_dir):
     _launch(tiny_dir, video_dir, root / "C2", "train.total_videos=6", "--resume", str(root / "C" / at4))
     _launch(tiny_dir, video_dir, root / "unused", script=_probe("reload", root / "C" / at4, root / "R2"))
     _one_thread(lambda: fsdp_probe.reload(root / "A" / at4, root / "R1", _recipe(tiny_dir, video_dir, root / "unused")))
-    _launch(tiny_dir, video_dir, root / "GF", "train.total_videos=2", FROZEN_D, script=_probe("grads", root / "GF.safetensors"))
+    _launch(tiny_dir, video_dir, root / "GF", "train.total_videos=2", FROZEN_D, FROZEN_FAKE,
+            script=_probe("grads", root / "GF.safetensors"))
     _one_thread(lambda: fsdp_probe.grads(root / "GP.safetensors", _recipe(
-        tiny_dir, video_dir, root / "GP", "train.total_videos=2", FROZEN_D, "parallel.mode=ddp")))
+        tiny_dir, video_dir, root / "GP", "train.total_videos=2", FROZEN_D, FROZEN_FAKE, "parallel.mode=ddp")))
     return root
 
 
@@ -152,7 +157,7 @@ def test_one_step_gradients_under_two_process_fsdp_equal_the_unsharded_ones(runs
     from safetensors.torch import load_file
 
     fsdp, plain = load_file(runs / "GF.safetensors"), load_file(runs / "GP.safetensors")
-    assert fsdp.keys() == plain.keys() and {k[0] for k in fsdp} == {"d", "g"} and len(fsdp) > 300
+    assert fsdp.keys() == plain.keys() and {k[0] for k in fsdp} == {"d", "f", "g"} and len(fsdp) > 300
     groups: dict[str, list] = {}
     for k in plain:
         assert fsdp[k].shape == plain[k].shape, k
@@ -198,9 +203,10 @@ def test_a_checkpoint_loads_exactly_on_another_number_of_processes(runs, weights
     checkpoint, resharded on load and saved straight back, bit for bit; the optimisers' settings too."""
     r, s = weights[reloaded], weights[source]
     assert r.keys() == s.keys() and len(r) > 500 and any(k.startswith("optim_g.") for k in r)
+    assert any(k.startswith("fake_score.") for k in r) and any(k.startswith("optim_fake.") for k in r)  # DMD's network
     assert [k for k in r if not torch.equal(r[k], s[k])] == []
     ckpt = runs / {"A@4": "A", "C@4": "C"}[source] / AT4
-    for name in ("optim_g.json", "optim_d.json"):
+    for name in ("optim_g.json", "optim_d.json", "optim_fake.json"):
         assert json.loads((runs / reloaded / "videos-000000004" / name).read_text()) == json.loads((ckpt / name).read_text())
     # the comparison can fail: the weights at 8 videos differ from those at 4
     assert any(not torch.equal(weights["A"][k], s[k]) for k in s if k.startswith("generator."))

@@ -9,7 +9,8 @@ from conftest import tiny_recipe
 from sfv import distributed
 from sfv.data import collate
 from sfv.errors import InputError
-from sfv.train import State, build, build_data, d_step, g_step, prepare, round_generator, run
+from sfv.steps import Round, State, d_step, g_step, prepare, round_generator
+from sfv.train import build, build_data, run
 
 CPU = distributed.World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -25,7 +26,7 @@ def _changed(before, module):
 def _rounds(batch, p, recipe):
     """One accumulation round as the loop makes it: (x0, cond, the round's generator)."""
     gen = round_generator(recipe.train.seed, 0, CPU.device)
-    return [(*prepare(batch, p.teacher, recipe, gen), gen)]
+    return [prepare(batch, p.teacher, recipe, gen)]
 
 
 @pytest.fixture
@@ -95,12 +96,12 @@ def test_stop_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tiny_dir, 
 
 
 def test_a_non_finite_loss_skips_the_update_and_is_counted(parts_and_batch):
-    p, [(x0, cond, gen)] = parts_and_batch
+    p, [(x0, cond, gen, _)] = parts_and_batch
     heads = _snapshot(p.D)
     state = State()
     x0 = x0.clone()
     x0[0, 0, 0, 0, 0] = float("nan")
-    d_step(p, [(x0, cond, gen)], state)
+    d_step(p, [Round(x0, cond, gen)], state)
     assert state.skipped_steps == 1 and state.nonfinite_in_row == 1 and not _changed(heads, p.D)
     assert all(q.grad is None for q in p.D.trainable_parameters())
     d_step(p, parts_and_batch[1], state)  # a finite step updates and resets the run of failures
@@ -140,16 +141,16 @@ def test_g_step_split_at_the_output_gives_the_gradient_of_the_summed_loss(tiny_d
     p.opt_g.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
         {names[id(q)]: q.grad.clone() for group in opt.param_groups for q in group["params"] if q.grad is not None}))
     batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
-    [(x0, cond, gen)] = _rounds(batch, p, recipe)
+    [(x0, cond, gen, _)] = _rounds(batch, p, recipe)
     start = gen.get_state()
     before = _snapshot(p.G)
-    stats = g_step(p, [(x0, cond, gen)], State())
+    stats = g_step(p, [Round(x0, cond, gen)], State())
     assert stats["grad/g_rec"] > 0 and (stats["grad/g_adv"] > 0) == (adv_weight > 0)
     p.G.load_state_dict(before)
     p.opt_g.zero_grad(set_to_none=True)
     gen.set_state(start)  # the reference: the same draws, the summed loss, one backward
     from sfv import losses
-    from sfv.train import noised
+    from sfv.steps import noised
 
     sigma_t, s = p.G.sample_sigma(2, gen), p.sigma_d(2, gen)
     x0_pred = p.G(noised(x0, sigma_t, gen), sigma_t, cond)

@@ -23,15 +23,8 @@ def main(argv=None) -> int:
     from sfv import distributed
     from sfv.config import load_recipe
     from sfv.data import collate
-    from sfv.train import (
-        State,
-        build,
-        build_data,
-        d_step,
-        g_step,
-        prepare,
-        round_generator,
-    )
+    from sfv.steps import State, d_step, g_step, prepare, round_generator
+    from sfv.train import build, build_data
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="recipes/tiny_cpu.yaml")
@@ -47,7 +40,7 @@ def main(argv=None) -> int:
         data = build_data(recipe)
         micro, rounds = recipe.train.batch_per_device, recipe.train.batch_size // recipe.train.batch_per_device
         gens = [round_generator(recipe.train.seed, r * micro, world.device) for r in range(rounds)]
-        batches = [(*prepare(collate([data[(r * micro + i, 0)] for i in range(micro)]), parts.teacher, recipe, gen), gen)
+        batches = [prepare(collate([data[(r * micro + i, 0)] for i in range(micro)]), parts.teacher, recipe, gen)
                    for r, gen in enumerate(gens)]
         phases = {f"d_step_r1_{mode}": lambda: d_step(parts, batches, State())}
         if mode == "none":

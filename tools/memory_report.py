@@ -61,7 +61,8 @@ def _reset(device) -> None:
 def measure(args, world, checkpointing: bool) -> dict:
     from sfv.config import load_recipe
     from sfv.teachers.svd import SVDCondition
-    from sfv.train import State, build, d_step, g_step, round_generator
+    from sfv.steps import Round, State, d_step, g_step, round_generator
+    from sfv.train import build
 
     device = world.device
     precision = "bf16" if device.type == "cuda" else "fp32"
@@ -91,7 +92,7 @@ def measure(args, world, checkpointing: bool) -> dict:
     state, times = State(), {}
     for name, step in (("d_step_s", d_step), ("g_step_s", g_step)):  # the optimiser state appears in the first steps
         t0 = time.perf_counter()
-        step(p, [(x0, cond, gen)], state)
+        step(p, [Round(x0, cond, gen)], state)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times[name] = time.perf_counter() - t0

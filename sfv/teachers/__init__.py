@@ -8,6 +8,7 @@ on channels, added time ids, CFG) stays in its file. Adding a family = one new f
     encode_batch(batch, ...)            -> (x0 [B, F, C, h, w], cond)     a data batch, encoded frozen
     denoise(x, σ, cond[, guidance])     -> x0                              x = x0 + σ·ε, EDM-preconditioned
     denoise_with(net, x, σ, cond)       -> x0                              the same for another network (G)
+    guidance(frames, scale)             -> the `guidance` argument of denoise for CFG at `scale` (None: no CFG)
     encoder()                           -> module: (x, σ′, cond) -> [features per block]   D's backbone
     decode(latents, chunk)              -> frames [B, 3, F, H, W] in [-1, 1]                the decoder slot
     condition_on_frame(cond, x0 frame)  -> cond for a clip continued from a generated frame   I2V chaining
@@ -64,6 +65,8 @@ class Teacher(Protocol):
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, Condition]: ...
 
     def denoise(self, x: torch.Tensor, sigma, cond: Condition, guidance: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def guidance(self, num_frames: int, max_scale: float, min_scale: float = 1.0) -> torch.Tensor | None: ...
 
     @staticmethod
     def denoise_with(net: torch.nn.Module, x: torch.Tensor, sigma, cond: Condition,

@@ -230,6 +230,14 @@ class SVDTeacher(SVDConditioning):
         return scheduler.sigmas, torch.as_tensor(scheduler.init_noise_sigma, dtype=torch.float32)
 
     # -- denoising and sampling ------------------------------------------------------------------------
+    def guidance(self, num_frames: int, max_scale: float, min_scale: float = 1.0) -> torch.Tensor | None:
+        """SVD's classifier-free guidance: a per-frame scale ramp from min_scale (frame 0) to max_scale (last frame),
+        [1, F, 1, 1, 1] on the teacher's device; None (no CFG, one UNet batch) when max_scale ≤ 1, as in the stock pipeline."""
+        if max_scale <= 1:
+            return None
+        ramp = torch.linspace(min_scale, max_scale, num_frames)  # [F] ramp, frame 0 → last
+        return ramp.to(self.device, torch.float32).reshape(1, num_frames, 1, 1, 1)
+
     def denoise(self, x: torch.Tensor, sigma, cond: SVDCondition, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond) with the teacher's UNet (see svd_denoise)."""
         return svd_denoise(self.unet, x, sigma, cond, guidance)
@@ -283,11 +291,7 @@ class SVDTeacher(SVDConditioning):
             raise InputError(f"sampler must be 'euler' or 'consistency', not {sampler!r}")
         sigmas, init_sigma = self.sigmas(num_inference_steps, custom=sigmas)
         unet = unet if unet is not None else self.unet
-        frames_per_call = window if window is not None else num_frames
-        guidance = None
-        if max_guidance_scale > 1:
-            guidance = torch.linspace(min_guidance_scale, max_guidance_scale, frames_per_call)  # [F] ramp, frame 0 → last
-            guidance = guidance.to(self.device, torch.float32).reshape(1, frames_per_call, 1, 1, 1)
+        guidance = self.guidance(window if window is not None else num_frames, max_guidance_scale, min_guidance_scale)
         x = self.initial_latents(len(cond), num_frames, height, width, init_sigma, generator, latents)
 
         def denoise(x, sigma):

@@ -171,7 +171,8 @@ def demo(args) -> int:
 def _latent_cache(teacher_dir: str, recipe, out: Path) -> Path:
     """The training world encoded once by the teacher's VAE and image encoder (what `sfv cache` writes), so that the
     loop reads latents instead of decoding and encoding every clip again at every epoch."""
-    from sfv.data import ClipSpec, VideoFolder, write_cache
+    from sfv.cache import write_cache
+    from sfv.data import ClipSpec, VideoFolder
     from sfv.teachers import load_teacher
 
     d = recipe.data
