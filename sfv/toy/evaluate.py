@@ -157,8 +157,21 @@ def _batch_videos(svd, images: list, buckets, m: dict, size: int, num_frames: in
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     cond = SVDCondition.cat([svd.encode_condition(image, size, size, FPS, int(bucket), NOISE_AUG, generator=g)
                              for image, bucket, g in zip(images, buckets, gens)])
-    latents = svd.sample(cond, num_frames, size, size, num_inference_steps=m["steps"], max_guidance_scale=m["cfg"], generator=gens)
+    latents = svd.sample(cond, num_frames, size, size, generator=gens, **_sampling(svd, m))
     return (np.clip(svd.postprocess(svd.decode(latents), "np"), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _sampling(svd, m: dict) -> dict:
+    """Teacher.sample's arguments for method m: its steps and CFG; a student at more than one step samples on its own
+    training levels (SFVPipeline's few-step sampler: x̂0 re-noised to the next level, sfv.sampling.consistency_sample)."""
+    if m.get("student_levels") and m["steps"] > 1:
+        from sfv.noise import generator_sigma_levels, student_schedule
+        from sfv.pipeline import SFVPipeline, export_info
+
+        t_g = int(export_info(m["model"]).get("sampling", {}).get("t_g", SFVPipeline.t_g))
+        levels = generator_sigma_levels(t_g, svd.sigma_min, svd.sigma_max)
+        return {"sigmas": student_schedule(levels, m["steps"]).tolist(), "sampler": "consistency", "max_guidance_scale": m["cfg"]}
+    return {"num_inference_steps": m["steps"], "max_guidance_scale": m["cfg"]}
 
 
 def _timed_video(svd, image, bucket, m: dict, size: int, num_frames: int, seed: int) -> tuple[np.ndarray, float]:
@@ -168,5 +181,5 @@ def _timed_video(svd, image, bucket, m: dict, size: int, num_frames: int, seed: 
     g = torch.Generator().manual_seed(seed)
     t = time.perf_counter()
     video = svd.generate(image, size, size, num_frames, fps=FPS, motion_bucket_id=int(bucket), noise_aug_strength=NOISE_AUG,
-                         generator=g, num_inference_steps=m["steps"], max_guidance_scale=m["cfg"], output_type="np")[0]
+                         generator=g, output_type="np", **_sampling(svd, m))[0]
     return (np.clip(video, 0, 1) * 255).round().astype(np.uint8), time.perf_counter() - t
