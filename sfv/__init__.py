@@ -6,11 +6,10 @@ Public entry points:
     SFVPipeline  - drop-in replacement for diffusers' StableVideoDiffusionPipeline (1 step, no CFG)
 """
 
-__version__ = "0.1.0"
+from sfv.errors import InputError, ModelLoadError, SFVError
+from sfv.version import __version__
 
-from sfv.errors import InputError, ModelLoadError, SFVError  # noqa: E402
-
-__all__ = ["SFVError", "InputError", "ModelLoadError", "SVDTeacher", "SFVGenerator", "SFVPipeline"]
+__all__ = ["__version__", "SFVError", "InputError", "ModelLoadError", "SVDTeacher", "SFVGenerator", "SFVPipeline"]
 
 
 def __getattr__(name):

@@ -249,9 +249,9 @@ def pipeline_overhead(records: list[dict], target: float = 0.05) -> dict | None:
 def environment(device: torch.device) -> dict:
     import diffusers
 
-    import sfv
+    from sfv.version import __version__
 
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sfv": sfv.__version__,
+    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sfv": __version__,
            "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
            "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
     if device.type == "cuda":

@@ -30,7 +30,6 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import StableVideoDiffusionPipelineOutput
 
-import sfv
 from sfv.decoders import build_decoder
 from sfv.decoders.tiny import CONFIG_NAME, WEIGHTS_NAME
 from sfv.errors import InputError, ModelLoadError, SFVError, first_line
@@ -40,6 +39,7 @@ from sfv.model_dir import check_video_size
 from sfv.noise import generator_sigma_levels, student_schedule
 from sfv.sampling import long_video_windows, sample_long_video, window_starts
 from sfv.teachers.svd import SVDTeacher
+from sfv.version import __version__
 
 EXPORT_INFO = "sfv.json"
 
@@ -285,7 +285,7 @@ def export_pipeline(
     with atomic_path(out) as tmp:
         teacher.to_pipeline(unet=unet).save_pretrained(tmp, safe_serialization=True)
         meta = {
-            "sfv_version": sfv.__version__,
+            "sfv_version": __version__,
             "pipeline": "SFVPipeline",
             "sampling": {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": teacher.sigma_max, "t_g": t_g},
             "decoder": teacher.decoder_name,  # what the stock pipeline decodes with
