@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfv.metrics.toy import PARTS, score, score_futures
+from sfv.toy.metric import PARTS, score, score_futures
 from sfv.toy.teacher import flip_augment, load_world
 from sfv.toy.world import (
     DIRECTIONS, SEPARATION, SPEED, SPEEDS, BranchScene, Obj, Scene, bucket_for_direction, bucket_for_speed,

@@ -70,7 +70,7 @@ def seam_frames(frames: int, window: int, overlap: int) -> np.ndarray:
 
 def acceleration_error(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
     """[N, F, K] |Δ²c − Δ²c_true| px/frame² at frame t (NaN at the ends and where the true object is not tracked)."""
-    from sfv.metrics.toy import CAP, describe
+    from sfv.toy.metric import CAP, describe
 
     g, r = describe(generated), describe(real)
     acc = lambda c: c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]  # noqa: E731
@@ -86,7 +86,7 @@ def evaluate(args) -> dict:
     from PIL import Image
 
     from sfv.data import ClipSpec, VideoFolder
-    from sfv.metrics.toy import score
+    from sfv.toy.metric import score
     from sfv.pipeline import SFVPipeline
     from sfv.teachers.svd import SVDTeacher
     from sfv.toy.report import save_grid_gif

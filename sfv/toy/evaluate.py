@@ -22,7 +22,7 @@ def evaluate_v1(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[
     from PIL import Image
     from tqdm import tqdm
 
-    from sfv.metrics.toy import score
+    from sfv.toy.metric import score
     from sfv.toy.teacher import load_world
 
     frames, buckets = load_world(out / "world-eval")
@@ -68,7 +68,7 @@ def evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[
     from PIL import Image
     from tqdm import tqdm
 
-    from sfv.metrics.toy import score_futures
+    from sfv.toy.metric import score_futures
     from sfv.toy.teacher import load_world
     from sfv.toy.world import read_world, scene_from_json
 

@@ -27,7 +27,7 @@ def summary_table(report: dict) -> str:
 
 
 def write_report(report: dict, out: Path) -> None:
-    from sfv.metrics.toy import PARTS, SCALES, SCALES_V2
+    from sfv.toy.metric import PARTS, SCALES, SCALES_V2
 
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     e = report["eval"]
