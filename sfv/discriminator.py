@@ -100,10 +100,6 @@ class Discriminator(nn.Module):
         for p in self.trainable_parameters():
             p.requires_grad_(flag)
 
-    def head_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trainable state only (the backbone is the teacher's and is saved with it)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-
     def condition(self, sigma: torch.Tensor, cond: Condition, frames: int) -> torch.Tensor:
         """e(c): pooled condition ‖ c_noise(σ′) ‖ frame index -> [B, F, E]."""
         batch = sigma.shape[0]

@@ -52,21 +52,7 @@ class SFVGenerator(torch.nn.Module):
         device = generator.device if generator is not None else "cpu"  # draw where the generator lives (CPU or CUDA)
         return levels.to(device)[torch.randint(len(levels), (batch_size,), generator=generator, device=device)]
 
-    @torch.no_grad()
-    def generate(
-        self, teacher: Teacher, cond: Condition, num_frames: int, height: int, width: int, generator=None, latents=None
-    ) -> torch.Tensor:
-        """One step from pure noise at σ_max, no CFG: x0 latents [B, F, C, h, w] (decode with teacher.decode)."""
-        return teacher.sample(
-            cond, num_frames, height, width, num_inference_steps=1, max_guidance_scale=1.0,
-            generator=generator, latents=latents, unet=self.unet,
-        )
-
-    # -- weights (safetensors only) ---------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """A diffusers UNet folder (config.json + diffusion_pytorch_model.safetensors)."""
-        self.unet.save_pretrained(path, safe_serialization=True)
-
+    # -- student weights (safetensors only) -------------------------------------------------------
     @staticmethod
     def check_source(path: str | os.PathLike) -> Path:
         """The UNet folder or .safetensors file to load student weights from (checked before any loading)."""
@@ -76,7 +62,7 @@ class SFVGenerator(torch.nn.Module):
             if not (folder / "config.json").is_file() or not (folder / "diffusion_pytorch_model.safetensors").is_file():
                 raise ModelLoadError(
                     f"generator folder '{path}' has no UNet: expected config.json and diffusion_pytorch_model.safetensors "
-                    "(as written by SFVGenerator.save_pretrained) or a unet/ subfolder"
+                    "(a diffusers UNet folder) or a unet/ subfolder"
                 )
             return folder
         if path.suffix != ".safetensors" or not path.is_file():

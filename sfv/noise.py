@@ -32,14 +32,6 @@ class EDMPrecond:
     sigma_data: float = 1.0
     out_sign: float = 1.0
 
-    def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(c_skip, c_out, c_in, c_noise) at σ."""
-        sd2 = self.sigma_data**2
-        c_skip = sd2 / (sigma**2 + sd2)
-        c_out = self.out_sign * sigma * self.sigma_data / (sigma**2 + sd2) ** 0.5
-        c_in = 1 / (sigma**2 + sd2) ** 0.5
-        return c_skip, c_out, c_in, self.c_noise(sigma)
-
     def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
         """EDM's training weight λ(σ) = (σ² + σ_d²)/(σ·σ_d)² = 1/c_out²: a denoiser trained with it sees every
         level's error at the scale of its network output (EDM eq. 8, Tab. 1)."""

@@ -88,7 +88,7 @@ def test_dmd_direction_loss_gradient_and_denoising_weight():
     from sfv.teachers.svd_unet import PRECOND
 
     weight = PRECOND.loss_weight(sigma)
-    c_out = PRECOND.coefficients(sigma)[1]
+    c_out = -sigma / (sigma**2 + 1).sqrt()  # SVD's c_out (EDM Tab. 1, σ_data = 1, v-sign)
     torch.testing.assert_close(weight, 1 / c_out**2)  # EDM: λ(σ) = 1/c_out²
     torch.testing.assert_close(losses.denoising_loss(x, real, weight), (weight[:, None, None] * (x - real).square()).mean((1, 2)).mean())
 

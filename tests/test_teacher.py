@@ -13,7 +13,9 @@ from sfv.errors import InputError, ModelLoadError
 from sfv.teachers.svd import PRECOND, SVDTeacher, svd_denoise
 from sfv.tiny import SVD_SCHEDULER_CONFIG, TinySVDConfig, build_tiny_svd, example_image
 
-precondition = PRECOND.coefficients  # SVD's (c_skip, c_out, c_in, c_noise)
+def precondition(sigma):
+    """SVD's (c_skip, c_out, c_in, c_noise): EDM Tab. 1 with σ_data = 1, c_out's sign flipped (v-prediction)."""
+    return 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1).sqrt(), 1 / (sigma**2 + 1).sqrt(), sigma.log() / 4
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -38,13 +40,13 @@ def test_precondition_equals_diffusers_scheduler_formula():
 
 
 def test_precondition_is_edm_with_sigma_data_1_and_v_sign():
-    sigma = torch.tensor([0.002, 0.37, 1.0, 2.27, 70.5, 700.0], dtype=torch.float64)
+    """The forms the denoiser applies (c_in·x, c_skip·x + c_out·F, c_noise) are EDM's with σ_data = 1 and the v-sign."""
+    sigma = torch.tensor([0.002, 0.37, 1.0, 2.27, 70.5, 700.0], dtype=torch.float64).reshape(-1, 1, 1)
+    x, out = torch.randn(6, 3, 4, dtype=torch.float64), torch.randn(6, 3, 4, dtype=torch.float64)
     c_skip, c_out, c_in, c_noise = precondition(sigma)
-    sd = 1.0  # EDM Table 1 with σ_data = 1; SVD's v-parameterisation flips the sign of c_out
-    torch.testing.assert_close(c_skip, sd**2 / (sigma**2 + sd**2))
-    torch.testing.assert_close(c_out, -sigma * sd / (sigma**2 + sd**2).sqrt())
-    torch.testing.assert_close(c_in, 1 / (sigma**2 + sd**2).sqrt())
-    torch.testing.assert_close(c_noise, 0.25 * sigma.log())
+    torch.testing.assert_close(PRECOND.scale_input(x, sigma), c_in * x)
+    torch.testing.assert_close(PRECOND.combine(out, x, sigma), c_skip * x + c_out * out)
+    torch.testing.assert_close(PRECOND.c_noise(sigma), c_noise)
 
 
 def test_denoise_wires_unet_like_the_pipeline(tiny_pipe):

@@ -60,16 +60,15 @@ def test_decoder_slot(tiny_dir):
 
 
 @pytest.mark.parametrize("sigma_data, sign", [(0.5, 1.0), (1.0, -1.0)])
-def test_edm_preconditioning_applied_forms_match_its_coefficients(sigma_data, sign):
-    """scale_input and combine (the floating-point forms the denoiser uses) equal c_in·x and c_skip·x + c_out·F,
-    and the coefficients are EDM's (Karras et al. 2022, Tab. 1) with the output sign."""
+def test_edm_preconditioning_applied_forms_are_edms(sigma_data, sign):
+    """scale_input and combine (the floating-point forms the denoiser uses) equal c_in·x and c_skip·x + c_out·F with
+    EDM's coefficients (Karras et al. 2022, Tab. 1) and the output sign."""
     precond = EDMPrecond(sigma_data, sign)
     sigma = torch.tensor([0.002, 0.37, 2.27, 70.5, 700.0]).reshape(-1, 1, 1, 1, 1)
     x, out = torch.randn(5, 2, 4, 3, 3), torch.randn(5, 2, 4, 3, 3)
-    c_skip, c_out, c_in, c_noise = precond.coefficients(sigma)
-    torch.testing.assert_close(c_skip, sigma_data**2 / (sigma**2 + sigma_data**2))
-    torch.testing.assert_close(c_out, sign * sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt())
-    torch.testing.assert_close(c_in, 1 / (sigma**2 + sigma_data**2).sqrt())
-    torch.testing.assert_close(c_noise, sigma.log() / 4)
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sign * sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    c_in = 1 / (sigma**2 + sigma_data**2).sqrt()
+    torch.testing.assert_close(precond.c_noise(sigma), sigma.log() / 4)
     torch.testing.assert_close(precond.scale_input(x, sigma), c_in * x)
     torch.testing.assert_close(precond.combine(out, x, sigma), c_skip * x + c_out * out)
