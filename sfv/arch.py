@@ -20,7 +20,7 @@ Sources checked (no hub access here):
     (the same file IP-Adapter ships as its image_encoder/config.json).
   * feature_extractor/preprocessor_config.json — CLIPImageProcessor, 224 crop / shortest edge, OpenAI CLIP
     mean/std (read from a public mirror of the SVD-XT folder).
-  * scheduler/scheduler_config.json — sfv.tiny.SVD_SCHEDULER_CONFIG.
+  * scheduler/scheduler_config.json — SVD_SCHEDULER_CONFIG below.
 """
 
 from __future__ import annotations
@@ -31,10 +31,31 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+try:  # transformers >= 5 without torchvision: the PIL-backed processor (what CLIPImageProcessor falls back to)
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # transformers 4
+    from transformers import CLIPImageProcessor
+
 from sfv.errors import InputError
-from sfv.tiny import SVD_SCHEDULER_CONFIG, CLIPImageProcessor
 
 ARCH_FRAMES = {"svd": 14, "svd-xt": 25}
+
+# The scheduler config SVD ships (stabilityai/stable-video-diffusion-img2vid, scheduler/scheduler_config.json).
+SVD_SCHEDULER_CONFIG = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    interpolation_type="linear",
+    num_train_timesteps=1000,
+    prediction_type="v_prediction",
+    sigma_max=700.0,
+    sigma_min=0.002,
+    steps_offset=1,
+    timestep_spacing="leading",
+    timestep_type="continuous",
+    trained_betas=None,
+    use_karras_sigmas=True,
+)
 
 SVD_UNET_CONFIG = dict(
     sample_size=96,

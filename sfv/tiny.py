@@ -16,29 +16,8 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-try:  # transformers >= 5 without torchvision: the PIL-backed processor (what CLIPImageProcessor falls back to)
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-except ImportError:  # transformers 4
-    from transformers import CLIPImageProcessor
-
+from sfv.arch import SVD_SCHEDULER_CONFIG, CLIPImageProcessor
 from sfv.errors import InputError
-
-# The scheduler config SVD ships (stabilityai/stable-video-diffusion-img2vid, scheduler/scheduler_config.json).
-SVD_SCHEDULER_CONFIG = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    interpolation_type="linear",
-    num_train_timesteps=1000,
-    prediction_type="v_prediction",
-    sigma_max=700.0,
-    sigma_min=0.002,
-    steps_offset=1,
-    timestep_spacing="leading",
-    timestep_type="continuous",
-    trained_betas=None,
-    use_karras_sigmas=True,
-)
 
 
 @dataclass

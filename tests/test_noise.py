@@ -5,7 +5,7 @@ import torch
 from diffusers import EulerDiscreteScheduler
 
 from sfv.noise import generator_sigma_levels, karras_sigmas
-from sfv.tiny import SVD_SCHEDULER_CONFIG
+from sfv.arch import SVD_SCHEDULER_CONFIG
 
 
 @pytest.mark.parametrize("steps", [1, 4, 8, 16, 25])

@@ -11,7 +11,8 @@ from diffusers import EulerDiscreteScheduler
 from conftest import max_abs_diff
 from sfv.errors import InputError, ModelLoadError
 from sfv.teachers.svd import PRECOND, SVDTeacher, svd_denoise
-from sfv.tiny import SVD_SCHEDULER_CONFIG, TinySVDConfig, build_tiny_svd, example_image
+from sfv.arch import SVD_SCHEDULER_CONFIG
+from sfv.tiny import TinySVDConfig, build_tiny_svd, example_image
 
 def precondition(sigma):
     """SVD's (c_skip, c_out, c_in, c_noise): EDM Tab. 1 with σ_data = 1, c_out's sign flipped (v-prediction)."""
