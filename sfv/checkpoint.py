@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.api import CheckpointException
 
 from sfv import distributed
+from sfv.discriminator import BACKBONE_PREFIX
 from sfv.errors import CheckpointError, DataError, InputError, SFVError, first_line
 
 NAME = re.compile(r"^videos-(\d{9})$")
@@ -262,11 +263,11 @@ def load(
 
 
 def _without_backbone(state: dict) -> dict:
-    return {k: v for k, v in state.items() if not k.startswith("backbone.")}
+    return {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIX)}
 
 
 def _check_fit(path: Path, name: str, missing: list[str], unexpected: list[str]) -> None:
-    if unexpected or [k for k in missing if not k.startswith("backbone.")]:
+    if unexpected or [k for k in missing if not k.startswith(BACKBONE_PREFIX)]:
         raise DataError(f"checkpoint '{path}' does not fit this recipe's {name} "
                         f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
 
@@ -293,7 +294,7 @@ def _sharded_state(modules, optimizers) -> tuple[dict, dict]:
     """(tensors for DCP: {name: {key: tensor}}, JSON rest: {optimizer name: {...}})."""
     tensors, rest = {}, {}
     for name, module in modules.items():
-        tensors[name] = distributed.model_state(module)
+        tensors[name] = distributed.model_state(module, skip=BACKBONE_PREFIX)
     for name, (opt, module) in optimizers.items():
         sd = distributed.optimizer_state(module, opt)  # by parameter name; creates AdamW's zero state if none yet
         tensors[name], state_rest = _split(sd["state"], "state/")

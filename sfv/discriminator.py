@@ -21,6 +21,7 @@ from sfv.teachers import Condition
 HEAD_KINDS = ("spatial", "temporal")
 EMBED_DIM = 64  # width of each part of e(c): the condition's pooled vector, σ′ and the frame index
 COND_DIM = 3 * EMBED_DIM  # the three parts side by side
+BACKBONE_PREFIX = "backbone."  # D's frozen encoder (the teacher's weights): not trained, not in checkpoints
 NOISE_SPREAD = 10  # c_noise(σ′) = ¼·ln σ′ spans ≈ [−1.6, 1.6] on [0.002, 700]; ×10 reaches the faster Fourier frequencies
 
 
@@ -94,7 +95,7 @@ class Discriminator(nn.Module):
         })
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
+        return [p for name, p in self.named_parameters() if not name.startswith(BACKBONE_PREFIX)]
 
     def heads_requires_grad_(self, flag: bool) -> None:
         for p in self.trainable_parameters():

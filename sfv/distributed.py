@@ -171,7 +171,7 @@ def unsharded(module: torch.nn.Module, world: World, like: torch.nn.Module) -> t
     return copy.to(world.device).train(module.training)
 
 
-def model_state(module: torch.nn.Module, skip: str = "backbone.") -> dict[str, torch.Tensor]:
+def model_state(module: torch.nn.Module, skip: str) -> dict[str, torch.Tensor]:
     """The module's state dict (DTensor shards where sharded; DDP's `module.` prefix removed), without
     parameters under `skip` (D's frozen backbone is the teacher's, saved with it)."""
     return {k: v for k, v in get_model_state_dict(module).items() if not k.startswith(skip)}

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sfv.errors import InputError, ModelLoadError, SFVError, first_line
+from sfv.sampling import LONG_VIDEO
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = MODELS / "toy-sfv-v2"  # the committed one-step toy student ...
@@ -45,7 +46,6 @@ MAX_FRAMES = 128
 MAX_TEACHER_STEPS = 100
 MAX_GUIDANCE = 20.0
 KEEP_VIDEOS = 16  # videos kept in the server's folder (gradio serves a copy from its own cache)
-LONG_VIDEO = ("chain", "multidiffusion")
 EXAMPLE_SEEDS = (3, 7, 11, 20)  # toy-world v2 scenes offered as example first frames
 EXAMPLE_SIZE, EXAMPLE_FPS = 32, 8  # the toy world's training size and frame rate (recipes/toy.yaml)
 # Small frames and videos fill their boxes with sharp pixels (the toy world's 32×32 would be a dot, or a blur).
