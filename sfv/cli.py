@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", help="or a training checkpoint folder (runs/NAME/checkpoints/videos-…)")
     e.add_argument("--weights", default="ema", choices=["ema", "raw"], help="with --checkpoint: EMA (default) or raw G weights")
     e.add_argument("--teacher", help="the teacher's diffusers folder (default with --checkpoint: the run's model.teacher)")
-    e.add_argument("--t-g", type=int, default=4, help="with --generator: the student's T_g, recorded for few-step sampling "
-                   "(default 4; with --checkpoint: the run's model.t_g)")
+    e.add_argument("--t-g", type=int, default=None, help="the student's T_g, recorded for few-step sampling (default: "
+                   "with --checkpoint the run's model.t_g, with --generator the recipes' default model.t_g)")
     e.add_argument("--decoder", help="a fast decoder folder (`sfv distill-decoder` output) to ship as fast_decoder/")
     e.add_argument("--out", required=True, help="new folder to write")
     e.set_defaults(func=cmd_export)

@@ -11,7 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from sfv import checkpoint
+from sfv.config import ModelConfig
 from sfv.errors import InputError, ModelLoadError, first_line
+from sfv.model_dir import VideoRecord, read_video_record
+
 
 def student_weights(ckpt: Path, weights: str, teacher: str | None) -> tuple[str, str | None, bool]:
     """(student weights, teacher folder, sharded?) of a training checkpoint; the teacher from its recipe by default.
@@ -35,12 +38,13 @@ def read_full_weights(path: Path, name: str, like: dict[str, torch.Tensor]) -> d
 
 
 def export_student(out_dir: str, generator: str | None = None, teacher_dir: str | None = None, ckpt: str | None = None,
-                   weights: str = "ema", t_g: int = 4, decoder: str | None = None) -> Path:
+                   weights: str = "ema", t_g: int | None = None, decoder: str | None = None) -> Path:
     """Write the student (`generator` weights with `teacher_dir`, or a training checkpoint `ckpt`, whose recipe
-    names the teacher and T_g) as a drop-in diffusers folder, with a fast decoder folder `decoder` (sfv.decoders.tiny)
-    as its fast_decoder/ if given. Everything cheap is checked before the teacher loads."""
-    from sfv.decoders.tiny import TinyTemporalDecoder
-
+    names the teacher, T_g and the video it trained on) as a drop-in diffusers folder, with a fast decoder folder
+    `decoder` (sfv.decoders.tiny) as its fast_decoder/ if given. t_g: the student's T_g (None: the checkpoint's, or
+    the recipes' default); a checkpoint trained at another T_g is an InputError. Everything cheap is checked before
+    the teacher loads."""
+    from sfv.decoders import build_decoder
     from sfv.generator import SFVGenerator
     from sfv.pipeline import check_export_target, export_pipeline
     from sfv.teachers import load_teacher
@@ -48,18 +52,25 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
     out = check_export_target(out_dir)
     if (generator is None) == (ckpt is None):
         raise InputError("pass exactly one of --generator PATH or --checkpoint DIR")
-    if t_g < 2:
+    if t_g is not None and t_g < 2:
         raise InputError(f"--t-g must be at least 2 (the student's σ levels include σ_max and one below it), got {t_g}")
     sharded, recipe = False, {}
     if ckpt is not None:
         generator, teacher_dir, sharded = student_weights(Path(ckpt), weights, teacher_dir)
         recipe = json.loads((Path(ckpt) / "state.json").read_text()).get("recipe", {})
+        trained = recipe.get("model", {}).get("t_g", ModelConfig.t_g)
+        if t_g is not None and t_g != trained:
+            raise InputError(f"--t-g {t_g} disagrees with the checkpoint, trained at T_g = {trained} (its recipe's "
+                             "model.t_g); leave --t-g out to export it as trained")
+        t_g = trained
     if teacher_dir is None:
         raise InputError("--teacher is required with --generator")
     if not sharded:
         SFVGenerator.check_source(generator)  # before the (slow) teacher load
     if decoder is not None:
-        TinyTemporalDecoder.from_pretrained(decoder)  # a missing or corrupt folder is one line before the teacher loads
+        build_decoder("tiny", None, decoder)  # a missing or corrupt folder is one line before the teacher loads
+    video = VideoRecord.trained(recipe["data"], teacher_dir) if "data" in recipe else \
+        read_video_record(teacher_dir) if Path(teacher_dir).is_dir() else None
     teacher = load_teacher(teacher_dir)
     if sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
         name = checkpoint.STUDENT_WEIGHTS[weights]
@@ -71,4 +82,4 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
     else:
         unet = SFVGenerator.load_unet(generator, teacher)
     return export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)},
-                           t_g=recipe.get("model", {}).get("t_g", t_g), fast_decoder=decoder)
+                           t_g=ModelConfig.t_g if t_g is None else t_g, fast_decoder=decoder, video=video)

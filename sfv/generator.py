@@ -2,8 +2,8 @@
 
     G(x_t, σ_t, c) = c_skip(σ_t)·x_t + c_out(σ_t)·F_θ(c_in(σ_t)·x_t, c_noise(σ_t), c)     (teacher's preconditioning)
 
-Training inputs x_t = x0 + σ_t·ε with σ_t uniform over the top T_g − 1 levels of a T_g = 4 Karras grid
-(≈ {700, 70.5, 2.27} on SVD's range); inference is one pass at σ_max from pure noise, without CFG.
+Training inputs x_t = x0 + σ_t·ε with σ_t uniform over the top T_g − 1 levels of a T_g-level Karras grid
+(model.t_g, 4 by default: ≈ {700, 70.5, 2.27} on SVD's range); inference is one pass at σ_max from pure noise, without CFG.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from sfv.config import ModelConfig
 from sfv.errors import ModelLoadError
 from sfv.noise import generator_sigma_levels
 from sfv.teachers import Condition, Teacher
@@ -24,14 +26,14 @@ class SFVGenerator(torch.nn.Module):
     `denoise_with(net, x, σ, cond)` is the teacher family's denoiser (Teacher.denoise_with), so G knows no
     model's quirks."""
 
-    def __init__(self, unet: torch.nn.Module, denoise_with, sigma_min: float = 0.002, sigma_max: float = 700.0, t_g: int = 4):
+    def __init__(self, unet: torch.nn.Module, denoise_with, sigma_min: float, sigma_max: float, t_g: int):
         super().__init__()
         self.unet = unet
         self.denoise_with = denoise_with
         self.sigma_min, self.sigma_max, self.t_g = float(sigma_min), float(sigma_max), int(t_g)
 
     @classmethod
-    def from_teacher(cls, teacher: Teacher, t_g: int = 4) -> "SFVGenerator":
+    def from_teacher(cls, teacher: Teacher, t_g: int = ModelConfig.t_g) -> "SFVGenerator":
         """G initialised as an independent copy of the teacher UNet (the teacher stays frozen and untouched)."""
         unet = copy.deepcopy(teacher.unet)
         unet.requires_grad_(True)

@@ -4,18 +4,22 @@
     pipe = SFVPipeline.from_pretrained("exported-sfv")  # was: StableVideoDiffusionPipeline.from_pretrained(...)
     frames = pipe(image, decode_chunk_size=8).frames[0]
 
-Same call signature and output type; the defaults are SF-V's inference: one UNet pass at σ_max from pure
-noise, no classifier-free guidance (UNet batch = number of videos, no unconditional branch).
+Same call signature and output type. An export (a folder with sfv.json) is a student: the defaults are SF-V's
+inference, one UNet pass at σ_max from pure noise, no classifier-free guidance (UNet batch = number of videos, no
+unconditional branch). Any other SVD folder is a teacher: it samples as the stock pipeline does, on its own Euler
+schedule with its CFG ramp (SVD: 25 steps, 1 → 3), through Teacher.sample.
 
 Beyond the stock signature:
-  * num_inference_steps = 2 .. T_g − 1 samples on the student's own training levels, re-noising x̂0 to the next
-    level between steps (sfv.sampling.consistency_sample); 1 is the stock Euler step, `sigmas=` Euler on any schedule;
+  * a student's num_inference_steps = 2 .. T_g − 1 samples on its own training levels (sfv.json's σ levels),
+    re-noising x̂0 to the next level between steps (sfv.sampling.consistency_sample); 1 is the stock Euler step,
+    `sigmas=` Euler on any schedule;
   * long_video = "chain" | "multidiffusion" with window, overlap: num_frames longer than the model's window
     (sfv.sampling.sample_long_video).
 
 `export_pipeline` writes the student as a plain diffusers folder: the student UNet in SVD layout plus the
-teacher's VAE, image encoder, feature extractor and scheduler. The stock pipeline then reproduces
-SFVPipeline's frames with `num_inference_steps=1, max_guidance_scale=1.0` (tests/test_pipeline.py).
+teacher's VAE, image encoder, feature extractor and scheduler, sfv.json (T_g, G's σ levels) and video.json (the
+size it was trained at). The stock pipeline then reproduces SFVPipeline's frames with
+`num_inference_steps=1, max_guidance_scale=1.0` (tests/test_pipeline.py).
 """
 
 from __future__ import annotations
@@ -30,38 +34,30 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import StableVideoDiffusionPipelineOutput
 
-from sfv.decoders import build_decoder
+from sfv.config import ModelConfig
+from sfv.decoders import build_decoder, resolve_decoder
 from sfv.decoders.tiny import CONFIG_NAME, WEIGHTS_NAME
 from sfv.errors import InputError, ModelLoadError, SFVError, first_line
 from sfv.files import atomic_path
 from sfv.images import check_output_type
-from sfv.model_dir import check_video_size
+from sfv.model_dir import EXPORT_INFO, VideoRecord, check_video_size, export_info, shipped_decoders, write_video_record
 from sfv.noise import generator_sigma_levels, student_schedule
 from sfv.sampling import long_video_windows, sample_long_video, window_starts
 from sfv.teachers.svd import SVDTeacher
 from sfv.version import __version__
 
-EXPORT_INFO = "sfv.json"
-
-
-def export_info(folder: str | os.PathLike) -> dict:
-    """An `sfv export` folder's sfv.json ({} for any other folder, e.g. a teacher)."""
-    path = Path(folder) / EXPORT_INFO
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def shipped_decoders(folder: str | os.PathLike) -> dict[str, Path]:
-    """The fast decoders an export carries (sfv.json "decoders", `sfv export --decoder`): name -> folder."""
-    return {name: Path(folder) / sub for name, sub in export_info(folder).get("decoders", {}).items()}
+__all__ = ["SFVPipeline", "EXPORT_INFO", "export_info", "shipped_decoders", "export_pipeline", "load_pipeline"]
 
 
 class SFVPipeline(DiffusionPipeline):
-    """One-step image-to-video with an SF-V student (components exactly as StableVideoDiffusionPipeline's)."""
+    """Image-to-video with an SF-V student, or with a teacher on its stock schedule (components exactly as
+    StableVideoDiffusionPipeline's)."""
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
     _callback_tensor_inputs = ["latents"]
     decoder = "vae"  # the decoding slot (sfv.decoders): a name built on this pipeline's VAE, or a built decoder (set_decoder)
-    t_g = 4  # T_g of the student's training grid (SF-V §3.2); its levels are the few-step sampler's schedule
+    t_g = ModelConfig.t_g  # T_g of an export whose sfv.json predates recording it
+    sigma_levels: tuple[float, ...] | None = None  # a student's training levels (sfv.json); None: a teacher
 
     def __init__(self, vae: AutoencoderKLTemporalDecoder, image_encoder, unet: UNetSpatioTemporalConditionModel,
                  scheduler: EulerDiscreteScheduler, feature_extractor):
@@ -70,19 +66,42 @@ class SFVPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, decoder: str = "vae", **kwargs) -> "SFVPipeline":
-        """DiffusionPipeline.from_pretrained, then the student's T_g from an export's sfv.json (its few-step levels).
+        """DiffusionPipeline.from_pretrained; an export's sfv.json makes it a student on its training levels, a folder
+        without one is a teacher.
 
-        decoder: "vae" (the stock temporal VAE decoder: frames as the stock pipeline's) or the name of a fast decoder
-        the export carries (sfv.json "decoders", e.g. "tiny" in fast_decoder/; `sfv export --decoder`)."""
+        decoder: "vae" (the stock temporal VAE decoder: frames as the stock pipeline's), "tiny" (the fast decoder the
+        export carries, sfv.json "decoders": fast_decoder/, `sfv export --decoder`), or a fast decoder folder."""
+        name, folder = resolve_decoder(decoder, pretrained_model_name_or_path)
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        pipe.t_g = int(export_info(pretrained_model_name_or_path).get("sampling", {}).get("t_g", cls.t_g))
-        if decoder != "vae":
-            folders = shipped_decoders(pretrained_model_name_or_path)
-            if decoder not in folders:
-                raise InputError(f"'{pretrained_model_name_or_path}' carries no {decoder!r} decoder (sfv.json lists "
-                                 f"{', '.join(['vae', *folders])}); export it with `sfv export ... --decoder DIR`")
-            pipe.set_decoder(decoder, folders[decoder])
+        sampling = export_info(pretrained_model_name_or_path).get("sampling")
+        if sampling is not None:
+            levels = sampling.get("sigma_levels")
+            pipe.as_student(levels if levels else int(sampling.get("t_g", cls.t_g)))
+        if name != "vae":
+            pipe.set_decoder(name, folder)
         return pipe
+
+    def as_student(self, levels: int | list[float]) -> "SFVPipeline":
+        """Sample as a one-step student trained on `levels` (G's σ levels, descending), or on the top T_g − 1 levels
+        of a T_g-level Karras grid over the scheduler's σ range when an int T_g is given."""
+        if isinstance(levels, int):
+            self.t_g = levels
+            config = self.scheduler.config
+            levels = generator_sigma_levels(levels, float(config.sigma_min), float(config.sigma_max)).tolist()
+        else:
+            self.t_g = len(levels) + 1
+        self.sigma_levels = tuple(float(v) for v in levels)
+        return self
+
+    @property
+    def is_student(self) -> bool:
+        return self.sigma_levels is not None
+
+    def sampling_defaults(self) -> tuple[int, float]:
+        """(steps, max guidance) when the call names none: a student's one step without CFG, a teacher's stock ones."""
+        if self.is_student:
+            return 1, 1.0
+        return SVDTeacher.default_steps, SVDTeacher.default_guidance
 
     def set_decoder(self, name: str, folder: str | os.PathLike | None = None) -> "SFVPipeline":
         """Decode with `name` from sfv.decoders.DECODERS ("vae", or "tiny" read from `folder`), built once here."""
@@ -117,10 +136,10 @@ class SFVPipeline(DiffusionPipeline):
         height: int = 576,
         width: int = 1024,
         num_frames: int | None = None,
-        num_inference_steps: int = 1,
+        num_inference_steps: int | None = None,
         sigmas: list[float] | None = None,
         min_guidance_scale: float = 1.0,
-        max_guidance_scale: float = 1.0,
+        max_guidance_scale: float | None = None,
         fps: int = 7,
         motion_bucket_id: int = 127,
         noise_aug_strength: float = 0.02,
@@ -138,8 +157,10 @@ class SFVPipeline(DiffusionPipeline):
     ):
         """Generate videos from conditioning image(s); arguments as StableVideoDiffusionPipeline.__call__, plus:
 
-        num_inference_steps: 1 (SF-V) up to T_g − 1: the student's own σ levels (sfv.noise.student_schedule),
-            x̂0 re-noised to the next level between steps. `sigmas=` runs Euler on the given levels instead.
+        num_inference_steps, max_guidance_scale: None for the model's own (a student: 1 step, no CFG; a teacher: its
+            stock schedule, SVD 25 steps with CFG 1 → 3). A student samples 1 (SF-V) up to T_g − 1 steps on its own σ
+            levels (sfv.noise.student_schedule), x̂0 re-noised to the next level between steps; a teacher any number
+            of Euler steps. `sigmas=` runs Euler on the given levels instead.
         long_video: None, "chain" or "multidiffusion": num_frames in windows of `window` frames (default: the
             model's) overlapping by `overlap` (default: 1 for chain, window // 2 for multidiffusion).
 
@@ -150,9 +171,12 @@ class SFVPipeline(DiffusionPipeline):
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
         check_video_size(height, width, num_frames, svd.vae_scale_factor)
         check_output_type(output_type)
+        steps, guidance = self.sampling_defaults()
+        num_inference_steps = steps if num_inference_steps is None else num_inference_steps
+        max_guidance_scale = guidance if max_guidance_scale is None else max_guidance_scale
         sampler = "euler"
-        if sigmas is None and num_inference_steps != 1:  # the student's levels; 1 step stays the stock Euler step
-            levels = generator_sigma_levels(self.t_g, svd.sigma_min, svd.sigma_max)
+        if self.is_student and sigmas is None and num_inference_steps != 1:  # 1 step stays the stock Euler step
+            levels = torch.tensor(self.sigma_levels, dtype=torch.float32)
             sigmas, sampler = student_schedule(levels, num_inference_steps).tolist(), "consistency"
         if long_video is not None:
             window, overlap = long_video_windows(long_video, num_frames, window, overlap, self.unet.config.num_frames)
@@ -195,8 +219,9 @@ class SFVPipeline(DiffusionPipeline):
 
 def load_pipeline(model: str | os.PathLike, device: torch.device, dtype: torch.dtype = torch.float32,
                   decoder: str = "vae") -> SFVPipeline:
-    """SFVPipeline.from_pretrained(model, decoder=) on `device` (safetensors only); a folder that does not load is one
-    ModelLoadError line. Check the folder first with sfv.model_dir.check_model_dir (it names every missing file)."""
+    """SFVPipeline.from_pretrained(model, decoder=) on `device` (safetensors only; decoder: vae | tiny | a fast decoder
+    folder); a folder that does not load is one ModelLoadError line. Check the folder first with
+    sfv.model_dir.check_model_dir (it names every missing file)."""
     try:
         return SFVPipeline.from_pretrained(model, decoder=decoder, dtype=dtype, use_safetensors=True).to(device)
     except SFVError:
@@ -268,26 +293,29 @@ FAST_DECODER = "fast_decoder"  # the export's subfolder for a fast decoder (not 
 
 def export_pipeline(
     unet: UNetSpatioTemporalConditionModel, teacher: SVDTeacher, out_dir: str | os.PathLike, info: dict | None = None,
-    t_g: int = SFVPipeline.t_g, fast_decoder: str | os.PathLike | None = None,
+    t_g: int = ModelConfig.t_g, fast_decoder: str | os.PathLike | None = None, video: VideoRecord | None = None,
 ) -> Path:
     """Write the drop-in diffusers folder for a student UNet, atomically (temp folder + rename).
 
     Contents: model_index.json (StableVideoDiffusionPipeline, so stock diffusers loads it), unet/ (the student),
     vae/, image_encoder/, feature_extractor/, scheduler/ (the teacher's; its 1-step Karras schedule is σ_max),
-    and sfv.json (how to sample it — T_g, read back by SFVPipeline.from_pretrained — and where it came from).
+    sfv.json (how to sample it — T_g and G's σ levels, read back by SFVPipeline.from_pretrained — and where it came
+    from) and video.json (`video`: the size, frames and fps it was trained at), when known.
     fast_decoder: a tiny decoder folder (sfv.decoders.tiny), checked against the VAE and copied to fast_decoder/;
     sfv.json lists it under "decoders" (SFVPipeline.from_pretrained(folder, decoder="tiny")). Weights are safetensors.
     """
     if fast_decoder is not None:
         build_decoder("tiny", teacher.vae, fast_decoder)  # loads and fits, before anything is written
     out = check_export_target(out_dir)
+    levels = generator_sigma_levels(t_g, teacher.sigma_min, teacher.sigma_max).tolist()  # G's, as it trained on them
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         teacher.to_pipeline(unet=unet).save_pretrained(tmp, safe_serialization=True)
         meta = {
             "sfv_version": __version__,
             "pipeline": "SFVPipeline",
-            "sampling": {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": teacher.sigma_max, "t_g": t_g},
+            "sampling": {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": teacher.sigma_max, "t_g": t_g,
+                         "sigma_levels": levels},
             "decoder": teacher.decoder_name,  # what the stock pipeline decodes with
             **(info or {}),
         }
@@ -297,4 +325,6 @@ def export_pipeline(
                 shutil.copy2(Path(fast_decoder) / name, tmp / FAST_DECODER / name)
             meta["decoders"] = {"tiny": FAST_DECODER}
         (tmp / EXPORT_INFO).write_text(json.dumps(meta, indent=2) + "\n")
+        if video is not None:
+            write_video_record(tmp, video)
     return out

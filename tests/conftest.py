@@ -92,11 +92,14 @@ def tiny_recipe(teacher, videos, run_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def sfv_pipe(tiny_dir):
-    """SFVPipeline over the tiny SVD folder (the pipeline runs any SVD-layout folder; no training needed)."""
-    from sfv.pipeline import SFVPipeline
+def sfv_pipe(tiny_dir, tmp_path_factory):
+    """SFVPipeline over a student: the tiny SVD's own UNet exported as one (sfv.json, T_g = 4; no training needed)."""
+    from sfv.pipeline import SFVPipeline, export_pipeline
+    from sfv.teachers.svd import SVDTeacher
 
-    pipe = SFVPipeline.from_pretrained(tiny_dir, use_safetensors=True)
+    teacher = SVDTeacher.from_pretrained(tiny_dir)
+    student = export_pipeline(teacher.unet, teacher, tmp_path_factory.mktemp("student") / "tiny-student")
+    pipe = SFVPipeline.from_pretrained(student, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

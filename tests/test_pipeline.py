@@ -30,6 +30,25 @@ def exported(tmp_path_factory, tiny_dir):
     return out
 
 
+def test_a_folder_without_sfv_json_is_a_teacher_sampled_as_the_stock_pipeline(tiny_dir):
+    """No sfv.json: SFVPipeline's defaults are the stock pipeline's (25 Euler steps on the teacher's schedule, CFG ramp
+    1 → 3, a doubled UNet batch), frame for frame; an export of the same weights is a student (one pass, batch 1)."""
+    image = example_image(32, 32, seed=4)
+    kw = dict(height=32, width=32, num_frames=2, output_type="np")
+    stock = StableVideoDiffusionPipeline.from_pretrained(tiny_dir, use_safetensors=True)
+    stock.set_progress_bar_config(disable=True)
+    ref = stock(image, generator=torch.Generator().manual_seed(3), **kw).frames  # the stock defaults
+    pipe = SFVPipeline.from_pretrained(tiny_dir, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    calls = _count_unet_calls(pipe)
+    ours = pipe(image, generator=torch.Generator().manual_seed(3), **kw).frames
+    assert not pipe.is_student and max_abs_diff(ours, ref) == 0
+    assert calls == [(2, 2, 8, 16, 16)] * 25
+    few = pipe(image, num_inference_steps=4, generator=torch.Generator().manual_seed(3), **kw).frames  # any step count
+    stock_few = stock(image, num_inference_steps=4, generator=torch.Generator().manual_seed(3), **kw).frames
+    assert max_abs_diff(few, stock_few) == 0
+
+
 def _count_unet_calls(pipe):
     calls = []
     pipe.unet.register_forward_hook(lambda m, args, out: calls.append(tuple(args[0].shape)))
@@ -64,7 +83,9 @@ def test_export_contents(exported):
     index = json.loads((exported / "model_index.json").read_text())
     assert index["_class_name"] == "StableVideoDiffusionPipeline"
     info = json.loads((exported / "sfv.json").read_text())
-    assert info["sampling"] == {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": 700.0, "t_g": 4} and info["note"] == "test"
+    levels = SFVGenerator.from_teacher(SVDTeacher.from_pretrained(exported)).sigma_levels().tolist()  # G's, T_g = 4
+    assert info["sampling"] == {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": 700.0, "t_g": 4,
+                                "sigma_levels": levels} and info["note"] == "test"
     assert not list(exported.rglob("*.bin")) and list(exported.rglob("*.safetensors"))
 
 

@@ -57,6 +57,8 @@ class Teacher(Protocol):
     condition_dim: int  # width of Condition.pooled()
     sigma_min: float
     sigma_max: float
+    default_steps: int  # how the family samples unless told otherwise (SVD: 25 Euler steps, CFG ramp 1 → 3)
+    default_guidance: float
     unet: torch.nn.Module  # the denoising network G is copied from
 
     def modules(self) -> list[torch.nn.Module]: ...

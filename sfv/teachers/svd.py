@@ -49,6 +49,7 @@ from sfv.sampling import consistency_sample, euler_sample, multidiffusion
 from sfv.teachers.svd_condition import SVDCondition, SVDConditioning
 from sfv.teachers.svd_unet import PRECOND, SVDEncoder, load_student, sharding_units, student_from_state, svd_denoise
 
+STOCK_STEPS, STOCK_GUIDANCE = 25, 3.0  # the stock pipeline's sampling: 25 Euler steps, CFG ramp 1 → 3
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 _SIGMAS_CACHE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (scheduler config, steps) -> levels
 
@@ -66,6 +67,7 @@ class SVDTeacher(SVDConditioning):
     """
 
     precond = PRECOND
+    default_steps, default_guidance = STOCK_STEPS, STOCK_GUIDANCE  # how a teacher samples unless told otherwise
     denoise_with = staticmethod(svd_denoise)  # (net, x, σ, cond, guidance) -> x0 for any SVD-layout UNet (G's too)
 
     def __init__(
@@ -264,10 +266,10 @@ class SVDTeacher(SVDConditioning):
         num_frames: int,
         height: int,
         width: int,
-        num_inference_steps: int = 25,
+        num_inference_steps: int = STOCK_STEPS,
         sigmas: Sequence[float] | torch.Tensor | None = None,
         min_guidance_scale: float = 1.0,
-        max_guidance_scale: float = 3.0,
+        max_guidance_scale: float = STOCK_GUIDANCE,
         generator=None,
         latents: torch.Tensor | None = None,
         unet: UNetSpatioTemporalConditionModel | None = None,
