@@ -253,14 +253,14 @@ def cmd_distill(args) -> int:
     from sfv.config import load_recipe
     from sfv.train import run
 
-    run(load_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu)
+    run(load_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu, overwrite=args.overwrite)
     return 0
 
 
 def cmd_distill_decoder(args) -> int:
     from sfv.decoder_train import load_decoder_recipe, run
 
-    run(load_decoder_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu)
+    run(load_decoder_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu, overwrite=args.overwrite)
     return 0
 
 

@@ -235,11 +235,14 @@ def add_train_arguments(p) -> None:
     """The training command's arguments (shared by `python -m sfv.train` and `sfv distill`; no heavy imports)."""
     p.add_argument("--recipe", required=True, help="YAML recipe (recipes/*.yaml)")
     p.add_argument("--resume", default=None, help="'latest' (newest checkpoint in the run dir) or a checkpoint folder")
+    p.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds a run: its checkpoints "
+                   "and logs are deleted first (without it, or --resume, such a folder is refused)")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is visible")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.total_videos=64 data.videos=/data")
 
 
-def save_recipe(recipe: Recipe, path: str | Path) -> None:
+def save_recipe(recipe, path: str | Path) -> None:
+    """A typed recipe (Recipe, or another dataclass of sections with `to_dict`) as YAML, every default filled in."""
     Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
 

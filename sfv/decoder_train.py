@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
+from tqdm.auto import tqdm
 
-from sfv import checkpoint, distributed
+from sfv import checkpoint, distributed, run_setup
 from sfv.config import DataConfig, load_sections
 from sfv.cache import LatentCache
 from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
@@ -85,7 +85,7 @@ class DecoderRecipe:
     train: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists (what sfv.config.save_recipe writes)
 
 
 def load_decoder_recipe(path, overrides: list[str] = ()) -> DecoderRecipe:
@@ -134,7 +134,7 @@ def build_decoder_net(recipe: DecoderRecipe, teacher: Teacher) -> TinyTemporalDe
     if m.init:
         net = TinyTemporalDecoder.from_pretrained(m.init).requires_grad_(True)
     else:
-        torch.manual_seed(recipe.train.seed)
+        run_setup.seed(recipe.train.seed)
         net = TinyTemporalDecoder(TinyDecoderConfig.for_vae(teacher.vae, m.block_out_channels, m.num_blocks))
     net.check_fits(teacher.vae, f"for '{m.teacher}'")
     return net.to(teacher.device).train()
@@ -184,11 +184,11 @@ def load_data(recipe: DecoderRecipe):
     return dataset
 
 
-def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False) -> Path:
-    """Train per the recipe (resuming from a checkpoint if asked); returns the decoder folder. Collective on
-    several processes (every process calls it)."""
+def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False, overwrite: bool = False) -> Path:
+    """Train per the recipe (resuming from a checkpoint if asked; `overwrite`: start a run folder that holds one again);
+    returns the decoder folder. Collective on several processes (every process calls it)."""
     cfg = recipe.train
-    world = distributed.init(cpu=cpu)
+    world = run_setup.start(cfg.run_dir, resume, overwrite, cpu)
     if cfg.batch_size % world.size:
         raise InputError(f"train.batch_size {cfg.batch_size} is not a multiple of the {world.size} processes")
     micro = cfg.batch_size // world.size  # clips per process and step
@@ -198,10 +198,7 @@ def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False) -> 
     ckpt = checkpoint.resolve(resume, run_dir) if resume else None
     if Path(recipe.model.teacher).is_dir():
         check_video_size(d.height, d.width, d.frames, check_model_dir(recipe.model.teacher).vae_scale_factor)
-    teacher = load_teacher(recipe.model.teacher, device=world.device)
-    teacher.requires_grad_(False)
-    for module in teacher.modules():
-        module.eval()
+    teacher = run_setup.freeze(load_teacher(recipe.model.teacher, device=world.device))
     student = None
     if recipe.model.student:  # the one-step student whose latents the decoder also learns (frozen)
         student = load_teacher(recipe.model.student, device=world.device).requires_grad_(False)
@@ -216,33 +213,36 @@ def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False) -> 
     if ckpt:
         saved = checkpoint.load(ckpt, world, modules, optimizers, {})
         videos, steps = saved["state"]["videos"], saved["state"]["steps"]
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    run_setup.write_recipe(recipe, run_dir, world)
     sampler = ResumableSampler(len(dataset), cfg.seed, world.rank, world.size, start=videos // world.size)
     loader = iter(torch.utils.data.DataLoader(dataset, micro, sampler=sampler, collate_fn=collate,
                                               num_workers=recipe.data.num_workers))
     skipped: set[str] = set()
     t0, start, first, stats = time.perf_counter(), videos, None, None
     log = open(run_dir / "log.jsonl", "a") if world.is_main else None
+    # a progress bar on a terminal (process 0); the log lines below go to stdout either way
+    bar = tqdm(total=cfg.total_videos, initial=videos, unit="video", desc="sfv distill-decoder", dynamic_ncols=True,
+               disable=None if world.is_main else True)
     while videos < cfg.total_videos:
         batch = next(loader)
         skipped.update(batch["skipped"])
-        # the student's noise: a pure function of (step, process); one process keeps the seeds it always had
+        # the student's noise: a pure function of (step, process), so a resumed run draws what an unbroken one would
         gen = torch.Generator(world.device).manual_seed((cfg.seed * 1_000_003 + steps) * world.size + world.rank)
         stats = train_step(net_ddp, opt, teacher, batch, recipe, student, gen)
         stats = dict(zip(stats, distributed.mean(list(stats.values()), world)))  # the global batch's losses
         before, videos, steps = videos, videos + cfg.batch_size, steps + 1
         first = first or stats
+        bar.update(videos - bar.n)
         if world.is_main and (crossed(before, videos, cfg.log_every) or videos >= cfg.total_videos):
             rate = (videos - start) / max(time.perf_counter() - t0, 1e-9)
             log.write(json.dumps({"videos": videos, "steps": steps, **stats}) + "\n")
             log.flush()
-            print(f"distill-decoder: {videos}/{cfg.total_videos} videos  loss {stats['loss/loss']:.4f}  "
-                  f"({rate:.1f} videos/s)", flush=True)
+            bar.set_postfix(loss=f"{stats['loss/loss']:.4f}")
+            bar.write(f"distill-decoder: {videos}/{cfg.total_videos} videos  loss {stats['loss/loss']:.4f}  ({rate:.1f} videos/s)")
         if crossed(before, videos, cfg.checkpoint_every) or videos >= cfg.total_videos:
             checkpoint.save(run_dir / "checkpoints", videos, world, modules, optimizers, {},
                             {"state": {"videos": videos, "steps": steps}, "recipe": recipe.to_dict()}, cfg.keep_checkpoints)
+    bar.close()
     skipped = set().union(*distributed.gather_objects(skipped, world))
     out = run_dir / "decoder"
     if world.is_main:
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train_arguments(parser)
 
     def command(args):
-        run(load_decoder_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu)
+        run(load_decoder_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu, overwrite=args.overwrite)
         return 0
 
     return run_command(parser, command, argv)

@@ -31,10 +31,9 @@ class Pairs:
     eps_fake: torch.Tensor
 
 
-def make_pairs(recipe, dataset, teacher, sigma_d) -> list[Pairs]:
-    """The held-out pairs: frame 0 + clip of the first train.d_eval_count videos of data.eval_videos (else of
-    `dataset`), encoded once, with every random number the judging needs drawn now."""
-    d, cfg = recipe.data, recipe.train
+def make_pairs(d, cfg, dataset, teacher, sigma_d) -> list[Pairs]:
+    """The held-out pairs: frame 0 + clip of the first cfg.d_eval_count videos of d.eval_videos (else of `dataset`),
+    encoded once, with every random number the judging needs drawn now. d, cfg: the recipe's data and train sections."""
     source = dataset
     if d.eval_videos:
         source = VideoFolder(d.eval_videos, ClipSpec.of(d), seed=cfg.seed)

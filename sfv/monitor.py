@@ -1,5 +1,6 @@
 """Watching a run (process 0 only): progress bar, tensorboard scalars, sample videos from the EMA generator
-on fixed conditioning images, the end-of-run report of skipped files, and the export of the student."""
+on fixed conditioning images, and the end-of-run report of skipped files. It observes; it changes nothing of the
+run and writes nothing but its logs (the export is the trainer's)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ def crossed(before: int, after: int, every: int) -> bool:
 
 
 class Monitor:
-    def __init__(self, run_dir: Path, recipe, world: distributed.World, teacher, sample_cond):
-        self.run_dir, self.recipe, self.world, self.teacher = Path(run_dir), recipe, world, teacher
-        self.cfg = recipe.train
+    def __init__(self, run_dir: Path, cfg, data, world: distributed.World, teacher, sample_cond):
+        """cfg: the recipe's train section (cadences, length); data: its data section (the sample videos' size)."""
+        self.run_dir, self.cfg, self.data, self.world, self.teacher = Path(run_dir), cfg, data, world, teacher
         self.before = 0  # videos before the current iteration
         self.acc: dict[str, list[float]] = {}  # key -> [sum, count] since the last log
         self.writer = self.bar = None
@@ -37,7 +38,7 @@ class Monitor:
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.sample_cond = sample_cond  # fixed conditioning for the sample videos (frame 0 of the first clips)
         count = len(sample_cond) if sample_cond is not None else 0
-        d, gen = recipe.data, torch.Generator(teacher.device).manual_seed(SAMPLE_NOISE_SEED)
+        d, gen = data, torch.Generator(teacher.device).manual_seed(SAMPLE_NOISE_SEED)
         self.sample_noise = torch.randn(count, d.frames, teacher.latent_channels, d.height // teacher.vae_scale_factor,
                                         d.width // teacher.vae_scale_factor, generator=gen, device=teacher.device)
 
@@ -102,7 +103,7 @@ class Monitor:
             return None
         from sfv.video import write_video
 
-        d = self.recipe.data
+        d = self.data
         was_training = unet.training
         unet.eval()
         latents = self.teacher.sample(self.sample_cond, d.frames, d.height, d.width, num_inference_steps=1,
@@ -118,9 +119,9 @@ class Monitor:
         self.writer.flush()
         return path
 
-    def finish(self, state, unet, weights: str = "ema", extra: dict | None = None) -> None:
+    def finish(self, state, unet, extra: dict | None = None) -> None:
+        """The last sample videos from `unet` (whole, on process 0), report.json, the list of skipped files. Collective."""
         skipped = sorted({s for lst in distributed.gather_objects(state.skipped_files, self.world) for s in lst})
-        unet = distributed.unsharded(unet, self.world, like=self.teacher.unet)  # collective; None off process 0
         if not self.world.is_main:
             return
         if self.bar is not None:
@@ -133,18 +134,6 @@ class Monitor:
             print(f"sfv distill: skipped {len(skipped)} unusable video file(s) (see {self.run_dir / 'report.json'}):")
             for s in skipped[:10]:
                 print(f"  {s}")
-        if self.cfg.export:
-            from sfv.pipeline import export_pipeline
-
-            out = self.run_dir / "export"
-            if out.exists():
-                import shutil
-
-                shutil.rmtree(out)
-            export_pipeline(unet, self.teacher, out, info={"teacher": self.recipe.model.teacher, "videos": state.videos,
-                                                           "g_steps": state.g_steps, "weights": weights},
-                            t_g=self.recipe.model.t_g)
-            print(f"sfv distill: exported the one-step student to {out}")
         self.writer.close()
 
 

@@ -32,14 +32,14 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sfv import checkpoint, distributed, heldout
+from sfv import checkpoint, distributed, heldout, run_setup
 from sfv.cache import LatentCache
-from sfv.config import Recipe, add_train_arguments, load_recipe, save_recipe
+from sfv.config import Recipe, add_train_arguments, load_recipe
 from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
 from sfv.discriminator import Discriminator
 from sfv.errors import InputError, SFVError
 from sfv.generator import SFVGenerator
-from sfv.model_dir import check_model_dir, check_video_size
+from sfv.model_dir import VideoRecord, check_model_dir, check_video_size
 from sfv.monitor import SAMPLE_CONDITION_SEED, Monitor, crossed
 from sfv.noise import LogNormalSigmaSampler, generator_sigma_levels
 from sfv.steps import (
@@ -82,12 +82,10 @@ def build(recipe: Recipe, world: distributed.World, teacher: Teacher | None = No
     gcfg, dcfg = recipe.generator, recipe.discriminator
     if teacher is None and not recipe.model.teacher:
         raise InputError("the recipe has no model.teacher; set it to an SVD diffusers folder (model.teacher=/path)")
-    torch.manual_seed(recipe.train.seed + world.rank)
+    run_setup.seed(recipe.train.seed, world.rank)
     if teacher is None:
         teacher = load_teacher(recipe.model.teacher, device=world.device)
-    teacher.requires_grad_(False)
-    for module in teacher.modules():
-        module.eval()
+    run_setup.freeze(teacher)
     G = SFVGenerator.from_teacher(teacher, recipe.model.t_g)
     if recipe.model.gradient_checkpointing:  # per UNet block (recomputed in the backward)
         G.unet.enable_gradient_checkpointing()
@@ -99,7 +97,7 @@ def build(recipe: Recipe, world: distributed.World, teacher: Teacher | None = No
     ema = AveragedModel(G.unet, multi_avg_fn=get_ema_multi_avg_fn(gcfg.ema), use_buffers=True)
     dmd = recipe.dmd
     fake = SFVGenerator.from_teacher(teacher, recipe.model.t_g) if dmd.weight else None  # DMD's fake score: a copy too
-    bf16 = _bf16(recipe.train.precision, world)
+    bf16 = run_setup.use_bf16(recipe.train.precision, world.device)
     trained = [(net, teacher.sharding_units(net.unet)) for net in (G, fake) if net is not None]
     (G_ddp, *fake_ddp), D_ddp = distributed.parallelize(world, recipe.parallel.mode, trained,
                                                         [(ema.module, teacher.sharding_units(ema.module))], D, [teacher.unet],
@@ -126,10 +124,11 @@ def checkpointed(p: Parts) -> tuple[dict, dict]:
     return modules, optimizers
 
 
-def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
-    """Train per the recipe (resuming from a checkpoint if asked); returns the run folder."""
-    world = distributed.init(cpu=cpu, group=recipe.parallel.mode == "fsdp")
+def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite: bool = False) -> Path:
+    """Train per the recipe (resuming from a checkpoint if asked; `overwrite`: start a run folder that holds one again);
+    returns the run folder."""
     cfg, dcfg = recipe.train, recipe.discriminator
+    world = run_setup.start(cfg.run_dir, resume, overwrite, cpu, group=recipe.parallel.mode == "fsdp")
     run_dir, micro = Path(cfg.run_dir), cfg.batch_per_device
     if cfg.batch_size % (micro * world.size):
         raise InputError(f"train.batch_size {cfg.batch_size} is not a multiple of batch_per_device × processes = {micro} × {world.size}")
@@ -157,10 +156,9 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
     count = min(cfg.sample_count, len(dataset))  # fixed conditioning for sample videos: frame 0 of the first clips
     sample_cond = prepare(collate([dataset[(i, 0)] for i in range(count)]), p.teacher, recipe,
                           torch.Generator(world.device).manual_seed(SAMPLE_CONDITION_SEED))[1] if world.is_main and count else None
-    monitor = Monitor(run_dir, recipe, world, p.teacher, sample_cond)  # tensorboard, samples, progress, export
-    if world.is_main:
-        save_recipe(recipe, run_dir / "config.yaml")
-    pairs = heldout.make_pairs(recipe, dataset, p.teacher, p.sigma_d) if cfg.d_eval_every else None
+    monitor = Monitor(run_dir, cfg, recipe.data, world, p.teacher, sample_cond)  # tensorboard, samples, progress
+    run_setup.write_recipe(recipe, run_dir, world)
+    pairs = heldout.make_pairs(recipe.data, cfg, dataset, p.teacher, p.sigma_d) if cfg.d_eval_every else None
     if pairs and state.videos == 0:
         monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp))  # where D starts
 
@@ -204,9 +202,28 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False) -> Path:
                             {"state": state.__dict__, "recipe": recipe.to_dict()}, cfg.keep_checkpoints,
                             sharded=recipe.parallel.mode == "fsdp")
     layout = {"parallel": recipe.parallel.mode, "processes": world.size, "generator_parameters": distributed.parameter_layout(p.G, world)}
-    monitor.finish(state, p.ema.module if state.g_steps else p.G.unet, "ema" if state.g_steps else "initial (no G step yet)", layout)
+    unet = distributed.unsharded(p.ema.module if state.g_steps else p.G.unet, world, like=p.teacher.unet)  # None off process 0
+    monitor.finish(state, unet, layout)
+    if cfg.export and world.is_main:
+        export(recipe, state, unet, p.teacher, "ema" if state.g_steps else "initial (no G step yet)")
     distributed.shutdown(world)
     return run_dir
+
+
+def export(recipe: Recipe, state: State, unet, teacher: Teacher, weights: str) -> Path:
+    """The student as the run folder's export/ (sfv.pipeline.export_pipeline), replacing an earlier one of this run."""
+    import shutil
+
+    from sfv.pipeline import export_pipeline
+
+    out = Path(recipe.train.run_dir) / "export"
+    if out.exists():
+        shutil.rmtree(out)
+    info = {"teacher": recipe.model.teacher, "videos": state.videos, "g_steps": state.g_steps, "weights": weights}
+    video = VideoRecord.trained(recipe.to_dict()["data"], recipe.model.teacher)
+    export_pipeline(unet, teacher, out, info=info, t_g=recipe.model.t_g, video=video)
+    print(f"sfv distill: exported the one-step student to {out}")
+    return out
 
 
 def check_options(recipe: Recipe, dataset) -> None:
@@ -239,15 +256,6 @@ def sigma_range(teacher: str) -> tuple[float, float]:
     return float(data.get("sigma_min", 0.002)), float(data.get("sigma_max", 700.0))
 
 
-# -- small helpers of the loop ----------------------------------------------------------------------------
-
-
-def _bf16(precision: str, world) -> bool:
-    if precision not in ("auto", "fp32", "bf16"):
-        raise InputError(f"train.precision must be auto, fp32 or bf16, not {precision!r}")
-    return precision == "bf16" or (precision == "auto" and world.device.type == "cuda")
-
-
 # -- command line -------------------------------------------------------------------------------------------
 
 
@@ -262,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def command(args):
         recipe = load_recipe(args.recipe, args.overrides)
-        run(recipe, args.resume, cpu=args.cpu)
+        run(recipe, args.resume, cpu=args.cpu, overwrite=args.overwrite)
         return 0
 
     return run_command(build_parser(ArgParser), command, argv)

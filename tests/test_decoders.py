@@ -258,6 +258,24 @@ def test_accelerate_launch_two_processes_matches_one_process(tiny_dir, video_dir
     assert report["processes"] == 2 and report["steps"] == 6
 
 
+def test_distill_decoder_never_overwrites_a_run_without_asking(tiny_dir, video_dir, tmp_path, capsys):
+    """As `sfv distill`: a run folder that holds a run is refused (one line, exit 2, every file as it was) unless
+    --resume or --overwrite; --overwrite starts clean (the log not doubled)."""
+    from test_distill import snapshot
+
+    args = ["distill-decoder", "--recipe", "recipes/decoder_toy.yaml", "--cpu",
+            *recipe_args(tiny_dir, video_dir, tmp_path / "run"), "train.total_videos=4"]
+    assert main(args) == 0
+    before = snapshot(tmp_path / "run")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--resume latest" in err and "--overwrite" in err
+    assert snapshot(tmp_path / "run") == before
+    assert main([*args, "--overwrite"]) == 0
+    assert len(_log(tmp_path / "run")) == 2  # logged every 2 videos: one copy
+
+
 def test_distill_decoder_trains_from_a_latent_cache(tiny_dir, video_dir, tmp_path, capsys):
     """data.cache (`sfv cache`): the latents are read, not encoded, so the steps against the stock decoder's frames
     equal those of a run on the videos the cache was written from; the cache holds no frames, so the real term must

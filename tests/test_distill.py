@@ -1,5 +1,6 @@
 """`sfv distill` / `accelerate launch -m sfv.train` end to end on the tiny SVD and real mp4 files."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -98,6 +99,35 @@ def test_options_that_need_pairs_or_a_multi_step_teacher_are_one_line_before_any
         err = capsys.readouterr().err.strip()
         assert rc == 2 and message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "run").exists()
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder`: its content hash and its modification time."""
+    return {p.relative_to(folder): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_folder_is_never_overwritten_without_asking(tmp_path, tiny_dir, video_dir, capsys):
+    """A second run into a folder that holds one, without --resume, is one line and exit 2 and touches nothing; the
+    line offers the three ways on. --overwrite starts clean: one copy of the log, the new run's tensorboard file only."""
+    run_dir = tmp_path / "run"
+    args = _args(tiny_dir, video_dir, run_dir, "train.total_videos=4", "train.batch_size=2", "train.log_every=2",
+                 "train.checkpoint_every=4", "train.export=false")
+    assert main(args) == 0
+    before = snapshot(run_dir)
+    assert {"log.jsonl", "config.yaml", "report.json"} <= {p.name for p in before} and len(before) > 5
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(way in err for way in ("--resume latest", "train.run_dir=", "--overwrite")), err
+    assert snapshot(run_dir) == before
+    assert main([*args, "--resume", "latest", "--overwrite"]) == 2 and snapshot(run_dir) == before
+
+    assert main([*args, "--overwrite"]) == 0
+    assert len((run_dir / "log.jsonl").read_text().splitlines()) == 2  # 4 videos logged every 2: not doubled
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1
+    assert {p: h for p, (h, _) in snapshot(run_dir).items() if p.parts[0] == "checkpoints"} == \
+        {p: h for p, (h, _) in before.items() if p.parts[0] == "checkpoints"}  # the same run again, bit for bit
 
 
 def test_a_folder_with_no_usable_video_is_an_error(tmp_path, tiny_dir, capsys):

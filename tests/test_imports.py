@@ -78,3 +78,22 @@ def test_graph_sees_function_level_imports():
 def test_sfv_import_graph_is_acyclic():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_monitor_only_observes():
+    """The monitor writes logs and samples; exporting the student is the trainer's. It reaches neither the pipeline
+    nor the export, not even through another module."""
+    graph = import_graph()
+    assert reachable(graph, "sfv.monitor").isdisjoint({"sfv.pipeline", "sfv.export"})
+    assert reachable({"a": {"b"}, "b": {"c"}}, "a") == {"b", "c"}  # the walk follows arrows through modules
