@@ -308,7 +308,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from sfv.serve import serve_cli
+    from sfv.serve_page import serve_cli
 
     return serve_cli(args)
 

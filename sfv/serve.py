@@ -1,22 +1,15 @@
-"""`sfv serve`: a local web page for image-to-video with one model folder, loaded once per server.
+"""`sfv serve`'s server, without the page: one model folder loaded once, each request checked, then generated.
 
-    sfv serve [--model DIR] [--host 127.0.0.1] [--port 7860] [--device cpu] [--dtype fp32] [--decoder DIR]
-
-A person uploads a first frame (or picks one of the toy world's), sets the motion bucket, fps, seed, steps, CFG,
-the decoder and `sfv sample`'s long-video options, and gets the video back with its measured generation time.
-The default model is the committed one-step toy student (models/toy-sfv-v2, with the committed fast decoder
-models/toy-decoder-v2 beside its VAE), which runs on a CPU, offline.
-
-How it serves:
-  * one model per server, loaded before the page opens (Server.load); requests wait in gradio's queue and run
+How it serves (the page, its styling and the launch are sfv/serve_page.py; this module never imports gradio):
+  * one model per server, loaded before the page opens (Server.load); requests wait in the page's queue and run
     one at a time, and a lock around the pipeline call keeps any other caller off the model as well;
   * every upload and setting is checked (load_frame, check_request) before the model runs: a bad one is an
     InputError, shown on the page as one line, and the server goes on serving;
   * the video has the first frame's size (both sides multiples of the VAE's scale factor). A student export
-    (it carries sfv.json) samples on its own σ levels, 1..T_g − 1 steps; any other SVD folder, a teacher, samples
-    with the stock Euler schedule — so teacher-25 with CFG is the same page with --model TEACHER, 25 steps, CFG 3.
+    (sfv.json) samples on its own σ levels, 1..T_g − 1 steps; any other SVD folder is a teacher, sampled on its stock
+    schedule (SFVPipeline's teacher mode) — so teacher-25 with CFG is the same page with --model TEACHER.
 
-gradio (the `serve` extra) is imported only when a page is built, so `import sfv.cli` stays light.
+The ranges below are the checks' and the page's sliders' alike (tests/test_serve.py holds them to it).
 """
 
 from __future__ import annotations
@@ -24,83 +17,38 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import shutil
-import signal
-import tempfile
 import threading
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from sfv.errors import InputError, ModelLoadError, SFVError, first_line
-from sfv.sampling import LONG_VIDEO
+from sfv.images import check_frame_size, load_image
+from sfv.model_dir import VideoRecord
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = MODELS / "toy-sfv-v2"  # the committed one-step toy student ...
 DEFAULT_DECODER = MODELS / "toy-decoder-v2"  # ... and the fast decoder trained on its latents, offered beside the VAE
 MAX_UPLOAD_BYTES = 32 * 2**20
 MAX_PIXELS = 1024 * 1024  # per first frame (SVD's own 1024×576 is 0.59 MP); `sfv serve --max-pixels`
-MAX_FRAMES = 128
 MAX_TEACHER_STEPS = 100
-MAX_GUIDANCE = 20.0
-KEEP_VIDEOS = 16  # videos kept in the server's folder (gradio serves a copy from its own cache)
+KEEP_VIDEOS = 16  # videos kept in the server's folder (the page serves a copy from its own cache)
+# (lowest, highest) of each setting, for the checks and the page's controls alike
+MOTION_BUCKETS = (0, 255)  # SVD's motion buckets
+FPS = (1, 30)
+SEEDS = (0, 2**63 - 1)
+FRAMES = (1, 128)
+GUIDANCE = (1.0, 20.0)  # max_guidance_scale: 1 is off
 EXAMPLE_SEEDS = (3, 7, 11, 20)  # toy-world v2 scenes offered as example first frames
-EXAMPLE_SIZE, EXAMPLE_FPS = 32, 8  # the toy world's training size and frame rate (recipes/toy.yaml)
-# Small frames and videos fill their boxes with sharp pixels (the toy world's 32×32 would be a dot, or a blur).
-CSS = """
-#sfv-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#sfv-video video { image-rendering: pixelated; }
-"""
-
-
-# ---------------------------------------------------------------------------------------------- checks
 
 
 def load_frame(path: str | os.PathLike, multiple: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_UPLOAD_BYTES):
-    """The uploaded first frame as an RGB PIL image, or an InputError that says what is wrong and what to upload.
-
-    The pixel size comes from the file's header, before any pixel is decoded, so a huge image costs nothing. The
-    video has the frame's size, so both sides must be multiples of `multiple` (the VAE's scale factor)."""
-    import PIL.Image
-
-    path = Path(path)
-    name = path.name
-    try:
-        size = path.stat().st_size
-    except OSError:
-        raise InputError("The upload did not arrive; upload the image again") from None
-    if size > max_bytes:
-        raise InputError(f"The file '{name}' is too large ({size / 2**20:.1f} MiB); upload an image of at most "
-                         f"{max_bytes / 2**20:.0f} MiB")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)  # the pixel limit below is ours
-            with PIL.Image.open(path) as im:
-                width, height = im.size
-                check_frame_size(name, width, height, multiple, max_pixels)
-                return im.convert("RGB")  # decodes (frame 0 of an animation); a truncated file fails here
-    except InputError:
-        raise  # ValueErrors too: not to be reworded below
-    except PIL.Image.DecompressionBombError:
-        raise InputError(f"The image '{name}' is too large: over {2 * PIL.Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
-                         f"upload one of at most {max_pixels / 1e6:.2f} megapixels") from None
-    except PIL.UnidentifiedImageError:  # its message is the server's path of the upload: nothing for the reader
-        raise InputError(f"The file '{name}' is not an image that can be read; upload a PNG, JPEG or WebP") from None
-    except (OSError, ValueError, SyntaxError) as e:  # a damaged image (truncated, bad chunks)
-        raise InputError(f"The file '{name}' is not an image that can be read ({first_line(e)}); upload a PNG, JPEG or WebP") from None
-
-
-def check_frame_size(name: str, width: int, height: int, multiple: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise InputError(f"The image '{name}' is too large: {width}×{height} is {width * height / 1e6:.2f} megapixels and this "
-                         f"server takes at most {max_pixels / 1e6:.2f} (sfv serve --max-pixels); downscale it")
-    if width < multiple or height < multiple or width % multiple or height % multiple:
-        fit = f"{max(multiple, width // multiple * multiple)}×{max(multiple, height // multiple * multiple)}"
-        raise InputError(f"The image '{name}' has an unsupported size, {width}×{height}: the video has the first frame's size and "
-                         f"this model needs both sides in multiples of {multiple} (its VAE's scale factor); "
-                         f"crop or resize it to {fit}")
+    """The uploaded first frame as an RGB PIL image (sfv.images.load_image under this server's limits), its sides in
+    multiples of `multiple` (the video takes its size); otherwise an InputError that says what to upload."""
+    image = load_image(path, max_pixels, max_bytes, source="upload")
+    check_frame_size(Path(path).name, *image.size, multiple)
+    return image
 
 
 @dataclass(frozen=True)
@@ -110,13 +58,17 @@ class ModelSpec:
     path: str
     vae_scale_factor: int
     num_frames: int  # the model's window
-    student: bool  # an sfv export (sfv.json): steps on its own σ levels; otherwise the stock Euler schedule
+    student: bool  # an sfv export (sfv.json): steps on its own σ levels; otherwise a teacher on its stock schedule
     max_steps: int  # T_g − 1 for a student
     decoders: tuple[str, ...] = ("vae",)
+    default_steps: int = 1  # what the model samples with unless told otherwise (SFVPipeline.sampling_defaults)
+    default_guidance: float = 1.0
+    video: VideoRecord | None = None  # what the model was trained on (video.json)
 
     @property
-    def default_guidance(self) -> float:
-        return 1.0 if self.student else 3.0  # SF-V samples without CFG; the stock pipeline's ramp ends at 3
+    def toy_world(self) -> str | None:
+        """The sfv toy world the model knows (its example frames and motion-bucket hint are offered only then)."""
+        return self.video.toy_world if self.video else None
 
 
 @dataclass(frozen=True)
@@ -163,16 +115,16 @@ def _whole(value, name: str, low: int, high: int, hint: str = "") -> int:
 def check_request(request: Request, spec: ModelSpec) -> Settings:
     """Check one submission against the served model; an InputError names the setting and its range."""
     steps_hint = (f": a one-step student samples on its T_g − 1 = {spec.max_steps} training levels" if spec.student else "")
-    frames = spec.num_frames if request.frames in (None, 0) else _whole(request.frames, "frames", 1, MAX_FRAMES)
+    frames = spec.num_frames if request.frames in (None, 0) else _whole(request.frames, "frames", *FRAMES)
     guidance = request.guidance
-    if not isinstance(guidance, (int, float)) or not 1.0 <= guidance <= MAX_GUIDANCE:
-        raise InputError(f"CFG (max guidance scale) must be from 1 (off) to {MAX_GUIDANCE:g} (got {guidance!r})")
+    if not isinstance(guidance, (int, float)) or not GUIDANCE[0] <= guidance <= GUIDANCE[1]:
+        raise InputError(f"CFG (max guidance scale) must be from {GUIDANCE[0]:g} (off) to {GUIDANCE[1]:g} (got {guidance!r})")
     if request.decoder not in spec.decoders:
         raise InputError(f"decoder must be one of {', '.join(spec.decoders)} for this model (got {request.decoder!r}); "
                          "the tiny decoder needs an export with fast_decoder/ or `sfv serve --decoder DIR`")
     long = None if request.long in (None, "", "off") else request.long
-    window = None if request.window in (None, 0) else _whole(request.window, "window", 1, MAX_FRAMES)
-    overlap = None if request.overlap is None else _whole(request.overlap, "overlap", 0, MAX_FRAMES)
+    window = None if request.window in (None, 0) else _whole(request.window, "window", *FRAMES)
+    overlap = None if request.overlap is None else _whole(request.overlap, "overlap", 0, FRAMES[1])
     if long is None and (window is not None or overlap is not None):
         raise InputError("window and overlap go with a long video: choose chain or multidiffusion, or clear them")
     if long is not None:
@@ -180,15 +132,12 @@ def check_request(request: Request, spec: ModelSpec) -> Settings:
 
         window, overlap = long_video_windows(long, frames, window, overlap, spec.num_frames)
     return Settings(
-        motion_bucket_id=_whole(request.motion_bucket_id, "motion bucket", 0, 1023),
-        fps=_whole(request.fps, "fps", 1, 240),
-        seed=_whole(request.seed, "seed", 0, 2**63 - 1),
+        motion_bucket_id=_whole(request.motion_bucket_id, "motion bucket", *MOTION_BUCKETS),
+        fps=_whole(request.fps, "fps", *FPS),
+        seed=_whole(request.seed, "seed", *SEEDS),
         steps=_whole(request.steps, "steps", 1, spec.max_steps, steps_hint),
         guidance=float(guidance), decoder=request.decoder, frames=frames, long=long, window=window, overlap=overlap,
     )
-
-
-# ---------------------------------------------------------------------------------------------- the model
 
 
 @dataclass(frozen=True)
@@ -222,39 +171,31 @@ class Server:
     @classmethod
     def load(cls, model: str | os.PathLike, device, dtype, out_dir: str | os.PathLike, decoder: str | None = None,
              max_pixels: int = MAX_PIXELS) -> "Server":
-        """Load the folder (and a fast decoder: `decoder`, else the export's own fast_decoder/, if any)."""
-        from sfv.decoders import build_decoder
-        from sfv.model_dir import check_model_dir
-        from sfv.pipeline import EXPORT_INFO, load_pipeline, shipped_decoders
+        """Load the folder, and the fast decoder offered beside its VAE: `decoder` as `--decoder` names one (vae: none;
+        tiny: the export's fast_decoder/; a fast decoder folder), by default the export's own, if it has one."""
+        from sfv.decoders import build_decoder, resolve_decoder
+        from sfv.model_dir import check_model_dir, shipped_decoders
+        from sfv.pipeline import load_pipeline
 
         info = check_model_dir(model)
+        name, folder = resolve_decoder(decoder, model) if decoder is not None else ("tiny", shipped_decoders(model).get("tiny"))
         t0 = time.perf_counter()
         pipe = load_pipeline(model, device, dtype)
         pipe.set_progress_bar_config(disable=True)
-        folder = decoder if decoder is not None else shipped_decoders(model).get("tiny")
         decoders = {"vae": "vae"}
         if folder is not None:
             try:
-                decoders["tiny"] = build_decoder("tiny", pipe.vae, folder)
+                decoders[name] = build_decoder(name, pipe.vae, folder)
             except SFVError:
                 raise
             except Exception as e:  # a damaged decoder folder: one line, as for the model
                 raise ModelLoadError(f"could not load the fast decoder '{folder}': {first_line(e)}") from None
         load_seconds = time.perf_counter() - t0
-        student = (Path(model) / EXPORT_INFO).is_file()
-        spec = ModelSpec(str(model), info.vae_scale_factor, info.num_frames, student,
-                         pipe.t_g - 1 if student else MAX_TEACHER_STEPS, tuple(decoders))
+        steps, guidance = pipe.sampling_defaults()
+        spec = ModelSpec(str(model), info.vae_scale_factor, info.num_frames, info.student,
+                         info.student_steps if info.student else MAX_TEACHER_STEPS, tuple(decoders), steps, guidance,
+                         info.video)
         return cls(pipe, spec, decoders, out_dir, max_pixels, load_seconds)
-
-    def sampling(self, steps: int) -> dict:
-        """A student's own σ levels (SFVPipeline's num_inference_steps), or the stock Euler schedule for a teacher."""
-        if self.spec.student:
-            return {"num_inference_steps": steps}
-        from diffusers import EulerDiscreteScheduler
-
-        scheduler = EulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
-        scheduler.set_timesteps(steps)
-        return {"num_inference_steps": steps, "sigmas": scheduler.sigmas.tolist()}
 
     def generate(self, frame_path: str | os.PathLike, request: Request) -> Generated:
         """Check the upload and the settings, run the pipeline (timed, under the lock), write the mp4."""
@@ -273,9 +214,9 @@ class Server:
             t0 = time.perf_counter()
             frames = generate_frames(
                 self.pipe, image, "try fewer frames or a smaller first frame", height=height, width=width,
-                num_frames=s.frames, min_guidance_scale=1.0, max_guidance_scale=s.guidance, fps=s.fps,
-                motion_bucket_id=s.motion_bucket_id, generator=torch.Generator("cpu").manual_seed(s.seed),
-                long_video=s.long, window=s.window, overlap=s.overlap, **self.sampling(s.steps),
+                num_frames=s.frames, num_inference_steps=s.steps, min_guidance_scale=1.0, max_guidance_scale=s.guidance,
+                fps=s.fps, motion_bucket_id=s.motion_bucket_id, generator=torch.Generator("cpu").manual_seed(s.seed),
+                long_video=s.long, window=s.window, overlap=s.overlap,
             )
             seconds = time.perf_counter() - t0
         path = self.out_dir / f"video-{next(self._numbers):05d}.mp4"
@@ -295,176 +236,25 @@ class Server:
             self._videos.popleft().unlink(missing_ok=True)
 
 
-def toy_examples(folder: str | os.PathLike) -> list[list]:
-    """First frames of toy-world v2 scenes as PNG files, each with its motion bucket and the world's fps."""
+def toy_examples(folder: str | os.PathLike, video: VideoRecord | None = None) -> list[list]:
+    """First frames of toy-world v2 scenes as PNG files at the model's size (`video`; default the toy models'), each
+    with its motion bucket and the world's fps."""
     import PIL.Image
 
+    from sfv.toy.teacher import FPS as TOY_FPS, SIZE as TOY_SIZE
     from sfv.toy.world import make_branch_scene, render
 
+    size, fps = (video.width, video.fps) if video else (TOY_SIZE, TOY_FPS)
     rows = []
     for seed in EXAMPLE_SEEDS:
         scene = make_branch_scene(seed)
         path = Path(folder) / f"toy-world-{seed}.png"
-        PIL.Image.fromarray(render(scene, 1, EXAMPLE_SIZE)[0]).save(path)
-        rows.append([str(path), scene.motion_bucket_id, EXAMPLE_FPS])
+        PIL.Image.fromarray(render(scene, 1, size)[0]).save(path)
+        rows.append([str(path), scene.motion_bucket_id, fps])
     return rows
-
-
-# ---------------------------------------------------------------------------------------------- the page
-
-
-def build_page(server: Server, examples: list[list]):
-    """The gradio Blocks of the page (imports gradio)."""
-    import gradio as gr
-
-    spec = server.spec
-    kind = (f"a one-step SF-V student (1–{spec.max_steps} steps on its own σ levels)" if spec.student
-            else "an SVD folder sampled with the stock Euler schedule (a teacher)")
-    device = server.pipe.device
-    shown = os.path.relpath(spec.path) if not os.path.relpath(spec.path).startswith("..") else spec.path
-    # delete_cache: gradio's copies of uploads and videos go after an hour, and all of them when the server stops
-    with gr.Blocks(title="sfv serve", delete_cache=(3600, 3600)) as page:
-        gr.Markdown(f"## sfv — image to video\nModel `{shown}`: {kind}, {spec.num_frames}-frame window, "
-                    f"on {device.type} ({str(server.pipe.unet.dtype).removeprefix('torch.')}), loaded once in "
-                    f"{server.load_seconds:.1f} s. The video has the first frame's size "
-                    f"(sides in multiples of {spec.vae_scale_factor}).")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=260):
-                frame = gr.Image(label="First frame", type="filepath", sources=["upload"], height=200, elem_id="sfv-frame")
-                frame.preprocess = _upload_path
-                example_column = gr.Column()
-            with gr.Column(scale=1, min_width=300):
-                bucket = gr.Slider(0, 255, value=127, step=1, label="Motion bucket",
-                                   info="the toy world: 32, 128, 224 = slow, medium, fast")
-                fps = gr.Slider(1, 30, value=7, step=1, label="fps", info="conditioning and playback", elem_id="sfv-fps")
-                with gr.Row():
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="sfv-seed")
-                    steps = gr.Slider(1, spec.max_steps, value=1, step=1, label="Steps")
-                with gr.Row():
-                    guidance = gr.Slider(1.0, MAX_GUIDANCE, value=spec.default_guidance, step=0.5, label="CFG (1 = off)")
-                    decoder = gr.Radio(list(spec.decoders), value="vae", label="Decoder", elem_id="sfv-decoder")
-                with gr.Accordion("Frames and long video", open=False):
-                    frames = gr.Number(value=spec.num_frames, precision=0, minimum=1, maximum=MAX_FRAMES, label="Frames")
-                    long = gr.Radio(["off", *LONG_VIDEO], value="off", label="Long video")
-                    with gr.Row():
-                        window = gr.Number(value=None, precision=0, label="Window (blank: the model's)")
-                        overlap = gr.Number(value=None, precision=0, label="Overlap (blank: 1 chain, window/2 multidiffusion)")
-                button = gr.Button("Generate", variant="primary", elem_id="sfv-generate")
-            with gr.Column(scale=1, min_width=300):
-                video = gr.Video(label="Video", autoplay=True, loop=True, height=300, elem_id="sfv-video")
-                timing = gr.Markdown("The generation time appears here.", elem_id="sfv-time")
-        with example_column:
-            gr.Examples(examples, inputs=[frame, bucket, fps], label="Toy-world first frames (motion bucket, fps)")
-
-        def refused(e: SFVError):
-            """A user's error: one line on the page and in the server's log (no traceback: nothing is broken)."""
-            line = " ".join(str(e).split())
-            print(f"sfv serve: refused: {line}", flush=True)
-            return gr.Error(line, print_exception=False)
-
-        def run(path, bucket, fps, seed, steps, guidance, decoder, frames, long, window, overlap):
-            try:
-                if path is None:
-                    raise InputError("Upload a first frame or pick an example first")
-                request = Request(motion_bucket_id=bucket, fps=fps, seed=seed, steps=steps, guidance=guidance,
-                                  decoder=decoder, frames=frames, long=long, window=window, overlap=overlap)
-                out = server.generate(path, request)
-            except SFVError as e:
-                raise refused(e) from None
-            return str(out.path), out.summary()
-
-        def check_upload(path):
-            if path is not None:
-                try:
-                    load_frame(path, spec.vae_scale_factor, server.max_pixels)
-                except SFVError as e:
-                    raise refused(e) from None
-
-        frame.upload(check_upload, frame, None, show_progress="hidden", concurrency_limit=None)
-        button.click(run, [frame, bucket, fps, seed, steps, guidance, decoder, frames, long, window, overlap],
-                     [video, timing], concurrency_limit=1, concurrency_id="model")
-    return page
-
-
-def _upload_path(payload):
-    """The uploaded file's path, unread: gr.Image's own preprocessing opens the file and answers a non-image with
-    gradio's internal error; this way load_frame judges every upload and a bad one gets its message. (Set on the
-    component, not by subclassing: gradio writes a .pyi stub beside any module that defines a component class.)"""
-    return None if payload is None or payload.path is None else payload.path
-
-
-def check_listen(host: str, port: int) -> None:
-    """Raise InputError unless a server could listen on host:port now (a bad address or a port in use)."""
-    import socket
-
-    if not 1 <= port <= 65535:
-        raise InputError(f"--port must be from 1 to 65535 (got {port})")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as e:
-        raise InputError(f"--host {host!r} is not an address here ({e}); use 127.0.0.1 (this machine only)") from None
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
-        try:
-            sock.bind(address)
-        except OSError as e:
-            raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}; pass another --port") from None
-
-
-def serve_cli(args) -> int:
-    """`sfv serve`: everything cheap is checked before gradio or any weights load (one line, exit 2)."""
-    import importlib.util
-
-    from sfv.console import check_positive, parse_device, parse_dtype
-    from sfv.decoders.tiny import CONFIG_NAME, WEIGHTS_NAME
-    from sfv.model_dir import check_model_dir
-
-    check_listen(args.host, args.port)
-    check_positive(args, "max-pixels")
-    model, decoder = args.model, args.decoder
-    if model is None:
-        model = str(DEFAULT_MODEL)
-        decoder = decoder if decoder is not None or not DEFAULT_DECODER.is_dir() else str(DEFAULT_DECODER)
-    check_model_dir(model)
-    if decoder is not None:
-        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (Path(decoder) / n).is_file()]
-        if missing:
-            raise InputError(f"fast decoder folder '{decoder}' lacks {', '.join(missing)}; pass a "
-                             "`sfv distill-decoder` output (e.g. models/toy-decoder-v2)")
-    if importlib.util.find_spec("gradio") is None:
-        raise InputError("sfv serve needs gradio, the `serve` extra: pip install -e '.[serve]' (make setup installs it)")
-    dtype = parse_dtype(args.dtype)
-    device = parse_device(args.device, dtype)
-
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage reports, no version checks
-    out_dir = Path(tempfile.mkdtemp(prefix="sfv-serve-"))
-    server = None
-    try:
-        print(f"sfv serve: loading {model} ({args.dtype}, {device})", flush=True)
-        server = Server.load(model, device, dtype, out_dir, decoder, args.max_pixels or MAX_PIXELS)
-        page = build_page(server, toy_examples(out_dir))
-        import gradio as gr
-
-        # api_open=False: every request goes through the queue; system fonts: the page needs no font server
-        page.queue(default_concurrency_limit=1, api_open=False)
-        theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-        print(f"sfv serve: http://{args.host}:{args.port} ({spec_line(server)}; Ctrl+C stops)", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl+C does (and this folder goes)
-        page.launch(server_name=args.host, server_port=args.port, share=False, quiet=True, show_error=False,
-                    allowed_paths=[str(out_dir)], max_file_size=MAX_UPLOAD_BYTES, theme=theme, css=CSS, ssr_mode=False,
-                    mcp_server=False, pwa=False)
-    finally:
-        if server is not None:
-            server.wait_idle()
-        shutil.rmtree(out_dir, ignore_errors=True)
-    return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def spec_line(server: Server) -> str:
     spec = server.spec
-    what = f"student, 1–{spec.max_steps} steps" if spec.student else "Euler schedule"
+    what = f"student, 1–{spec.max_steps} steps" if spec.student else f"teacher, {spec.default_steps} steps by default"
     return f"{what}, decoders {', '.join(spec.decoders)}, loaded in {server.load_seconds:.1f} s"

@@ -147,3 +147,59 @@ def test_the_server_runs_one_pipeline_call_at_a_time(tmp_path):
     spans.sort()
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
     assert len({r.path for r in results}) == 3 and all(read_video(r.path)[0].shape == (8, 32, 32, 3) for r in results)
+
+
+def test_the_server_module_imports_without_gradio():
+    """sfv.serve (requests, checks, the server) is gradio-free: it imports, and serves a request's checks, in a process
+    where importing gradio fails; only sfv.serve_page needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['gradio'] = None\n"  # `import gradio` now raises ImportError
+            "import sfv.serve as s\n"
+            "spec = s.ModelSpec('m', vae_scale_factor=2, num_frames=8, student=True, max_steps=3)\n"
+            "assert s.check_request(s.Request(steps=3), spec).steps == 3\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'gradio' and sys.modules[m] is not None]\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _page_controls(model, tmp_path):
+    """The page built over `model` (no browser): its controls by elem_id, and the server."""
+    pytest.importorskip("gradio", reason="gradio is the serve extra: pip install -e '.[dev,serve]'")
+    import torch
+
+    from sfv.serve import Server
+    from sfv.serve_page import build_page
+
+    server = Server.load(model, torch.device("cpu"), torch.float32, tmp_path)
+    page = build_page(server, [])
+    return {b.elem_id: b for b in page.blocks.values() if getattr(b, "elem_id", None)}, server
+
+
+@pytest.mark.parametrize("elem_id, field", [("sfv-bucket", "motion_bucket_id"), ("sfv-fps", "fps"), ("sfv-steps", "steps"),
+                                            ("sfv-guidance", "guidance"), ("sfv-frames", "frames"), ("sfv-seed", "seed")])
+def test_every_value_a_control_offers_is_one_the_check_takes(elem_id, field, tmp_path):
+    """The page's sliders and number boxes span exactly the checks' ranges: their ends are accepted, one step past
+    either end is refused (the motion bucket's slider once stopped at 255 while its check took 1023)."""
+    from sfv.serve import DEFAULT_MODEL
+
+    controls, server = _page_controls(DEFAULT_MODEL, tmp_path)
+    control = controls[elem_id]
+    low, high = control.minimum, control.maximum
+    step = getattr(control, "step", 1) or 1
+    for value in (low, high):
+        check_request(Request(**{field: value}), server.spec)
+    below = low - step if field != "frames" else -1  # frames 0 is a cleared box: the model's window
+    for value in (below, high + step):
+        with pytest.raises(InputError, match="must be from"):
+            check_request(Request(**{field: value}), server.spec)
+
+
+def test_the_toy_world_hint_shows_for_toy_models_only(tiny_dir, tmp_path):
+    from sfv.serve import DEFAULT_MODEL
+
+    toy, _ = _page_controls(DEFAULT_MODEL, tmp_path / "toy")
+    other, server = _page_controls(tiny_dir, tmp_path / "other")
+    assert "toy world" in (toy["sfv-bucket"].info or "") and not other["sfv-bucket"].info
+    assert server.spec.toy_world is None and not server.spec.student and server.spec.default_steps == 25

@@ -40,7 +40,8 @@ def time_requests(server, frames, request_kwargs: dict, repeats: int) -> list[fl
 
 
 def main(args) -> int:
-    from sfv.serve import EXAMPLE_FPS, Server, toy_examples
+    from sfv.serve import Server, toy_examples
+    from sfv.toy.teacher import FPS
 
     check_positive(args, "repeats", "threads", "teacher-steps")
     if args.threads:
@@ -50,7 +51,7 @@ def main(args) -> int:
     with tempfile.TemporaryDirectory() as out:
         examples = toy_examples(out)
         frames = [path for path, _, _ in examples]
-        common = {"fps": EXAMPLE_FPS, "motion_bucket_id": examples[0][1]}
+        common = {"fps": FPS, "motion_bucket_id": examples[0][1]}
         student = Server.load(args.student, cpu, torch.float32, out, args.decoder or None)
         rows.append(("student, 1 step", time_requests(student, frames, {**common, "steps": 1}, args.repeats)))
         if "tiny" in student.spec.decoders:
@@ -63,7 +64,7 @@ def main(args) -> int:
                                           args.repeats)))
     reference = statistics.median(rows[-1][1])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.repeats} requests per setting after "
-          f"1 warm-up; 8 frames of 32×32 at {EXAMPLE_FPS} fps\n")
+          f"1 warm-up; 8 frames of 32×32 at {FPS} fps\n")
     print("| setting | shown time, median (s) | min – max (s) | speed-up vs teacher |")
     print("|---|---|---|---|")
     for label, times in rows:
