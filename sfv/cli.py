@@ -1,25 +1,30 @@
 """`sfv` command line: thin — parse, call the library, turn user errors into one line and exit code 2.
 
-    sfv sample --model DIR --image PATH --out out.mp4|out.gif [options]
+    sfv sample --model DIR --image PATH --out out.mp4|out.gif [options]     (a student export, or a teacher)
     sfv export --generator PATH --teacher DIR --out DIR      (or --checkpoint DIR [--weights ema|raw]) [--decoder DIR]
     sfv distill --recipe recipes/NAME.yaml [section.key=value ...] [--resume latest|DIR]
     sfv distill-decoder --recipe recipes/decoder_toy.yaml [section.key=value ...] [--resume latest|DIR]
-    sfv cache --teacher DIR --videos DIR --out DIR --frames F --height H --width W [--fps 7]
+    sfv cache --teacher DIR --videos DIR --out DIR [--frames F --height H --width W --fps N]
     sfv bench  --teacher DIR --student DIR | --arch svd|svd-xt --random-weights  [--steps 25,16,8,4,1 ...]
     sfv eval   --videos DIR --reference DIR [--i3d PATH] [--psnr-ssim] [--lpips] [--out FILE]
-    sfv serve  [--model DIR] [--host 127.0.0.1] [--port 7860] [--device cpu] [--decoder DIR]   (a local web page)
+    sfv serve  [--model DIR] [--host 127.0.0.1] [--port 7860] [--device cpu] [--decoder vae|tiny|DIR]   (a local web page)
+
+Sizes follow the model: without --height/--width/--frames/--fps, sample, cache and bench use what the model folder
+records it was trained at (video.json; sfv.model_dir), and sample otherwise the first frame's size.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from sfv.console import ArgParser, check_positive, parse_device, parse_dtype, run_command
-from sfv.errors import InputError, first_line
+from sfv.console import ArgParser, check_positive, parse_device, run_command
+from sfv.errors import DataError, InputError
+
+DECODER_HELP = ("vae (the model's own VAE decoder), tiny (the fast decoder an export ships in fast_decoder/) or a fast "
+                "decoder folder, e.g. models/toy-decoder-v2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,22 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgParser)
 
     s = sub.add_parser("sample", help="generate a video from an image with an SVD-layout model folder")
-    s.add_argument("--model", required=True, help="diffusers folder (an `sfv export` output, or any SVD folder)")
+    s.add_argument("--model", required=True, help="diffusers folder: an `sfv export` output (a student), or any SVD "
+                   "folder (a teacher, sampled on its stock schedule)")
     s.add_argument("--image", required=True, help="conditioning image (frame 0): png/jpg/...")
     s.add_argument("--out", required=True, help="output video, .mp4 or .gif")
     s.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
-    s.add_argument("--height", type=int, default=576)
-    s.add_argument("--width", type=int, default=1024)
-    s.add_argument("--fps", type=int, default=7, help="conditioning fps and output frame rate")
+    s.add_argument("--height", type=int, default=None, help="default: the size the model was trained at (video.json), "
+                   "else the first frame's, rounded to the VAE's scale factor")
+    s.add_argument("--width", type=int, default=None, help="default: as --height")
+    s.add_argument("--fps", type=int, default=None, help="conditioning fps and output frame rate (default: the model's, else 7)")
     s.add_argument("--motion-bucket-id", type=int, default=127)
     s.add_argument("--noise-aug-strength", type=float, default=0.02)
-    s.add_argument("--steps", type=int, default=1,
-                   help="student steps on its own σ levels (1 = SF-V one-step sampling; up to T_g − 1 = 3)")
-    s.add_argument("--max-guidance-scale", type=float, default=1.0, help=">1 turns on SVD's per-frame CFG ramp")
+    s.add_argument("--steps", type=int, default=None, help="a student: steps on its own σ levels, 1 (SF-V, the default) "
+                   "up to T_g − 1; a teacher: Euler steps of its stock schedule (default: its own, 25 for SVD)")
+    s.add_argument("--max-guidance-scale", type=float, default=None, help=">1 turns on SVD's per-frame CFG ramp (default: "
+                   "1 for a student, the teacher's own for a teacher: 3 for SVD)")
     s.add_argument("--min-guidance-scale", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode call (default: all)")
-    s.add_argument("--decoder", default="vae", help="vae (the model's own, default) or tiny (the export's fast_decoder/)")
+    s.add_argument("--decoder", default="vae", help=DECODER_HELP + " (default vae)")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     s.add_argument("--long", default=None, help="--frames beyond the model's window: chain or multidiffusion")
@@ -76,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--teacher", required=True, help="the SVD folder whose VAE and image encoder training will use")
     c.add_argument("--videos", required=True, help="folder of videos (recursive)")
     c.add_argument("--out", required=True, help="new cache folder")
-    c.add_argument("--frames", type=int, required=True)
-    c.add_argument("--height", type=int, required=True)
-    c.add_argument("--width", type=int, required=True)
-    c.add_argument("--fps", type=int, default=7)
+    c.add_argument("--frames", type=int, default=None, help="default: the teacher's (video.json, else its UNet's)")
+    c.add_argument("--height", type=int, default=None, help="default: the size the teacher records (video.json)")
+    c.add_argument("--width", type=int, default=None, help="default: as --height")
+    c.add_argument("--fps", type=int, default=None, help="the rate clips are read at (default: the teacher's, else 7)")
     c.add_argument("--noise-aug-strength", type=float, default=0.02)
     c.add_argument("--metadata", default=None, help=".jsonl/.csv with file, fps, motion_bucket_id")
     c.add_argument("--shard-size", type=int, default=256)
@@ -97,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--arch", choices=["svd", "svd-xt"], help="full-size architecture instead of folders (needs --random-weights)")
     b.add_argument("--random-weights", action="store_true", help="with --arch: random weights (speed runs; nothing is downloaded)")
     b.add_argument("--steps", default="25,16,8,4,1", help="teacher step counts, comma-separated (each with and without CFG)")
-    b.add_argument("--frames", type=int, default=None, help="default: the model's (14 SVD, 25 SVD-XT)")
-    b.add_argument("--height", type=int, default=576)
-    b.add_argument("--width", type=int, default=1024)
+    b.add_argument("--frames", type=int, default=None, help="default: the model's (video.json, else 14 SVD, 25 SVD-XT)")
+    b.add_argument("--height", type=int, default=None, help="default: the size the student records (video.json), else 576")
+    b.add_argument("--width", type=int, default=None, help="default: as --height, else 1024")
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     b.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     b.add_argument("--compile", action="store_true", help="torch.compile the UNets (slow first call, excluded as warm-up)")
@@ -109,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "multidiffusion windows (reports frames of output video per second)")
     b.add_argument("--window", type=int, help="with --long-frames: frames per window (default: the model's)")
     b.add_argument("--overlap", type=int, help="with --long-frames: shared frames (default: 1 chain, window/2 multidiffusion)")
-    b.add_argument("--fast-decoder", help="also time the student decoding with a fast decoder: a decoder folder, or 'random' "
-                   "(random weights, speed only; with --arch); default: the student export's fast_decoder/, if it has one")
+    b.add_argument("--decoder", default=None, help="also time the student decoding with a fast decoder: " + DECODER_HELP
+                   + ", or random (random weights, speed only; with --arch); default: tiny if the student ships one")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--seed", type=int, default=0)
@@ -137,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=7860)
     w.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     w.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
-    w.add_argument("--decoder", default=None, help="a fast tiny decoder folder to offer beside the VAE (default: the "
-                   "export's fast_decoder/, if it has one), e.g. models/toy-decoder-v2")
+    w.add_argument("--decoder", default=None, help="the fast decoder offered beside the VAE: " + DECODER_HELP
+                   + " (default: the export's own, if it ships one)")
     w.add_argument("--max-pixels", type=int, default=None, help="largest first frame taken, in pixels (default 1048576)")
     w.set_defaults(func=cmd_serve)
     return p
@@ -151,92 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_image(path: str):
-    import PIL.Image
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"image '{path}' does not exist")
-    try:
-        with PIL.Image.open(p) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
-        raise InputError(f"cannot read image '{path}': {e}") from None
-
-
-def _check_out_file(path: str) -> Path:
-    from sfv.video import VIDEO_SUFFIXES
-
-    out = Path(path)
-    if out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise InputError(f"output '{path}' must end in .mp4 or .gif")
-    if not out.parent.is_dir():
-        raise InputError(f"output folder '{out.parent}' does not exist; create it first")
-    if out.is_dir():
-        raise InputError(f"output '{path}' is a folder; give a file name ending in .mp4 or .gif")
-    if not os.access(out.parent, os.W_OK):
-        raise InputError(f"output folder '{out.parent}' is not writable")
-    return out
-
-
-def _check_long_video(args, num_frames: int, model_window: int) -> tuple[int | None, int | None]:
-    """(window, overlap) of --long, checked before anything loads."""
-    if args.long is None:
-        if args.window is not None or args.overlap is not None:
-            raise InputError("--window and --overlap go with --long chain|multidiffusion")
-        return None, None
-    from sfv.sampling import long_video_windows
-
-    return long_video_windows(args.long, num_frames, args.window, args.overlap, model_window)
-
-
 def cmd_sample(args) -> int:
-    # Validate everything cheap before loading anything, so bad input never leaves partial output.
-    out = _check_out_file(args.out)
-    dtype = parse_dtype(args.dtype)
-    device = parse_device(args.device, dtype)
-    check_positive(args, "frames", "steps", "decode-chunk-size", "fps")
-    if not 0 <= args.seed < 2**63:
-        raise InputError(f"--seed must be in [0, 2**63) (got {args.seed})")
+    from sfv.sample_cli import sample_cli
 
-    from sfv.model_dir import check_model_dir, check_video_size
-
-    info = check_model_dir(args.model)
-    image = load_image(args.image)
-    num_frames = args.frames or info.num_frames
-    check_video_size(args.height, args.width, num_frames, info.vae_scale_factor)
-    window, overlap = _check_long_video(args, num_frames, info.num_frames)
-
-    import torch
-
-    from sfv.pipeline import generate_frames, load_pipeline
-    from sfv.video import write_video
-
-    t0 = time.perf_counter()
-    print(f"sfv sample: loading {args.model} ({args.dtype}, {device})", flush=True)
-    pipe = load_pipeline(args.model, device, dtype, decoder=args.decoder)
-    pipe.set_progress_bar_config(desc="sfv sample", leave=False)
-    t1 = time.perf_counter()
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    frames = generate_frames(
-        pipe, image, "try fewer frames, a smaller size, --decode-chunk-size 2 or --dtype bf16",
-        height=args.height, width=args.width, num_frames=num_frames, num_inference_steps=args.steps,
-        min_guidance_scale=args.min_guidance_scale, max_guidance_scale=args.max_guidance_scale, fps=args.fps,
-        motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
-        decode_chunk_size=args.decode_chunk_size, generator=generator, long_video=args.long, window=window, overlap=overlap,
-    )
-    t2 = time.perf_counter()
-    try:
-        write_video(out, frames, fps=args.fps)
-    except OSError as e:
-        raise InputError(f"cannot write '{out}': {first_line(e)}") from None
-    t3 = time.perf_counter()
-    print(
-        f"sfv sample: {out} — {num_frames} frames {args.height}x{args.width}, {args.steps} step(s)"
-        f"{f', {args.long} windows of {window} overlapping by {overlap}' if args.long else ''}, "
-        f"generate {t2 - t1:.2f} s (load {t1 - t0:.2f} s, write {t3 - t2:.2f} s, total {t3 - t0:.2f} s)"
-    )
-    return 0
+    return sample_cli(args)
 
 
 def cmd_export(args) -> int:
@@ -276,8 +202,18 @@ def cmd_cache(args) -> int:
     if out.exists():
         raise InputError(f"cache folder '{out}' already exists; pick a new one")
     info = check_model_dir(args.teacher)
-    check_video_size(args.height, args.width, args.frames, info.vae_scale_factor)
-    dataset = VideoFolder(args.videos, ClipSpec(args.frames, args.height, args.width, args.fps), args.seed, args.metadata)
+    record = info.video  # the teacher's training video (video.json): the defaults of every size flag
+    height, width = args.height or (record and record.height), args.width or (record and record.width)
+    if not height or not width:
+        raise InputError(f"pass --height and --width: '{args.teacher}' records no training size (video.json)")
+    frames, fps = args.frames or (record.frames if record else info.num_frames), args.fps or (record.fps if record else 7)
+    check_video_size(height, width, frames, info.vae_scale_factor)
+    dataset = VideoFolder(args.videos, ClipSpec(frames, height, width, fps), args.seed, args.metadata)
+    try:
+        dataset[(0, 0)]  # fail fast, before the teacher loads, if no file gives a clip
+    except DataError as e:
+        raise DataError(f"{e}; --fps sets the rate clips are read at ({fps} fps here) and --frames their length "
+                        f"({frames})") from None
     device = parse_device(args.device)
 
     from tqdm.auto import tqdm

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from sfv.errors import InputError, SFVError
 
+STARTED = time.perf_counter()  # the sfv command imports this module first: "since the command started" counts from here
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
 

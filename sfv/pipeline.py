@@ -99,9 +99,7 @@ class SFVPipeline(DiffusionPipeline):
 
     def sampling_defaults(self) -> tuple[int, float]:
         """(steps, max guidance) when the call names none: a student's one step without CFG, a teacher's stock ones."""
-        if self.is_student:
-            return 1, 1.0
-        return SVDTeacher.default_steps, SVDTeacher.default_guidance
+        return sampling_defaults(self.is_student)
 
     def set_decoder(self, name: str, folder: str | os.PathLike | None = None) -> "SFVPipeline":
         """Decode with `name` from sfv.decoders.DECODERS ("vae", or "tiny" read from `folder`), built once here."""
@@ -215,6 +213,18 @@ class SFVPipeline(DiffusionPipeline):
         if not return_dict:
             return frames
         return StableVideoDiffusionPipelineOutput(frames=frames)
+
+
+def sampling_defaults(student: bool) -> tuple[int, float]:
+    """(steps, max guidance scale) a model samples with unless told otherwise: a student 1 step without CFG (SF-V),
+    a teacher its stock schedule (SVD: 25 steps, CFG ramp 1 → 3)."""
+    return (1, 1.0) if student else (SVDTeacher.default_steps, SVDTeacher.default_guidance)
+
+
+def sampling_line(student: bool, steps: int, max_guidance: float, min_guidance: float = 1.0) -> str:
+    """How a model samples, in a few words: "student, 1 step" or "teacher, 25 steps, CFG 1→3"."""
+    cfg = f", CFG {min_guidance:g}→{max_guidance:g}" if max_guidance > 1 else ""
+    return f"{'student' if student else 'teacher'}, {steps} step{'s' if steps != 1 else ''}{cfg}"
 
 
 def load_pipeline(model: str | os.PathLike, device: torch.device, dtype: torch.dtype = torch.float32,

@@ -51,6 +51,16 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_student(tiny_dir, tmp_path_factory):
+    """The tiny SVD's own UNet exported as a student (sfv.json, T_g = 4): a folder `sfv sample` treats as a student."""
+    from sfv.pipeline import export_pipeline
+    from sfv.teachers.svd import SVDTeacher
+
+    teacher = SVDTeacher.from_pretrained(tiny_dir)
+    return export_pipeline(teacher.unet, teacher, tmp_path_factory.mktemp("student") / "tiny-student")
+
+
+@pytest.fixture(scope="session")
 def image_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "frame0.png"
     example_image(40, 56, seed=1).save(path)
@@ -92,14 +102,11 @@ def tiny_recipe(teacher, videos, run_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def sfv_pipe(tiny_dir, tmp_path_factory):
+def sfv_pipe(tiny_student):
     """SFVPipeline over a student: the tiny SVD's own UNet exported as one (sfv.json, T_g = 4; no training needed)."""
-    from sfv.pipeline import SFVPipeline, export_pipeline
-    from sfv.teachers.svd import SVDTeacher
+    from sfv.pipeline import SFVPipeline
 
-    teacher = SVDTeacher.from_pretrained(tiny_dir)
-    student = export_pipeline(teacher.unet, teacher, tmp_path_factory.mktemp("student") / "tiny-student")
-    pipe = SFVPipeline.from_pretrained(student, use_safetensors=True)
+    pipe = SFVPipeline.from_pretrained(tiny_student, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

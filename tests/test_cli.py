@@ -51,7 +51,7 @@ def _bad_cases(tiny_dir, image_path, tmp_path):
         "model missing": ([tmp_path / "no-model", image_path], [], "does not exist"),
         "model incomplete": ([incomplete, image_path], [], "unet/diffusion_pytorch_model.safetensors"),
         "image missing": ([tiny_dir, tmp_path / "nope.png"], [], "does not exist"),
-        "image unreadable": ([tiny_dir, garbage], [], "cannot read image"),
+        "image unreadable": ([tiny_dir, garbage], [], "is not an image that can be read"),
         "height not a multiple": ([tiny_dir, image_path], ["--height", "31"], "height 31 is not a positive multiple of 2"),
         "width not a multiple": ([tiny_dir, image_path], ["--width", "49"], "width 49 is not a positive multiple of 2"),
         "corrupt config": ([broken_json, image_path], [], "cannot parse"),
@@ -159,9 +159,9 @@ def test_sample_long_video_writes_every_frame(tiny_dir, image_path, tmp_path, ca
     (["--overlap", "2"], "--window and --overlap go with --long"),
     (["--steps", "4"], "num_inference_steps must be 1..3"),
 ])
-def test_bad_long_video_and_step_arguments_are_one_line_exit_2(extra, message, tiny_dir, image_path, tmp_path, capsys):
+def test_bad_long_video_and_step_arguments_are_one_line_exit_2(extra, message, tiny_student, image_path, tmp_path, capsys):
     out = tmp_path / "clip.mp4"
-    code, _, stderr = run_cli(sample_args(tiny_dir, image_path, out, *extra), capsys)
+    code, _, stderr = run_cli(sample_args(tiny_student, image_path, out, *extra), capsys)
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in stderr, stderr
     assert not out.exists()
@@ -178,7 +178,7 @@ def _serve_bad_cases(tmp_path):
         "port zero": (["--port", "0"], "--port must be from 1 to 65535"),
         "port not an int": (["--port", "http"], "invalid int value"),
         "port in use": (["--port", busy], f"cannot listen on 127.0.0.1:{busy}"),
-        "decoder folder missing": (["--decoder", tmp_path / "no-decoder"], "lacks config.json"),
+        "decoder folder missing": (["--decoder", tmp_path / "no-decoder"], "no-decoder' does not exist"),
         "zero max pixels": (["--max-pixels", "0"], "--max-pixels must be at least 1"),
         "unknown device": (["--device", "quantum"], "unknown device 'quantum'"),
     }
@@ -196,3 +196,61 @@ def test_serve_bad_input_is_one_line_exit_2_before_the_page(case, tmp_path, caps
     assert stderr.strip().splitlines() == [stderr.strip()] and stderr.startswith("sfv: error:") and message in stderr, stderr
     assert stdout == ""  # nothing loaded ("sfv serve: loading ..." comes after every check)
     assert ("gradio" in sys.modules) == gradio_before  # refused before the page's library was imported
+
+
+def test_sample_runs_a_teacher_as_a_teacher_and_a_student_as_a_student(tiny_dir, tiny_student, image_path, tmp_path, capsys,
+                                                                       monkeypatch):
+    """No sfv.json: the teacher's stock schedule at its default steps, with its CFG (25 UNet calls of batch 2); an
+    export: one step, no CFG. The first line printed says which."""
+    from sfv.pipeline import SFVPipeline
+
+    calls = []
+    original = SFVPipeline.__call__
+
+    def counting(pipe, *args, **kwargs):
+        hook = pipe.unet.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+        try:
+            return original(pipe, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(SFVPipeline, "__call__", counting)  # the real call, its UNet batches recorded
+    code, teacher_out, _ = run_cli(sample_args(tiny_dir, image_path, tmp_path / "t.gif", "--frames", "2"), capsys)
+    teacher_calls, calls[:] = list(calls), []
+    code2, student_out, _ = run_cli(sample_args(tiny_student, image_path, tmp_path / "s.gif", "--frames", "2"), capsys)
+    assert code == 0 and teacher_out.splitlines()[0].startswith(f"sfv sample: loading {tiny_dir}: teacher, 25 steps, CFG 1→3;")
+    assert teacher_calls == [2] * 25
+    assert code2 == 0 and student_out.splitlines()[0].startswith(f"sfv sample: loading {tiny_student}: student, 1 step;")
+    assert calls == [1]
+
+
+def test_sample_sizes_follow_the_model_else_the_first_frame(tiny_student, image_path, tmp_path, capsys):
+    """Without --height/--width/--frames/--fps: the size, frames and fps the model records (video.json); a model that
+    records none takes the first frame's size in whole VAE cells (image_path is 56×40, factor 2) and its window."""
+    from sfv.model_dir import VideoRecord, write_video_record
+
+    code, stdout, _ = run_cli(["sample", "--model", tiny_student, "--image", image_path, "--out", tmp_path / "a.gif"], capsys)
+    frames, _ = read_video(tmp_path / "a.gif")
+    assert code == 0 and frames.shape == (4, 40, 56, 3) and "the first frame's size" in stdout.splitlines()[0]
+    recorded = shutil.copytree(tiny_student, tmp_path / "recorded")
+    write_video_record(recorded, VideoRecord(height=16, width=24, frames=3, fps=5))
+    code, stdout, _ = run_cli(["sample", "--model", recorded, "--image", image_path, "--out", tmp_path / "b.mp4"], capsys)
+    frames, fps = read_video(tmp_path / "b.mp4")
+    assert code == 0 and frames.shape == (3, 16, 24, 3) and abs(fps - 5) < 0.5
+    assert "3 frames of 24×16 at 5 fps (the size" in stdout and "was trained at (its video.json)" in stdout
+
+
+def test_readme_sample_commands_run_on_the_committed_toy_models(tmp_path, capsys):
+    """The README's first sample commands, as written: the toy teacher (25 steps with CFG) and the toy student with the
+    committed fast decoder, on the shipped example frame, at the size the models record (32×32, 8 frames, 8 fps)."""
+    code, stdout, _ = run_cli(["sample", "--model", "models/toy-svd-v2", "--image", "docs/img/frame0.png",
+                               "--out", tmp_path / "t.mp4"], capsys)
+    assert code == 0 and "teacher, 25 steps, CFG 1→3" in stdout.splitlines()[0]
+    assert read_video(tmp_path / "t.mp4")[0].shape == (8, 32, 32, 3)
+    code, stdout, _ = run_cli(["sample", "--model", "models/toy-sfv-v2", "--image", "docs/img/frame0.png",
+                               "--out", tmp_path / "s.mp4", "--decoder", "models/toy-decoder-v2"], capsys)
+    assert code == 0 and "student, 1 step" in stdout.splitlines()[0] and "tiny decoder" in stdout.splitlines()[0]
+    assert read_video(tmp_path / "s.mp4")[0].shape == (8, 32, 32, 3)
+    code, _, stderr = run_cli(["sample", "--model", "models/toy-sfv-v2", "--image", "docs/img/frame0.png",
+                               "--out", tmp_path / "x.mp4", "--decoder", "tiny"], capsys)
+    assert code == 2 and "--decoder models/toy-decoder-v2" in stderr and not (tmp_path / "x.mp4").exists()

@@ -72,8 +72,8 @@ def resolve_decoder(choice: str, model: str | os.PathLike | None = None) -> tupl
     shipped = shipped_decoders(model) if model is not None else {}
     if choice in shipped:
         return choice, shipped[choice]
-    if Path(choice).is_dir() and choice not in DECODERS:
-        return "tiny", Path(choice)
+    if choice not in DECODERS and (Path(choice).is_dir() or os.sep in choice or choice.startswith(".")):
+        return "tiny", Path(choice)  # a folder: build_decoder checks it
     where = f"'{model}' carries no {choice!r} decoder (it ships {', '.join(['vae', *shipped])})" if model is not None \
         else f"no {choice!r} decoder here"
     fix = "pass a fast decoder folder (e.g. --decoder models/toy-decoder-v2) or export one with the model " \
