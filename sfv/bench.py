@@ -1,7 +1,8 @@
 """`sfv bench`: one step vs multi-step, per component, on the same inputs — SF-V's speed claim, measured whole.
 
 Variants (same conditioning image, same seed, same size for all):
-    teacher-{n}-cfg  SVD's defaults: n Euler steps, per-frame CFG ramp 1 → 3 (UNet batch 2 per step)
+    teacher-{n}-cfg  the teacher's own sampling (Teacher.sample on its stock schedule; SVD: n Euler steps, per-frame
+                     CFG ramp 1 → 3, UNet batch 2 per step)
     teacher-{n}      n steps without CFG (UNet batch 1)
     student-1        the one-step student through SFVPipeline (1 UNet call, batch 1)
 
@@ -30,7 +31,7 @@ import torch
 
 from sfv.bench_timing import ComponentTimer, component_groups, is_out_of_memory, summarise, timed_run
 
-CFG_MAX_GUIDANCE = 3.0  # SVD's default ramp: linspace(1.0, 3.0, frames)
+OVERHEAD_GOAL = 0.05  # SFVPipeline's end to end over its bare components, at full size on a GPU (information)
 
 
 @dataclass
@@ -118,7 +119,7 @@ class Bench:
         return lambda: self.teacher.generate(
             self.image, c.height, c.width, c.frames, decode_chunk_size=chunk, generator=self._generator(),
             output_type="np", num_inference_steps=variant.steps,
-            max_guidance_scale=CFG_MAX_GUIDANCE if variant.cfg else 1.0,
+            max_guidance_scale=self.teacher.default_guidance if variant.cfg else 1.0,
         )
 
     def run_variants(self, variants: list[Variant], log=print) -> list[Variant]:
@@ -234,15 +235,16 @@ def fast_decoder_speedups(records: list[dict]) -> dict | None:
                            for r in by.values() if r["model"] == "teacher"]}
 
 
-def pipeline_overhead(records: list[dict], target: float = 0.05) -> dict | None:
-    """SFVPipeline's end-to-end median over the median of its bare components' sum (same calls)."""
+def pipeline_overhead(records: list[dict], goal: float = OVERHEAD_GOAL) -> dict | None:
+    """SFVPipeline's end-to-end median over the median of its bare components' sum (same calls), with the goal it is
+    measured against at full size on a GPU (where the components dominate); on a CPU or a tiny model it is information."""
     student = next((r for r in records if r["model"] == "student" and r["status"] == "ok"), None)
     if student is None:
         return None
     total, parts = student["summary"]["total"]["median_s"], student["summary"]["components_sum"]["median_s"]
     overhead = total / parts - 1
     return {"pipeline_median_s": total, "components_sum_median_s": parts, "overhead": overhead,
-            "target": target, "met": overhead <= target,
+            "target": goal, "met": overhead <= goal,
             "decode_share_of_total": student["summary"]["vae_decode"]["median_s"] / total}
 
 
@@ -324,7 +326,7 @@ def fast_decoder_pipeline(student_pipe, fast_decoder: str):
 
     pipe = SFVPipeline(**student_pipe.components)
     pipe.set_progress_bar_config(disable=True)
-    pipe.t_g = student_pipe.t_g
+    pipe.t_g, pipe.sigma_levels = student_pipe.t_g, student_pipe.sigma_levels
     if fast_decoder == "random":
         net = TinyTemporalDecoder(TinyDecoderConfig.for_vae(student_pipe.vae)).eval().requires_grad_(False)
         pipe.decoder = TinyDecoder(net.to(student_pipe.vae.device, student_pipe.vae.dtype))

@@ -357,7 +357,7 @@ def test_bench_times_the_export_fast_decoder_beside_the_stock_decoder(tiny_dir, 
     assert f["decode"] == pytest.approx(stock["vae_decode"]["median_s"] / fast["vae_decode"]["median_s"])
     assert [t["teacher"] for t in f["vs_teacher"]] == ["teacher-1-cfg", "teacher-1"]
     assert "## Fast decoder" in (out / "bench.md").read_text() and "fast decoder: decode" in capsys.readouterr().out
-    bad = main(["bench", "--teacher", str(tiny_dir), "--student", str(exported), "--fast-decoder", str(tmp_path / "nope"),
+    bad = main(["bench", "--teacher", str(tiny_dir), "--student", str(exported), "--decoder", str(tmp_path / "nope"),
                 "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip().splitlines()
     assert bad == 2 and len(err) == 1 and "does not exist" in err[0] and not (tmp_path / "bad").exists()

@@ -10,7 +10,7 @@ H100/H200.
 Steps, each a subprocess (so one step's GPU memory never counts in the next):
 1. `sfv bench` on the full-size SVD architecture with random weights (speed does not depend on values), 14 frames
    at 1024×576, fp16: teacher 25 steps with CFG and 16 steps, the one-step student, and the student decoding with
-   the fast decoder (`--fast-decoder random`: sfv.decoders.tiny's layout for SVD's VAE) — UNet only and end to end.
+   the fast decoder (`--decoder random`: sfv.decoders.tiny's layout for SVD's VAE) — UNet only and end to end.
 2. `tools/memory_report.py`: the peak memory of one FSDP2 training step (768×448, 14 frames, bf16), activation
    checkpointing off and on, and its 8-GPU estimate.
 Then one JSON with both, and the GPU section of docs/benchmarks.md rewritten between its gpu-check markers.
@@ -52,7 +52,7 @@ def measure(out: Path, dry_run: bool) -> dict:
         models = ["--arch", "svd", "--random-weights", "--device", "cuda", "--dtype", "fp16", "--steps", "25,16",
                   "--repeats", "3", "--warmup", "1"]
         memory = ["--arch", "svd", "--device", "cuda", "--frames", "14", "--height", "448", "--width", "768"]
-    run([py, "-m", "sfv.cli", "bench", *models, "--fast-decoder", "random", "--out", str(out / "bench")], 300)
+    run([py, "-m", "sfv.cli", "bench", *models, "--decoder", "random", "--out", str(out / "bench")], 300)
     run([py, "tools/memory_report.py", *memory, "--out", str(out / "memory.json")], 240)
     bench = json.loads((out / "bench" / "bench.json").read_text())
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "dry_run": dry_run,
