@@ -54,7 +54,7 @@ def methods(args) -> list[dict]:
                          "call": {"num_inference_steps": n}})
     if args.teacher_steps:
         rows.append({"name": f"teacher chain {args.teacher_steps}-step CFG", "model": args.teacher, "long_video": "chain",
-                     "overlap": 1, "call": {"teacher_steps": args.teacher_steps, "max_guidance_scale": 3.0}})
+                     "overlap": 1, "call": {"num_inference_steps": args.teacher_steps}})  # a teacher: its own CFG ramp
     return rows
 
 
@@ -106,9 +106,7 @@ def evaluate(args) -> dict:
     for m in methods(args):
         pipe = pipes.get(m["model"]) or pipes.setdefault(m["model"], SFVPipeline.from_pretrained(m["model"], use_safetensors=True))
         pipe.set_progress_bar_config(disable=True)
-        call = dict(m["call"])
-        if "teacher_steps" in call:  # the teacher's own Karras schedule, Euler (SFVPipeline's sigmas= path)
-            call["sigmas"] = SVDTeacher.from_pipeline(pipe).sigmas(call.pop("teacher_steps"))[0].tolist()
+        call = m["call"]  # a teacher folder samples on its own schedule (SFVPipeline's teacher mode)
         calls = []
         hook = pipe.unet.register_forward_hook(lambda mod, a, o: calls.append(1))
         gen, secs = [], []
