@@ -167,3 +167,19 @@ def test_cache_then_train_from_the_cache(tmp_path, tiny_dir, video_dir, capsys):
     rc = main(_args(tiny_dir, "/nonexistent", tmp_path / "run2", f"data.cache={cache}", "data.frames=8"))
     err = capsys.readouterr().err
     assert rc == 2 and "re-run `sfv cache`" in err
+
+
+def test_cache_defaults_to_the_teachers_recorded_video_and_names_the_flag_that_fits_a_clip(tmp_path, capsys):
+    """The toy teacher records 8 frames of 32×32 at 8 fps (video.json): `sfv cache` on a toy world needs no size flags;
+    read at 7 fps, an 8-frame world clip is too short for 8 frames, and the one line says which flag fixes it."""
+    from sfv.toy.world import write_world
+
+    world = write_world(tmp_path / "world", 2, seed=1)
+    assert main(["cache", "--teacher", "models/toy-svd-v2", "--videos", str(world), "--out", str(tmp_path / "cache")]) == 0
+    assert "2 clips in 1 shard(s)" in capsys.readouterr().out
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert (index["frames"], index["height"], index["width"], index["fps"]) == (8, 32, 32, 8)
+    rc = main(["cache", "--teacher", "models/toy-svd-v2", "--videos", str(world), "--out", str(tmp_path / "c7"), "--fps", "7"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "a clip needs 9" in err and "--fps sets the rate" in err, err
+    assert not (tmp_path / "c7").exists()

@@ -145,6 +145,8 @@ def _bad_eval_cases(tmp_path):
         "nothing to compute": (["--videos", good, "--reference", good], "nothing to compute"),
         "names differ": (["--videos", renamed, "--reference", good, "--psnr-ssim"], "match videos to references by file name"),
         "shapes differ": (["--videos", small, "--reference", good, "--psnr-ssim"], "but its reference has"),
+        "sizes differ: the fix": (["--videos", small, "--reference", good, "--psnr-ssim"],
+                                  "has 4 frames of 40×40 but its reference has 4 frames of 48×40: PSNR/SSIM/LPIPS compare them frame by frame and pixel by pixel; generate at the reference's size (sfv sample --height 40 --width 48)"),
         "i3d missing": (["--videos", good, "--reference", good, "--i3d", tmp_path / "no.pt"], "--i3d"),
         "i3d not torchscript": (["--videos", good, "--reference", good, "--i3d", tmp_path / "junk.pt"], "as TorchScript"),
         "too few frames": (["--videos", good, "--reference", good, "--i3d", det], "pass --fvd-frames 4"),
@@ -155,6 +157,7 @@ def _bad_eval_cases(tmp_path):
 
 
 BAD_EVAL = ["videos missing", "reference missing", "no videos", "nothing to compute", "names differ", "shapes differ",
+            "sizes differ: the fix",
             "i3d missing", "i3d not torchscript", "too few frames", "one reference", "lpips extra missing", "out is a folder"]
 
 

@@ -33,7 +33,13 @@ def load_pair(name: str, video_path: Path, reference_path: Path) -> tuple[torch.
     """Both as float [F, 3, H, W] in [0, 1]; shapes must agree."""
     v, r = load_video(video_path), load_video(reference_path)
     if v.shape != r.shape:
-        raise InputError(f"video '{name}' has shape {v.shape} but its reference has {r.shape} (frames, height, width, 3)")
+        def shown(a):
+            return f"{a.shape[0]} frames of {a.shape[2]}×{a.shape[1]}"
+        fix = (f"generate at the reference's size (sfv sample --height {r.shape[1]} --width {r.shape[2]}) or write the "
+               "references at the videos' size" if v.shape[1:] != r.shape[1:] else
+               f"generate as many frames as the reference has (sfv sample --frames {r.shape[0]})")
+        raise InputError(f"video '{name}' has {shown(v)} but its reference has {shown(r)}: PSNR/SSIM/LPIPS compare them "
+                         f"frame by frame and pixel by pixel; {fix}")
     return tuple(torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255 for a in (v, r))
 
 
