@@ -18,7 +18,6 @@ def test_memory_report_runs_one_fsdp_training_step_and_writes_its_fields(tmp_pat
     report = json.loads(out.read_text())
     assert report["parallel"] == "fsdp" and report["world_size"] == 1 and report["peak_kind"] == "cpu_peak_rss"
     assert (report["frames"], report["height"], report["width"]) == (4, 32, 32)
-    assert report["reference_gib"] == {"osv_sfv_reimplementation": 73.5, "target_per_gpu": 40}
     assert [r["activation_checkpointing"] for r in report["runs"]] == [False, True]
     for r in report["runs"]:
         n = r["parameters"]["generator"]
@@ -28,3 +27,4 @@ def test_memory_report_runs_one_fsdp_training_step_and_writes_its_fields(tmp_pat
         assert est["1"] == r["peak_gib"]
         assert abs((est["1"] - est["8"]) * 2**30 - 7 / 8 * report["sharded_bytes_per_param"] * n) < 1
     assert "activation checkpointing on" in proc.stdout and "per GPU on 8" in proc.stdout
+    assert "torchvision" not in proc.stderr  # the libraries' import chatter is quieted (sfv.console.quiet_libraries)

@@ -20,6 +20,9 @@ import torch
 
 
 def main(argv=None) -> int:
+    from sfv.console import quiet_libraries
+
+    quiet_libraries()  # before the model libraries load: their warnings (e.g. "install torchvision") would bury the table
     from sfv import distributed
     from sfv.config import load_recipe
     from sfv.data import collate

@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sfv.console import quiet_libraries
 from sfv.errors import SFVError
-from sfv.tiny import TinySVDConfig, example_image, save_tiny_svd
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--example-image", type=Path, default=None, help="also write a 64x64 test picture here")
     args = p.parse_args(argv)
+    quiet_libraries()  # before the model libraries load: their warnings (e.g. "install torchvision") would bury ours
+    from sfv.tiny import TinySVDConfig, example_image, save_tiny_svd
+
     if args.out.exists() and any(args.out.iterdir()):
         p.error(f"{args.out} exists and is not empty")
     config = TinySVDConfig(num_frames=args.frames, unet_channels=args.unet_channels, vae_channels=args.vae_channels,

@@ -107,6 +107,9 @@ def measure(args, world, checkpointing: bool) -> dict:
 
 
 def main(argv=None) -> int:
+    from sfv.console import quiet_libraries
+
+    quiet_libraries()  # before the model libraries load: their warnings (e.g. "install torchvision") would bury the report
     from sfv import distributed
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

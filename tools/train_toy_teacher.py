@@ -5,10 +5,8 @@
 
 Two phases: the VAE (--vae-minutes), then the UNet on the VAE's latents (--unet-minutes); `--init DIR` starts
 from a saved toy teacher (e.g. `--init models/toy-svd --vae-minutes 0` trains its UNet further).
-The committed models/toy-svd took about 80 minutes on this project's 2-core CPU: 4 min decoding
-the world, VAE 12 min (917 steps), UNet 50 min (5178 steps, lr 5e-4), then `--init` with --unet-lr 2.5e-4 for
-1000 more steps (10 min; stopped at that snapshot). Its toy_teacher.json records every stage. A GPU would do the
-same step counts in a few minutes (not measured).
+A teacher folder's toy_teacher.json records every stage that made it (world, steps, learning rates, minutes; the
+committed models/toy-svd-v2: about 2.5 h on a 2-core CPU in three stages), and video.json the video it works at.
 """
 
 from __future__ import annotations
@@ -58,9 +56,9 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sfv.console import ArgParser, run_command, quiet_libraries as _quiet_libraries
+    from sfv.console import ArgParser, quiet_libraries, run_command
 
-    _quiet_libraries()  # before the model libraries are imported: their import-time warnings would bury sfv's error line
+    quiet_libraries()  # before the model libraries are imported: their import-time warnings would bury sfv's error line
     return run_command(build_parser(ArgParser), train, argv)
 
 
@@ -94,7 +92,7 @@ def train(args) -> int:
     def save(unet, step=None):
         run = {"world": str(args.world), "preset": preset, "clips": len(frames), "training": asdict(cfg), "vae": vae_stats, "unet_steps": step,
                "torch_threads": torch.get_num_threads(), "wall_minutes": round((time.perf_counter() - t0) / 60, 1)}
-        save_teacher(teacher, unet, out, {"history": [*history, run]})
+        save_teacher(teacher, unet, out, {"history": [*history, run]}, toy_world=preset)
 
     save(*train_unet(teacher, frames, buckets, cfg, log, snapshot=save))
     print(f"saved {out}", flush=True)

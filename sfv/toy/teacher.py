@@ -201,11 +201,17 @@ def train_unet(teacher: SVDTeacher, frames: torch.Tensor, buckets: torch.Tensor,
     return ema, step
 
 
-def save_teacher(teacher: SVDTeacher, unet: torch.nn.Module, out: str | Path, meta: dict) -> Path:
+def save_teacher(teacher: SVDTeacher, unet: torch.nn.Module, out: str | Path, meta: dict, toy_world: str = "v2") -> Path:
+    """The toy teacher as a diffusers folder, its training record (toy_teacher.json) and the video it works at
+    (video.json: SIZE×SIZE, FRAMES frames, FPS, the toy world); its UNet's sample_size is the latents' side."""
+    from sfv.model_dir import VideoRecord, write_video_record
+
     out = Path(out)
+    unet.register_to_config(sample_size=SIZE // teacher.vae_scale_factor)  # diffusers' default size: 16×16 latents
     pipe = teacher.to_pipeline(unet=unet)
     pipe.save_pretrained(out, safe_serialization=True)
     (out / "toy_teacher.json").write_text(json.dumps({"config": asdict(TOY_SVD), **meta}, indent=2) + "\n")
+    write_video_record(out, VideoRecord(SIZE, SIZE, FRAMES, FPS, toy_world))
     return out
 
 
