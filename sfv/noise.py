@@ -97,7 +97,7 @@ class LogNormalSigmaSampler:
 
     Level i gets the log-normal probability mass of its cell in ln σ (cell edges halfway between neighbouring
     levels, the outer cells open), i.e. P(i) = Φ((e_i⁺ − P_mean)/P_std) − Φ((e_i⁻ − P_mean)/P_std).
-    With P_mean = −1, P_std = 1 the median σ′ is ≈ e⁻¹ ≈ 0.37 (SFV_METHOD.md). The same σ′ is used for the
+    With P_mean = −1, P_std = 1 the median σ′ is ≈ e⁻¹ ≈ 0.37 (docs/method.md). The same σ′ is used for the
     real and the fake video of a pair.
     """
 

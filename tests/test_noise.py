@@ -25,7 +25,7 @@ def test_karras_matches_closed_form():
 
 def test_generator_levels_for_tg4_on_svd_range():
     levels = generator_sigma_levels(4, 0.002, 700.0)
-    # SFV_METHOD.md: ≈ {2.27, 70.5, 700} (the lowest Karras level, σ_min, is not trained on)
+    # docs/method.md: ≈ {2.27, 70.5, 700} (the lowest Karras level, σ_min, is not trained on)
     torch.testing.assert_close(levels, torch.tensor([700.0, 70.5408, 2.2691]), rtol=1e-4, atol=0)
     assert levels[0] == 700.0
 

@@ -6,7 +6,7 @@ Everything else in sfv talks to SVD through one contract (EDM / k-diffusion styl
 
     denoise(x, sigma, cond) -> x0          x: noisy latents [B, F, C, h, w], x = x0 + sigma * eps
 
-What that hides (SFV_METHOD.md, "Teacher"):
+What that hides (docs/method.md, "The teacher"):
   * preconditioning `VScalingWithEDMcNoise` (EDM with sigma_data = 1 and a v-sign):
         c_skip = 1/(σ²+1),  c_out = −σ/√(σ²+1),  c_in = 1/√(σ²+1),  c_noise = ¼·ln σ
         x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond)

@@ -1,5 +1,5 @@
 """SVD's conditioning: what its UNet is conditioned on (SVDCondition) and how SVDTeacher builds it from images
-and training batches, exactly as diffusers' StableVideoDiffusionPipeline does (SFV_METHOD.md, "Conditioning"):
+and training batches, exactly as diffusers' StableVideoDiffusionPipeline does (docs/method.md, "The teacher"):
 
   * CLIP image embedding of the image resized (antialiased) to the encoder's size, sequence length 1;
   * the *unscaled* VAE mode of the noise-augmented image, concatenated to every frame on dim 2 of [B, F, C, h, w];
