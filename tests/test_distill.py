@@ -183,3 +183,22 @@ def test_cache_defaults_to_the_teachers_recorded_video_and_names_the_flag_that_f
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "a clip needs 9" in err and "--fps sets the rate" in err, err
     assert not (tmp_path / "c7").exists()
+
+
+def test_export_takes_t_g_from_the_checkpoint_and_refuses_a_disagreeing_one(tmp_path, tiny_dir, video_dir, capsys):
+    """A checkpoint's recipe knows the T_g it trained at: `sfv export --checkpoint` records it (and G's σ levels) in
+    sfv.json; an --t-g that disagrees is one line and exit 2 with nothing written, not a silent override."""
+    run_dir = tmp_path / "run"
+    assert main(_args(tiny_dir, video_dir, run_dir, "model.t_g=3", "train.total_videos=2", "train.batch_size=2",
+                      "train.checkpoint_every=2", "train.export=false")) == 0
+    ckpt = str(run_dir / "checkpoints" / "videos-000000002")
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", ckpt, "--t-g", "4", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--t-g 4 disagrees with the checkpoint, trained at T_g = 3" in err, err
+    assert not (tmp_path / "bad").exists()
+    assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "ok")]) == 0
+    sampling = json.loads((tmp_path / "ok" / "sfv.json").read_text())["sampling"]
+    assert sampling["t_g"] == 3 and len(sampling["sigma_levels"]) == 2 and sampling["sigma_levels"][0] == 700.0
+    video = json.loads((tmp_path / "ok" / "video.json").read_text())
+    assert (video["height"], video["width"], video["frames"], video["fps"]) == (32, 32, 4, 8)  # the recipe's data
