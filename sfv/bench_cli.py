@@ -52,8 +52,6 @@ def bench_cli(args) -> int:
         fast_decoder = str(folder) if folder else None
     elif fast_decoder == "vae":
         fast_decoder = None
-    elif fast_decoder == "random" and not args.arch:
-        raise InputError("--decoder random (random weights, speed only) goes with --arch; name a fast decoder folder instead")
     elif fast_decoder != "random":
         from sfv.decoders import build_decoder, resolve_decoder
 

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--window", type=int, help="with --long-frames: frames per window (default: the model's)")
     b.add_argument("--overlap", type=int, help="with --long-frames: shared frames (default: 1 chain, window/2 multidiffusion)")
     b.add_argument("--decoder", default=None, help="also time the student decoding with a fast decoder: " + DECODER_HELP
-                   + ", or random (random weights, speed only; with --arch); default: tiny if the student ships one")
+                   + ", or random (its layout for this VAE with random weights: speed only); default: tiny if the student ships one")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--seed", type=int, default=0)

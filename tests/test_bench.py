@@ -70,6 +70,8 @@ def test_bench_cli_writes_every_field(tiny_dir, student_dir, tmp_path, capsys):
     with Image.open(out / "bench.png") as png:
         assert png.size[0] == 900 and png.size[1] > 200
     assert "student-1 vs teacher-3-cfg" in stdout and "overhead" in stdout
+    # the overhead goal is information about full-size GPU runs, not a verdict on this install
+    assert "NOT met" not in md and "(information; the goal, ≤ 5 %, is for full-size models on a GPU)" in stdout
 
 
 def test_bench_times_long_video_as_frames_of_output_per_second(tiny_dir, student_dir, tmp_path):

@@ -32,6 +32,7 @@ def test_sample_writes_a_video_with_the_requested_frames_and_size(tiny_dir, imag
     assert frames.shape == (5, 32, 48, 3) and frames.dtype.name == "uint8"
     assert abs(fps - 6) < 0.5
     assert "5 frames 32x48" in stdout and "generate" in stdout  # one-line timing summary
+    assert "s since the command started, imports" in stdout  # the whole command's time, named as such
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp files left
 
 
@@ -254,3 +255,10 @@ def test_readme_sample_commands_run_on_the_committed_toy_models(tmp_path, capsys
     code, _, stderr = run_cli(["sample", "--model", "models/toy-sfv-v2", "--image", "docs/img/frame0.png",
                                "--out", tmp_path / "x.mp4", "--decoder", "tiny"], capsys)
     assert code == 2 and "--decoder models/toy-decoder-v2" in stderr and not (tmp_path / "x.mp4").exists()
+
+
+def test_bf16_on_a_cpu_gets_a_one_line_hint(tiny_student, image_path, tmp_path, capsys):
+    code, _, stderr = run_cli(sample_args(tiny_student, image_path, tmp_path / "b.gif", "--frames", "2", "--dtype", "bf16"),
+                              capsys)
+    hints = [line for line in stderr.splitlines() if "bf16" in line]
+    assert code == 0 and len(hints) == 1 and "on a CPU runs about 18× slower than fp32" in hints[0]
