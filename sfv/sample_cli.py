@@ -47,7 +47,7 @@ def _sample_video(args, info, image) -> tuple[int, int, int, int, str]:
         height, width, source = args.height, args.width, "as asked"
     elif record is not None:
         height, width, source = args.height or record.height, args.width or record.width, \
-            f"the size {args.model} was trained at (its video.json)"
+            f"what {args.model} was trained at, from its video.json"
     else:
         fit_w, fit_h = fit_size(*image.size, info.vae_scale_factor)
         rounded = f", rounded to multiples of {info.vae_scale_factor}" if (fit_w, fit_h) != image.size else ""

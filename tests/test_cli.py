@@ -238,7 +238,7 @@ def test_sample_sizes_follow_the_model_else_the_first_frame(tiny_student, image_
     code, stdout, _ = run_cli(["sample", "--model", recorded, "--image", image_path, "--out", tmp_path / "b.mp4"], capsys)
     frames, fps = read_video(tmp_path / "b.mp4")
     assert code == 0 and frames.shape == (3, 16, 24, 3) and abs(fps - 5) < 0.5
-    assert "3 frames of 24×16 at 5 fps (the size" in stdout and "was trained at (its video.json)" in stdout
+    assert f"3 frames of 24×16 at 5 fps (what {recorded} was trained at, from its video.json)" in stdout
 
 
 def test_readme_sample_commands_run_on_the_committed_toy_models(tmp_path, capsys):
