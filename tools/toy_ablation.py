@@ -47,7 +47,7 @@ ROWS = {
     "temporal": ["discriminator.heads=temporal"],
     "paper-d": ["discriminator.p_mean=-1", "discriminator.fake_sigma=levels"],
     "lambda-0.03": ["generator.huber_weight=0.03"],  # the reconstruction weight between SF-V's 0.1 and adversarial only
-    "rel": ["discriminator.loss=relativistic", "discriminator.r2_gamma=0.1"],
+    "rel": ["discriminator.loss=relativistic"],  # R2 at R1's γ (the default with this loss)
     "gated": ["generator.rec_max_sigma=3.0"],
     "pair": ["generator.rec_max_sigma=3.0", "generator.rec_target=teacher"],
     "dmd": [*DMD, "generator.adv_weight=0", "generator.huber_weight=0"],
