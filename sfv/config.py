@@ -83,7 +83,9 @@ class DiscriminatorConfig:
     # The adversarial objective: `hinge` (SF-V, eqs. 9–10) or `relativistic` (R3GAN, arXiv 2501.05441: pairs of a real
     # and a fake of the same conditioning and σ′, L_D = softplus(D(fake) − D(real)), L_G = softplus(D(real) − D(fake)))
     loss: str = "hinge"
-    r2_gamma: float = 0.0  # R2: the R1 penalty on the fake input (same `r1` form and interval); 0 = off (SF-V)
+    # R2: the R1 penalty on the fake input (same `r1` form and interval). None: r1_gamma with the relativistic loss (R3GAN
+    # always pairs it with R1: without R2 both diverge) and 0 with hinge (SF-V); 0 turns it off explicitly
+    r2_gamma: float | None = None
     # σ_t of the fakes D sees: `levels` (SF-V: G's training levels, as in the G phase) or `max` (σ_max only, the
     # one-step generation D must judge at inference; the other levels' fakes are lightly denoised real clips)
     fake_sigma: str = "levels"
@@ -104,8 +106,8 @@ class DMDConfig:
     fake_lr: float = 1e-5  # the fake-score network's learning rate (AdamW, generator.betas)
     fake_steps_per_g: int = 5  # fake-score updates per G step (DMD2's two time-scale rule: 5)
     guidance: float = 3.0  # the real score's CFG scale (SVD: the top of its per-frame ramp from 1); 1 = no CFG
-    p_mean: float = 0.0  # σ of the DMD noise and of the fake score's training: discretised log-normal over the
-    p_std: float = 1.6  # teacher's Karras levels (as D's σ′); mid to high noise, where modes are decided
+    # σ of the DMD noise and of the fake score's training: DMD2's rule, uniform over the middle 96 % of the teacher's
+    # discriminator.t_d Karras levels (sfv.noise.UniformLevelSampler)
 
 
 @dataclass
@@ -168,6 +170,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
                                 ("parallel.mode", recipe.parallel.mode, ("ddp", "fsdp"))):
         if value not in choices:
             raise InputError(f"recipe key '{key}' must be one of {', '.join(choices)}, not {value!r}")
+    if recipe.discriminator.r2_gamma is None:
+        recipe.discriminator.r2_gamma = recipe.discriminator.r1_gamma if recipe.discriminator.loss == "relativistic" else 0.0
     _check_ranges(recipe)
     return recipe
 
@@ -216,8 +220,9 @@ def _check_ranges(r: Recipe) -> None:
                                         ("generator.lr", r.generator.lr), ("discriminator.lr", r.discriminator.lr))],
         ("generator.ema", r.generator.ema, 0, True), ("generator.huber_weight", r.generator.huber_weight, 0, True),
         ("generator.adv_weight", r.generator.adv_weight, 0, True), ("discriminator.r2_gamma", r.discriminator.r2_gamma, 0, True),
+        
         ("dmd.weight", r.dmd.weight, 0, True), ("dmd.fake_steps_per_g", r.dmd.fake_steps_per_g, 1, True),
-        ("dmd.guidance", r.dmd.guidance, 1, True), ("dmd.fake_lr", r.dmd.fake_lr, 0, False), ("dmd.p_std", r.dmd.p_std, 0, False),
+        ("dmd.guidance", r.dmd.guidance, 1, True), ("dmd.fake_lr", r.dmd.fake_lr, 0, False),
     ]
     for key, value, low, inclusive in rules:
         if value < low or (value == low and not inclusive):

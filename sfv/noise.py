@@ -92,7 +92,32 @@ def student_schedule(levels: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.cat([levels[index], torch.zeros(1, dtype=levels.dtype)])
 
 
-class LogNormalSigmaSampler:
+class LevelSampler:
+    """σ drawn from the teacher's T Karras levels (`levels`, descending) with probabilities `probs`: one σ per video."""
+
+    levels: torch.Tensor
+    probs: torch.Tensor
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """σ for each of `batch_size` videos, [B] float32."""
+        device = generator.device if generator is not None else "cpu"  # draw where the generator lives (CPU or CUDA)
+        idx = torch.multinomial(self.probs.to(device), batch_size, replacement=True, generator=generator)
+        return self.levels.to(device)[idx]
+
+
+class UniformLevelSampler(LevelSampler):
+    """DMD2's noise levels for the distribution-matching term and the fake score (its min/max step 0.02 T / 0.98 T):
+    uniform over the middle 96 % of T Karras levels. On SVD's [0.002, 700] the median σ is ≈ 16 and more than half
+    of the draws are above 10, where a video's layout and motion are still open."""
+
+    def __init__(self, sigma_min: float, sigma_max: float, t: int = 1000, low: float = 0.02, high: float = 0.98, rho: float = 7.0):
+        self.levels = karras_sigmas(t, sigma_min, sigma_max, rho)
+        self.probs = torch.zeros(t, dtype=torch.float64)
+        self.probs[int(low * t) : int(high * t) + 1] = 1.0
+        self.probs = self.probs / self.probs.sum()
+
+
+class LogNormalSigmaSampler(LevelSampler):
     """SF-V §3.2: D's re-noising level σ′, drawn from T_d Karras levels weighted by a discretised log-normal.
 
     Level i gets the log-normal probability mass of its cell in ln σ (cell edges halfway between neighbouring
@@ -111,9 +136,3 @@ class LogNormalSigmaSampler:
         cdf = torch.cat([torch.ones(1, dtype=torch.float64), normal.cdf(edges), torch.zeros(1, dtype=torch.float64)])
         self.probs = (cdf[:-1] - cdf[1:]).clamp_min(0)  # mass of the cell around each level, [T_d]
         self.probs = self.probs / self.probs.sum()
-
-    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """σ′ for each of `batch_size` videos, [B] float32."""
-        device = generator.device if generator is not None else "cpu"  # draw where the generator lives (CPU or CUDA)
-        idx = torch.multinomial(self.probs.to(device), batch_size, replacement=True, generator=generator)
-        return self.levels.to(device)[idx]

@@ -21,7 +21,7 @@ from sfv.config import Recipe
 from sfv.discriminator import Discriminator
 from sfv.errors import InputError
 from sfv.generator import SFVGenerator
-from sfv.noise import LogNormalSigmaSampler
+from sfv.noise import LevelSampler, LogNormalSigmaSampler
 from sfv.teachers import Condition, Teacher
 
 
@@ -86,7 +86,7 @@ class Parts:
     fake: SFVGenerator | None = None  # DMD's fake-score network (a trainable copy of the teacher's), or None
     fake_ddp: torch.nn.Module | None = None
     opt_fake: torch.optim.Optimizer | None = None
-    sigma_dmd: LogNormalSigmaSampler | None = None
+    sigma_dmd: LevelSampler | None = None  # DMD's σ (sfv.noise.UniformLevelSampler)
 
 
 def d_step(p: Parts, batches: list[Round], state: State) -> dict:
@@ -144,7 +144,7 @@ def d_step(p: Parts, batches: list[Round], state: State) -> dict:
 def fake_step(p: Parts, batches: list[Round], state: State) -> dict:
     """One update of DMD's fake-score network on G's one-step samples (G, D and the teacher stay untouched):
 
-    L_fake = E[λ(σ)·‖f_fake(x̂0 + σε, σ, c) − x̂0‖²],  x̂0 = G(ε′·σ_init, σ_max, c),  σ ~ dmd's log-normal
+    L_fake = E[λ(σ)·‖f_fake(x̂0 + σε, σ, c) − x̂0‖²],  x̂0 = G(ε′·σ_init, σ_max, c),  σ ~ DMD2's uniform levels
     """
     stats = {}
     for r, (x0, cond, gen, _) in enumerate(batches):
@@ -182,12 +182,12 @@ def g_inputs(p: Parts, rnd: Round, sigma_t: torch.Tensor) -> tuple[torch.Tensor,
         if rnd.pair is None:
             raise InputError("generator.rec_target=teacher needs teacher pairs in the batch: train from a latent cache "
                              "written with `sfv cache --teacher-pairs K` (data.cache)")
-        top = (sigma_t == p.G.sigma_max).reshape(-1, 1, 1, 1, 1)
+        top = (sigma_t == p.G.sigma_levels()[0].to(sigma_t.device)).reshape(-1, 1, 1, 1, 1)  # G's top level, σ_max
         noise, teacher_x0 = rnd.pair
         x_in = torch.where(top, noise * p.init_sigma, x_in)
         target = torch.where(top, teacher_x0, x0)
-        top = top.flatten().float()
-        on = top if on is None else torch.maximum(on, top)
+        if on is not None:  # gated: the pair is reconstructed at σ_max whatever the gate says
+            on = torch.maximum(on, top.flatten().float())
     return x_in, target, on
 
 

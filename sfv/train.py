@@ -41,7 +41,7 @@ from sfv.errors import InputError, SFVError
 from sfv.generator import SFVGenerator
 from sfv.model_dir import VideoRecord, check_model_dir, check_video_size
 from sfv.monitor import SAMPLE_CONDITION_SEED, Monitor, crossed
-from sfv.noise import LogNormalSigmaSampler, generator_sigma_levels
+from sfv.noise import LogNormalSigmaSampler, UniformLevelSampler, generator_sigma_levels
 from sfv.steps import (
     Parts,
     State,
@@ -110,7 +110,7 @@ def build(recipe: Recipe, world: distributed.World, teacher: Teacher | None = No
     if fake is not None:
         parts.fake, parts.fake_ddp = fake, fake_ddp[0]
         parts.opt_fake = torch.optim.AdamW(fake.parameters(), lr=dmd.fake_lr, betas=tuple(gcfg.betas), weight_decay=gcfg.weight_decay)
-        parts.sigma_dmd = LogNormalSigmaSampler(teacher.sigma_min, teacher.sigma_max, dmd.p_mean, dmd.p_std, dcfg.t_d)
+        parts.sigma_dmd = UniformLevelSampler(teacher.sigma_min, teacher.sigma_max, dcfg.t_d)
     return parts
 
 

@@ -36,9 +36,12 @@ def test_overrides_are_typed():
 
 
 def test_every_option_beyond_the_paper_is_off_by_default():
-    r = Recipe()
+    r = load_recipe(None)
     assert (r.discriminator.loss, r.discriminator.r2_gamma, r.generator.rec_max_sigma, r.generator.rec_target, r.dmd.weight) == \
         ("hinge", 0.0, None, "real", 0.0)
+    rel = load_recipe(None, ["discriminator.loss=relativistic", "discriminator.r1_gamma=0.3"])
+    assert rel.discriminator.r2_gamma == 0.3  # R3GAN pairs R2 with R1 at the same γ unless told otherwise
+    assert load_recipe(None, ["discriminator.loss=relativistic", "discriminator.r2_gamma=0"]).discriminator.r2_gamma == 0.0
     assert load_recipe(None, ["generator.adv_weight=0", "generator.huber_weight=0", "dmd.weight=1"]).dmd.weight == 1.0  # DMD alone
 
 

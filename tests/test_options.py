@@ -126,6 +126,19 @@ def test_g_inputs_gate_the_reconstruction_and_put_the_teacher_pair_at_sigma_max(
     recipe.generator.rec_target = "real"
     _, target, on = g_inputs(p, rnd, torch.stack([levels[0], levels[1]]))
     assert on.tolist() == [0.0, 0.0] and torch.equal(target, rnd.x0)  # gated: neither level is ≤ 3
+    recipe.generator.rec_target, recipe.generator.rec_max_sigma = "teacher", None  # not gated: every level reconstructs
+    x_in, target, on = g_inputs(p, rnd, torch.stack([levels[0], levels[1]]))
+    assert on is None and torch.equal(target[0], teacher_x0[0]) and torch.equal(target[1], rnd.x0[1])
+
+
+def test_dmd_noise_levels_follow_dmd2():
+    """DMD2 draws its timesteps uniformly from 0.02 T to 0.98 T; on SVD's Karras grid that is a median σ near 16."""
+    from sfv.noise import UniformLevelSampler
+
+    sampler = UniformLevelSampler(0.002, 700.0, 1000)
+    sigma = sampler(20_000, torch.Generator().manual_seed(0))
+    assert sampler.probs.count_nonzero() == 961 and 10 < sigma.median() < 25 and (sigma > 10).float().mean() > 0.5
+    assert sigma.min() >= sampler.levels[980] and sigma.max() <= sampler.levels[20]
 
 
 # -- what each phase changes ---------------------------------------------------------------------------------
@@ -177,3 +190,30 @@ def test_stop_and_resume_with_every_option_on_is_bitwise_identical(tiny_dir, vid
     # the comparison can fail: the fake score moved between the two checkpoints
     c = _weights(tmp_path / "resumed", "videos-000000004")
     assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("fake_score/"))
+
+
+def test_memory_report_with_dmd_runs_the_fake_score_step_and_counts_its_state(tmp_path):
+    """tools/memory_report.py --dmd at the tiny size: the fake-score network is built, sharded and stepped; --state
+    gives the full-size weight/optimiser table with and without it (meta device: nothing is allocated)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "memory.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "tools/memory_report.py"), "--arch", "tiny", "--device", "cpu", "--frames",
+                           "4", "--height", "32", "--width", "32", "--checkpointing", "off", "--dmd", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = json.loads(out.read_text())["runs"]
+    assert r["parameters"]["fake_score"] == r["parameters"]["generator"] > 0 and r["fake_step_s"] > 0
+    proc = subprocess.run([sys.executable, str(REPO / "tools/memory_report.py"), "--state", "--out", str(tmp_path / "state.json")],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["parameters"]["unet"] > 1.5e9  # the full-size SVD UNet, counted on the meta device
+    with_dmd, without = state["total_bytes"]["with_dmd"], state["total_bytes"]["without_dmd"]
+    assert with_dmd["ddp"] > without["ddp"] > without["fsdp"] and with_dmd["fsdp"] > without["fsdp"]
+    assert "total before activations, with DMD" in proc.stdout

@@ -148,14 +148,17 @@ def test_demo_runs_end_to_end_and_writes_a_well_formed_report(tmp_path, capsys):
         assert r["seconds_per_video"] > 0 and set(r["parts"]) == set(PARTS)
         assert r["unet_evals"] == (2 * r["steps"] if r["cfg"] > 1 else r["steps"])
     assert report["distill"]["g_steps"] == 2 and report["eval"] == {"conditionings": 3, "seeds": 2, "frames": 8, "size": 32}
-    assert "student_better_than_teacher_1" in report["targets"]  # (no teacher-25 here, so no speed-up target)
+    keys = {t["key"] for t in report["targets"]}
+    assert "this_run_vs_teacher_1" in keys and "speedup_vs_teacher_25" not in keys  # no teacher-25 here: no speed-up row
+    assert all(t["status"] in ("met", "missed", "expected", "info") for t in report["targets"])
     md = (out / "report.md").read_text()
     assert "| student-1 | 1 |" in md and "| teacher-2 | 4 |" in md
     from PIL import Image
 
     with Image.open(out / "grid-seed1.gif") as gif:
         assert gif.n_frames == 8 and gif.size == (3 * (4 * 34 + 2), 3 * (3 * 34 + 2))  # real, teacher-1 (± CFG), student-1
-    Image.open(out / "quality-vs-time.png").verify()  # a whole, readable image
+    with Image.open(out / "quality-vs-time.png") as plot:  # drawn (not a blank canvas)
+        assert len(plot.convert("RGB").getcolors(1 << 20)) > 20
     assert (out / "distill" / "export" / "model_index.json").is_file()
     assert "student-1" in capsys.readouterr().out  # the summary table
 
@@ -456,7 +459,8 @@ def test_demo_distils_and_scores_on_world_v2_by_default(tmp_path):
     heldout = [json.loads(line) for line in (out / "distill" / "heldout.jsonl").read_text().splitlines()]
     assert [h["videos"] for h in heldout] == [0, 4, 8] and all(0 <= h["heldout/pair_win"] <= 1 for h in heldout)
     assert report["d_heldout_plot"]
-    Image.open(out / "d-heldout.png").verify()  # a whole, readable image
+    with Image.open(out / "d-heldout.png") as plot:  # drawn (not a blank canvas)
+        assert len(plot.convert("RGB").getcolors(1 << 20)) > 20
     log = [json.loads(line) for line in (out / "distill" / "log.jsonl").read_text().splitlines()]
     assert all(0 < e["time/load_share"] < e["time/data_share"] < 1 for e in log if "time/load_share" in e)
     with Image.open(out / "grid-branching.gif") as gif:  # rows: 2 conditionings × 2 seeds; real | teacher-1 (± CFG) | student-1
@@ -550,7 +554,7 @@ def test_demo_reports_the_committed_student_with_the_fast_decoder(tmp_path):
     report = json.loads((out / "report.json").read_text())
     by = {r["name"]: r for r in report["rows"]}
     assert by["student-full-1-tiny-decoder"]["decoder"] == "models/toy-decoder-v2"
-    ratio = report["targets"]["full_tiny_decoder_over_stock_decoder"]
+    ratio = next(t["value"] for t in report["targets"] if t["key"] == "tiny_decoder_vs_vae")
     assert ratio == pytest.approx(by["student-full-1-tiny-decoder"]["toy_error"] / by["student-full-1"]["toy_error"], abs=1e-3)
     # the same student's videos, decoded by a decoder trained to match the VAE's frames: per-video precision agrees
     # (the headline's Fréchet and diversity parts over 2 × 2 videos are too few to compare here)

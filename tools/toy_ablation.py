@@ -47,7 +47,7 @@ ROWS = {
     "temporal": ["discriminator.heads=temporal"],
     "paper-d": ["discriminator.p_mean=-1", "discriminator.fake_sigma=levels"],
     "lambda-0.03": ["generator.huber_weight=0.03"],  # the reconstruction weight between SF-V's 0.1 and adversarial only
-    "rel": ["discriminator.loss=relativistic", "discriminator.r2_gamma=0.1"],
+    "rel": ["discriminator.loss=relativistic"],  # R2 at R1's γ (the default with this loss)
     "gated": ["generator.rec_max_sigma=3.0"],
     "pair": ["generator.rec_max_sigma=3.0", "generator.rec_target=teacher"],
     "dmd": [*DMD, "generator.adv_weight=0", "generator.huber_weight=0"],
@@ -172,7 +172,7 @@ def ablation(args) -> int:
                       "video_accuracy": [h.get("heldout/video_accuracy") for h in heldout],
                       # with the reconstruction weight at 0 the ratio divides by a rounding residue: not shown
                       "g_adv_over_rec": [None if recipes[(r, s)].generator.huber_weight == 0 else
-                                         _last_log(trained[(r, s)]).get("grad/g_adv_over_rec") for s in done]})
+                                         _median_ratio(trained[(r, s)]) for s in done]})
     for name in ("real→VAE", "real"):
         table.append({"row": name, "runs": 1, **{key: [_value(by_name[name], key)] for key in KEYS}})
     report = {"world": str(args.world), "recipe": args.recipe, "overrides": args.overrides, "seeds": seeds,
@@ -219,9 +219,12 @@ def _heldout_min(run_dir: Path) -> float | None:
     return min(wins[1:] or wins) if wins else None  # the judgement before training (D at chance) left out
 
 
-def _last_log(run_dir: Path) -> dict:
+def _median_ratio(run_dir: Path) -> float | None:
+    """The median over the run's logs of ‖∇adv‖/‖∇rec‖ at x̂0, over the logs where the reconstruction pulled at all (a
+    gated reconstruction is 0 in a log whose videos all sat above the gate)."""
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return next((entry for entry in reversed(lines) if "grad/g_adv_over_rec" in entry), {})
+    ratios = [e["grad/g_adv"] / e["grad/g_rec"] for e in lines if e.get("grad/g_rec", 0) > 1e-9 and "grad/g_adv" in e]
+    return statistics.median(ratios) if ratios else None
 
 
 def _fmt(values: list) -> str:

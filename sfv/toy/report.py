@@ -17,13 +17,30 @@ V2_COLUMNS = ("precision", "motion", "diversity", "coverage", "position", "shape
               "conditioning", "frechet", "energy", "kl", "edge")
 
 
+def _spread(r: dict) -> str:
+    """' ± std' over sampling seeds where the row has one (v1 scores each seed apart); '' where it has none (v2 scores
+    a method's seeds together: diversity is a property of the set)."""
+    std = r.get("toy_error_std")
+    return f" ± {std:.3f}" if std is not None and len(r.get("toy_error_per_seed", [])) > 1 else ""
+
+
 def summary_table(report: dict) -> str:
-    lines = [f"{'method':<16} {'UNet evals':>10} {'toy_error ↓':>16} {'s/video':>9}", "-" * 54]
+    width = max(len(r["name"]) for r in report["rows"]) + 2
+    lines = [f"{'method':<{width}} {'UNet evals':>10} {'toy_error ↓':>16} {'s/video':>9}", "-" * (width + 38)]
     for r in report["rows"]:
-        lines.append(f"{r['name']:<16} {r['unet_evals']:>10} {r['toy_error']:>9.3f} ± {r['toy_error_std']:<5.3f} {r['seconds_per_video']:>9.3f}")
-    for k, v in report["targets"].items():
-        lines.append(f"  {k}: {v}")
+        lines.append(f"{r['name']:<{width}} {r['unet_evals']:>10} {r['toy_error'] :>9.3f}{_spread(r):<7} {r['seconds_per_video']:>9.3f}")
+    for t in report["targets"]:
+        lines.append(f"  {t['status']:<8} {t['target']}: {t['figure']}")
     return "\n".join(lines)
+
+
+def targets_table(targets: list[dict]) -> list[str]:
+    """The targets as markdown rows: target · figure · met / missed / expected (with why, where it is expected)."""
+    lines = ["| target | figure | |", "|---|---|---|"]
+    for t in targets:
+        status = f"**{t['status']}**" if t["status"] == "missed" else t["status"]
+        lines.append(f"| {t['target']} | {t['figure']} | {status}{': ' + t['note'] if t.get('note') else ''} |")
+    return lines
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -42,7 +59,7 @@ def write_report(report: dict, out: Path) -> None:
         f"distillation {report['phases_s']['distill']:.0f} s, evaluation {report['phases_s']['evaluate']:.0f} s); "
         f"torch {report['environment']['torch']}, {report['environment']['threads']} threads, {report['environment']['date']}.",
         "",
-        ("toy_error v2 (lower = better; `sfv.metrics.toy.score_futures`: every sample against its nearest possible "
+        ("toy_error v2 (lower = better; `sfv.toy.metric.score_futures`: every sample against its nearest possible "
          f"future, diversity over the {e['seeds']} seeds of each conditioning, {e.get('references')} true draws per "
          "conditioning as the reference)" if v2 else "toy_error (lower = better; mean ± std over seeds)")
         + " and its parts; time = median end-to-end seconds per video "
@@ -58,16 +75,21 @@ def write_report(report: dict, out: Path) -> None:
             continue
         parts = " | ".join(f"{r['parts'][k]:.3f}" for k in cols)
         up = f"{base / r['seconds_per_video']:.1f}×" if base and r["seconds_per_video"] > 0 else "—"
-        lines.append(f"| {r['name']} | {r['unet_evals']} | **{r['toy_error']:.3f}** ± {r['toy_error_std']:.3f} | {parts} | "
+        lines.append(f"| {r['name']} | {r['unet_evals']} | **{r['toy_error']:.3f}**{_spread(r)} | {parts} | "
                      f"{r['seconds_per_video']:.3f} | {up} |")
     if v2:
         lines += ["", "`real`: the true draws scored as samples (their own reference). Part scales in toy_error (mean of the "
                   "precision, motion, diversity, conditioning and frechet groups): "
-                  + ", ".join(f"{k} /{v:g}" for k, v in SCALES_V2.items()) + ".", "", "Targets:", ""]
+                  + ", ".join(f"{k} /{v:g}" for k, v in SCALES_V2.items()) + ". Beside it, not in it: `energy` (the energy "
+                  "score E‖X − y‖ − ½E‖X − X′‖ in RMS pixels; true draws score ½E‖Y − Y′‖), `kl` (KL of each object's "
+                  "directions over the seeds against uniform), `edge` (edge energy over the true draws'). A method's seeds "
+                  "are scored together (diversity is a property of the set), so v2 rows carry no spread over seeds.",
+                  "", "Targets:", ""]
     else:
         lines += ["", "Real clips score 0 (the metric compares each video to the true clip of its conditioning). Part scales in "
-                  "toy_error: " + ", ".join(f"{k} /{v:g}" for k, v in SCALES.items()) + ".", "", "Targets:", ""]
-    lines += [f"- {k}: {v}" for k, v in report["targets"].items()]
+                  "toy_error: " + ", ".join(f"{k} /{v:g}" for k, v in SCALES.items()) + ". ± is the spread over sampling seeds.",
+                  "", "Targets:", ""]
+    lines += targets_table(report["targets"])
     if report.get("d_heldout_plot"):
         lines += ["", "D on the fixed held-out real/fake pairs against videos seen (pair-win, video-level accuracy, "
                   "per-position sign accuracy): `d-heldout.png`."]
@@ -132,45 +154,36 @@ def write_branch_grid(out: Path, real: np.ndarray, videos: dict[str, np.ndarray]
 
 
 def plot(report: dict, path: Path) -> None:
-    """Quality (toy_error) against seconds per video, log-x, one labelled point per method (Pillow)."""
-    from PIL import Image, ImageDraw
+    """Quality (toy_error) against end-to-end seconds per video, log-x: one marker per method, named in the legend
+    (students red, teachers blue, the ceiling grey), so no two labels can sit on each other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     rows = [r for r in report["rows"] if r["name"] != "real" and r["seconds_per_video"] > 0]
-    W, H, m = 640, 420, 60
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    xs = np.log10([r["seconds_per_video"] for r in rows])
-    ys = np.array([r["toy_error"] for r in rows])
-    x0, x1 = xs.min() - 0.2, xs.max() + 0.2
-    y1 = max(ys.max() * 1.15, 1e-3)
-
-    def px(x, y):
-        return m + (x - x0) / (x1 - x0) * (W - 2 * m), H - m - y / y1 * (H - 2 * m)
-
-    d.line([(m, H - m), (W - m, H - m)], fill="black")
-    d.line([(m, m), (m, H - m)], fill="black")
-    for e in range(int(np.floor(x0)), int(np.ceil(x1)) + 1):
-        for k in (1, 2, 5):
-            v = np.log10(k * 10.0**e)
-            if x0 <= v <= x1:
-                X, _ = px(v, 0)
-                d.line([(X, H - m), (X, H - m + 4)], fill="black")
-                d.text((X - 10, H - m + 6), f"{k * 10.0**e:g}", fill="black")
-    for frac in (0, 0.25, 0.5, 0.75, 1.0):
-        _, Y = px(x0, frac * y1)
-        d.text((8, Y - 6), f"{frac * y1:.2f}", fill="black")
-    d.text((W / 2 - 80, H - 22), "seconds per video (end to end, log)", fill="black")
-    d.text((m, 12), "toy_error (lower = better) vs time, " + report["environment"]["date"], fill="black")  # ASCII: PIL's default font
-    for r, x, y in zip(rows, xs, ys):
-        X, Y = px(x, y)
-        colour = (200, 60, 40) if r["name"].startswith("student") else (40, 90, 200)
-        d.ellipse([X - 5, Y - 5, X + 5, Y + 5], fill=colour)
-        d.text((X + 7, Y - 7), r["name"].replace("→", "->"), fill=colour)
-    img.save(path)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    markers = "osD^v<>phX*"
+    families = {"teacher": ("tab:blue", 0), "real": ("0.5", 0)}
+    for i, r in enumerate(rows):
+        kind = r["name"].split("-")[0]
+        colour = families.get(kind, ("tab:red", 0))[0]
+        ax.scatter(r["seconds_per_video"], r["toy_error"], s=46, color=colour, marker=markers[i % len(markers)],
+                   label=f"{r['name']} ({r['unet_evals']} UNet evals)", zorder=3, edgecolors="black", linewidths=0.4)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per video, end to end (CLIP + VAE encode + sampling + decode), log scale")
+    ax.set_ylabel("toy_error (lower = better)")
+    ax.set_title(f"Quality against time, toy world {report.get('world', {}).get('preset', 'v1')} ({report['environment']['date']})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
-HELDOUT_CURVES = (("heldout/pair_win", "pair-win", (200, 60, 40)), ("heldout/video_accuracy", "video accuracy", (40, 90, 200)),
-                  ("heldout/sign_accuracy", "sign accuracy", (60, 150, 60)))
+HELDOUT_CURVES = (("heldout/pair_win", "pair-win"), ("heldout/video_accuracy", "video-level accuracy"),
+                  ("heldout/sign_accuracy", "per-position sign accuracy"))
 
 
 def plot_heldout(runs: dict[str, Path], path: Path) -> bool:
@@ -179,7 +192,10 @@ def plot_heldout(runs: dict[str, Path], path: Path) -> bool:
     Returns False (and writes nothing) when no run has a held-out log."""
     import json
 
-    from PIL import Image, ImageDraw
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     logs = {}
     for label, f in runs.items():
@@ -189,29 +205,20 @@ def plot_heldout(runs: dict[str, Path], path: Path) -> bool:
                 logs[label] = entries
     if not logs:
         return False
-    W, H, m = 420, 300, 48
-    img = Image.new("RGB", (W * len(logs), H), "white")
-    d = ImageDraw.Draw(img)
-    for k, (label, entries) in enumerate(logs.items()):
-        ox = k * W
-        xmax = max(max(e["videos"] for e in entries), 1)
-
-        def px(x, y):
-            return ox + m + x / xmax * (W - 2 * m), H - m - y * (H - 2 * m)
-
-        d.line([px(0, 0), px(xmax, 0)], fill="black")
-        d.line([px(0, 0), px(0, 1)], fill="black")
-        d.line([px(0, 0.5), px(xmax, 0.5)], fill=(190, 190, 190))  # chance
-        for y in (0, 0.5, 1.0):
-            d.text((ox + 14, px(0, y)[1] - 6), f"{y:.1f}", fill="black")
-        d.text((ox + W / 2 - 50, H - 22), f"videos seen (max {xmax})", fill="black")
-        d.text((ox + m, 8), "D on held-out pairs: " + label, fill="black")
-        for i, (key, name, colour) in enumerate(HELDOUT_CURVES):
-            pts = [px(e["videos"], e[key]) for e in entries if key in e]
-            if len(pts) > 1:
-                d.line(pts, fill=colour, width=2)
-            for X, Y in pts:
-                d.ellipse([X - 2, Y - 2, X + 2, Y + 2], fill=colour)
-            d.text((ox + W - m - 110, px(0, 0.32)[1] + 12 * i), name, fill=colour)  # below chance: clear of the curves
-    img.save(path)
+    fig, axes = plt.subplots(1, len(logs), figsize=(4.6 * len(logs), 3.4), dpi=110, squeeze=False)
+    for ax, (label, entries) in zip(axes[0], logs.items()):
+        for key, name in HELDOUT_CURVES:
+            pts = [(e["videos"], e[key]) for e in entries if key in e]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=name)
+        ax.axhline(0.5, color="0.6", linewidth=1, linestyle="--", label="chance")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("videos seen")
+        ax.set_ylabel("fraction of held-out pairs")
+        ax.set_title(f"D on held-out pairs: {label}", fontsize=9)
+        ax.grid(True, alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
     return True
