@@ -23,8 +23,8 @@ rows that read teacher pairs cache-pairs/, the same clips and conditioning with 
     dmd-gan    distribution matching + the adversarial term (DMD2's pair), no reconstruction
     best       the combination chosen from the rows above (recipes/toy.yaml)
 
-Finished runs are kept and skipped on a rerun (a run folder with an export), so the tool can be stopped and
-started again. Writes ablation.json and ablation.md in --out.
+Finished runs are kept and skipped on a rerun (a run folder with an export), and an interrupted one continues from its
+newest checkpoint, so the tool can be stopped and started again. Writes ablation.json and ablation.md in --out.
 """
 
 from __future__ import annotations
@@ -142,9 +142,11 @@ def ablation(args) -> int:
             print(f"[ablation] {r} seed {s}: no finished run in {run_dir}, left out", flush=True)
             continue
         if not (run_dir / "export" / "model_index.json").is_file():
-            print(f"[ablation] {r} seed {s}: sfv distill → {run_dir}", flush=True)
+            # an interrupted run continues from its newest checkpoint; one that left no checkpoint starts again
+            latest = sorted((run_dir / "checkpoints").glob("videos-*")) if (run_dir / "checkpoints").is_dir() else []
+            print(f"[ablation] {r} seed {s}: sfv distill → {run_dir}" + (" (resumed)" if latest else ""), flush=True)
             t = time.perf_counter()
-            run(recipe)
+            run(recipe, resume="latest" if latest else None, overwrite=not latest and run_dir.is_dir())
             (run_dir / "wall_s.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
         trained[(r, s)] = run_dir
 
