@@ -185,6 +185,20 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
     assert "not a previous demo output" in capsys.readouterr().err
 
 
+def test_demo_sub_modes_write_to_their_own_folders():
+    """Scoring a student or the teacher alone never replaces `make demo`'s report in runs/demo."""
+    from sfv.toy.demo import build_parser, default_out
+
+    def out(*argv):
+        return default_out(build_parser().parse_args(list(argv)))
+
+    assert out() == "runs/demo"
+    assert out("--student", "models/toy-sfv-v2") == "runs/demo-student"
+    assert out("--teacher-only") == "runs/demo-teacher"
+    assert out("--world", "v1") == "runs/demo-v1"
+    assert len({out(), out("--student", "x"), out("--teacher-only"), out("--world", "v1"), out("--world", "v1", "--teacher-only")}) == 5
+
+
 def test_the_teacher_tool_trains_and_saves_a_loadable_teacher(tmp_path):
     """tools/train_toy_teacher.py end to end for a few seconds on 6 videos: a diffusers folder that SVDTeacher loads,
     with the VAE's scaling factor calibrated to its latents and the training history recorded."""

@@ -47,7 +47,9 @@ def _default_help(key: str) -> str:
 
 def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser_class(prog="python -m sfv.toy.demo", description="SF-V end to end in the toy world (the README's main command)")
-    p.add_argument("--out", default="runs/demo", help="output folder (replaced)")
+    p.add_argument("--out", help="output folder, replaced on a rerun (default: runs/demo; runs/demo-student with --student, "
+                   "runs/demo-teacher with --teacher-only, runs/demo-v1 for --world v1: a sub-mode never replaces the "
+                   "main demo's report)")
     p.add_argument("--teacher", help="toy teacher folder (" + _default_help("teacher") + ")")
     p.add_argument("--recipe", help="distillation recipe (" + _default_help("recipe") + ")")
     p.add_argument("--full-student", help="a committed fully-distilled student to report too ('' = none; " + _default_help("full_student") + ")")
@@ -77,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(build_parser(ArgParser), demo, argv)
 
 
+def default_out(args) -> str:
+    """Each mode its own folder, so that scoring a student or the teacher alone never deletes `make demo`'s report."""
+    mode = "-student" if args.student else "-teacher" if args.teacher_only else ""
+    return "runs/demo" + mode + ("-v1" if args.world == "v1" else "")
+
+
 def demo(args) -> int:
     from sfv.config import load_recipe
     from sfv.toy.world import check_world, write_world
@@ -86,6 +94,8 @@ def demo(args) -> int:
     for key, value in WORLD_DEFAULTS[args.world].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.out is None:
+        args.out = default_out(args)
     steps = parse_steps(args.steps)
     if args.world == "v2" and (args.seeds < 2 or args.references < 2):
         raise InputError(f"--seeds {args.seeds} / --references {args.references}: v2 scores diversity over ≥ 2 samples (4 or more advised)")
