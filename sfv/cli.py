@@ -176,17 +176,22 @@ def cmd_export(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from sfv.config import load_recipe
+    from sfv.config import check_header_inputs, load_recipe
     from sfv.train import run
 
-    run(load_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu, overwrite=args.overwrite)
+    recipe = load_recipe(args.recipe, args.overrides)
+    check_header_inputs(args.recipe, recipe)
+    run(recipe, args.resume, cpu=args.cpu, overwrite=args.overwrite)
     return 0
 
 
 def cmd_distill_decoder(args) -> int:
+    from sfv.config import check_header_inputs
     from sfv.decoder_train import load_decoder_recipe, run
 
-    run(load_decoder_recipe(args.recipe, args.overrides), args.resume, cpu=args.cpu, overwrite=args.overwrite)
+    recipe = load_decoder_recipe(args.recipe, args.overrides)
+    check_header_inputs(args.recipe, recipe)
+    run(recipe, args.resume, cpu=args.cpu, overwrite=args.overwrite)
     return 0
 
 

@@ -8,6 +8,7 @@ thing on 1 GPU or 64; the per-step batch is split into accumulation rounds autom
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -174,6 +175,25 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         recipe.discriminator.r2_gamma = recipe.discriminator.r1_gamma if recipe.discriminator.loss == "relativistic" else 0.0
     _check_ranges(recipe)
     return recipe
+
+
+def check_header_inputs(path: str | Path | None, recipe) -> None:
+    """An input folder (model.teacher, data.videos, data.eval_videos) that is missing but that one of the recipe's
+    header commands creates: one InputError naming that command, before any model loads."""
+    if path is None or not Path(path).is_file():
+        return
+    header = [line.lstrip("#").split("  #")[0].strip() for line in Path(path).read_text().splitlines() if line.startswith("#")]
+    header = [line for line in header if line and not line.startswith(("sfv distill", "accelerate launch", "torchrun"))]
+    for key in ("model.teacher", "data.videos", "data.eval_videos"):
+        section, name = key.split(".")
+        value = str(getattr(getattr(recipe, section, None), name, "") or "")
+        if not value or Path(value).exists() or (name == "videos" and getattr(recipe.data, "cache", None)):
+            continue
+        token = re.compile(rf"(^|[\s'\"=]){re.escape(value)}/?($|[\s'\"])")
+        made_by = next((line for line in header if token.search(line)), None)
+        if made_by:
+            raise InputError(f"{key} '{value}' does not exist: make it first with `{made_by}` (from the header of "
+                             f"{path}), or set {key}=... to your own")
 
 
 def load_sections(cls, path: str | Path | None, overrides: list[str] = ()):
