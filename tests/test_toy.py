@@ -156,7 +156,10 @@ def test_demo_runs_end_to_end_and_writes_a_well_formed_report(tmp_path, capsys):
     from PIL import Image
 
     with Image.open(out / "grid-seed1.gif") as gif:
-        assert gif.n_frames == 8 and gif.size == (3 * (4 * 34 + 2), 3 * (3 * 34 + 2))  # real, teacher-1 (± CFG), student-1
+        # real, teacher-1 (± CFG), student-1, under a 14-pixel band of column labels (dark text on white)
+        assert gif.n_frames == 8 and gif.size == (3 * (4 * 34 + 2), 3 * (3 * 34 + 2) + 14)
+        band = np.asarray(gif.convert("L"))[:14]
+        assert (band < 100).any() and (band == 255).mean() > 0.7
     with Image.open(out / "quality-vs-time.png") as plot:  # drawn (not a blank canvas)
         assert len(plot.convert("RGB").getcolors(1 << 20)) > 20
     assert (out / "distill" / "export" / "model_index.json").is_file()
@@ -456,8 +459,8 @@ def test_demo_distils_and_scores_on_world_v2_by_default(tmp_path):
     from sfv.toy.report import V2_COLUMNS
 
     out = tmp_path / "demo-v2"
-    rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--full-student", "", "--recon-student", "", "--train-videos", "8",
-               "--eval", "2", "--seeds", "2", "--references", "2", "--steps", "1",
+    rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--full-student", "", "--paper-student", "", "--recon-student", "",
+               "--train-videos", "8", "--eval", "2", "--seeds", "2", "--references", "2", "--steps", "1",
                "train.total_videos=8", "train.log_every=4", "train.sample_every=8", "train.d_eval_every=4", "train.d_eval_count=2"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
@@ -477,8 +480,8 @@ def test_demo_distils_and_scores_on_world_v2_by_default(tmp_path):
         assert len(plot.convert("RGB").getcolors(1 << 20)) > 20
     log = [json.loads(line) for line in (out / "distill" / "log.jsonl").read_text().splitlines()]
     assert all(0 < e["time/load_share"] < e["time/data_share"] < 1 for e in log if "time/load_share" in e)
-    with Image.open(out / "grid-branching.gif") as gif:  # rows: 2 conditionings × 2 seeds; real | teacher-1 (± CFG) | student-1
-        assert gif.n_frames == 8 and gif.size == (3 * (4 * 34 + 2), 3 * (4 * 34 + 2))
+    with Image.open(out / "grid-branching.gif") as gif:  # rows: 2 conditionings × 2 seeds; real | teacher-1 | student-1, labelled
+        assert gif.n_frames == 8 and gif.size == (3 * (3 * 34 + 2), 3 * (4 * 34 + 2) + 14)
     assert "| student-1 | 1 |" in (out / "report.md").read_text()
 
 
@@ -563,7 +566,7 @@ def test_demo_reports_the_committed_student_with_the_fast_decoder(tmp_path):
     from sfv.toy.demo import main
 
     out = tmp_path / "demo"
-    assert main(["--out", str(out), "--student", "models/toy-sfv-v2", "--recon-student", "", "--eval", "2", "--seeds", "2",
+    assert main(["--out", str(out), "--student", "models/toy-sfv-v2", "--paper-student", "", "--recon-student", "", "--eval", "2", "--seeds", "2",
                  "--references", "2", "--steps", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
     by = {r["name"]: r for r in report["rows"]}

@@ -35,9 +35,10 @@ from sfv.toy.report import plot_heldout, summary_table, write_report
 # (full-length SF-V; reconstruction only, the ablation's proof). A committed student that is absent is skipped.
 WORLD_DEFAULTS = {
     "v1": {"teacher": "models/toy-svd", "recipe": "recipes/toy_v1.yaml", "steps": "25,16,8,4,1", "train_videos": 1000,
-           "full_student": "models/toy-sfv-full", "recon_student": "", "decoder": ""},
-    "v2": {"teacher": "models/toy-svd-v2", "recipe": "recipes/toy.yaml", "steps": "25,4,1", "train_videos": 500,
-           "full_student": "models/toy-sfv-v2", "recon_student": "models/toy-recon-v2", "decoder": "models/toy-decoder-v2"},
+           "full_student": "models/toy-sfv-full", "paper_student": "", "recon_student": "", "decoder": ""},
+    "v2": {"teacher": "models/toy-svd-v2", "recipe": "recipes/toy.yaml", "steps": "25,8,4,1", "train_videos": 500,
+           "full_student": "models/toy-sfv-v2", "paper_student": "models/toy-sfv-paper-v2", "recon_student": "models/toy-recon-v2",
+           "decoder": "models/toy-decoder-v2"},
 }
 
 
@@ -53,6 +54,8 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--teacher", help="toy teacher folder (" + _default_help("teacher") + ")")
     p.add_argument("--recipe", help="distillation recipe (" + _default_help("recipe") + ")")
     p.add_argument("--full-student", help="a committed fully-distilled student to report too ('' = none; " + _default_help("full_student") + ")")
+    p.add_argument("--paper-student", help="a committed student of the paper's SF-V recipe, reported beside the default "
+                   "('' = none; " + _default_help("paper_student") + ")")
     p.add_argument("--recon-student", help="a committed reconstruction-only student to report too ('' = none; " + _default_help("recon_student") + ")")
     p.add_argument("--decoder", help="a fast decoder folder (sfv distill-decoder): the committed full student is also "
                    "reported decoded with it ('' = none; " + _default_help("decoder") + ")")
@@ -200,9 +203,10 @@ def _methods(args, steps: list[int], export: Path) -> list[dict]:
     if export is None:
         return methods
     methods.append({"name": "student-1", "model": str(export), "steps": 1, "cfg": 1.0, "unet_evals": 1})
-    for name, folder in (("student-full-1", args.full_student), ("recon-full-1", args.recon_student)):
-        if folder and Path(folder, "model_index.json").is_file():
-            methods.append({"name": name, "model": folder, "steps": 1, "cfg": 1.0, "unet_evals": 1})
+    for name, folder, k in (("student-full-1", args.full_student, 1), ("student-full-2", args.full_student, 2),
+                            ("sfv-paper-full-1", args.paper_student, 1), ("recon-full-1", args.recon_student, 1)):
+        if folder and Path(folder, "model_index.json").is_file() and (k == 1 or args.world == "v2"):
+            methods.append({"name": name, "model": folder, "steps": k, "cfg": 1.0, "unet_evals": k, "student_levels": True})
     if args.decoder and any(m["name"] == "student-full-1" for m in methods):
         methods.append({"name": "student-full-1-tiny-decoder", "model": args.full_student, "decoder": args.decoder,
                         "steps": 1, "cfg": 1.0, "unet_evals": 1})

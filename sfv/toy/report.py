@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 
 GRID_METHODS = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "student-1", "student-full-1")
-BRANCH_GRID = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "recon-full-1", "student-1", "student-full-1")
+BRANCH_GRID = ("teacher-25", "teacher-4", "teacher-1", "recon-full-1", "sfv-paper-full-1", "student-1", "student-full-1")
+# each grid column's label, drawn above it (the rows' names in report.md)
+COLUMN_LABELS = {"real": "real", "teacher-1-nocfg": "t-1 no CFG", "recon-full-1": "recon only", "sfv-paper-full-1": "SF-V paper",
+                 "student-1": "this run", "student-full-1": "default"}
 V2_COLUMNS = ("precision", "motion", "diversity", "coverage", "position", "shape", "clutter", "speed", "jitter",
               "conditioning", "frechet", "energy", "kl", "edge")
 
@@ -109,13 +112,30 @@ def write_grids(out: Path, real: np.ndarray, videos: dict[str, list[np.ndarray]]
     cols = [m for m in GRID_METHODS if m in videos]
     for seed in range(len(next(iter(videos.values())))):
         clips = [real[:rows], *[videos[m][seed][:rows] for m in cols]]  # each [R, F, H, W, 3]
-        save_grid_gif(out / f"grid-seed{seed}.gif", clips, zoom)
+        save_grid_gif(out / f"grid-seed{seed}.gif", clips, zoom, labels=["real", *cols])
 
 
-def save_grid_gif(path: Path, clips: list[np.ndarray], zoom: int = 3, duration_ms: int = 250) -> None:
-    """Animated GIF of videos side by side: one column per entry of `clips`, each [R, F, H, W, 3] uint8 (R rows)."""
-    from PIL import Image
+def _labelled(grid: np.ndarray, zoom: int, labels: list[str], column: int) -> list:
+    """Each frame of `grid` [F, H, W, 3] zoomed, under a white band with one label centred over each column."""
+    from PIL import Image, ImageDraw
 
+    band = 14 if labels else 0
+    images = []
+    for g in grid:
+        frame = Image.new("RGB", (g.shape[1] * zoom, g.shape[0] * zoom + band), "white")
+        frame.paste(Image.fromarray(g).resize((g.shape[1] * zoom, g.shape[0] * zoom), Image.NEAREST), (0, band))
+        draw = ImageDraw.Draw(frame)
+        for c, text in enumerate(labels):
+            x = (2 + c * column + column // 2) * zoom - draw.textlength(text) / 2
+            draw.text((x, 2), text, fill="black")
+        images.append(frame)
+    return images
+
+
+def save_grid_gif(path: Path, clips: list[np.ndarray], zoom: int = 3, duration_ms: int = 250,
+                  labels: list[str] | None = None) -> None:
+    """Animated GIF of videos side by side: one column per entry of `clips`, each [R, F, H, W, 3] uint8 (R rows),
+    under the `labels` (one per column)."""
     pad = 2
     r_, f_, h, w = clips[0].shape[:4]
     grid = np.full((f_, r_ * (h + pad) + pad, len(clips) * (w + pad) + pad, 3), 255, np.uint8)
@@ -123,7 +143,7 @@ def save_grid_gif(path: Path, clips: list[np.ndarray], zoom: int = 3, duration_m
         for r in range(r_):
             y, x = pad + r * (h + pad), pad + c * (w + pad)
             grid[:, y : y + h, x : x + w] = clip[r]
-    images = [Image.fromarray(g).resize((g.shape[1] * zoom, g.shape[0] * zoom), Image.NEAREST) for g in grid]
+    images = _labelled(grid, zoom, [COLUMN_LABELS.get(n, n) for n in (labels or [])], w + pad)
     images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, optimize=False, disposal=1)
 
 
@@ -132,8 +152,6 @@ def write_branch_grid(out: Path, real: np.ndarray, videos: dict[str, np.ndarray]
     """v2: one GIF (and a PNG film strip of its frames) whose rows are conditionings × seeds and whose columns
     are real (a true draw) | each method of BRANCH_GRID present: the same conditioning down S rows shows whether
     a method takes different futures for different seeds, and whether each is sharp."""
-    from PIL import Image
-
     cols = [m for m in BRANCH_GRID if m in videos]
     if not cols:
         return
@@ -146,11 +164,12 @@ def write_branch_grid(out: Path, real: np.ndarray, videos: dict[str, np.ndarray]
         for c, clip in enumerate(clips):
             y, x = pad + r * (h + pad), pad + c * (w + pad)
             grid[:, y : y + h, x : x + w] = clip
-    images = [Image.fromarray(g).resize((g.shape[1] * zoom, g.shape[0] * zoom), Image.NEAREST) for g in grid]
+    images = _labelled(grid, zoom, [COLUMN_LABELS.get(n, n) for n in ("real", *cols)], w + pad)
     images[0].save(out / "grid-branching.gif", save_all=True, append_images=images[1:], duration=250, loop=0,
                    optimize=False, disposal=1)
     strip = np.concatenate([np.pad(g, ((0, 0), (0, 6), (0, 0)), constant_values=128) for g in grid], axis=1)  # frames 0…F−1
-    Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(out / "grid-branching-frames.png")
+    # labels over frame 0's columns
+    _labelled(strip[None], 2, [COLUMN_LABELS.get(n, n) for n in ("real", *cols)], w + pad)[0].save(out / "grid-branching-frames.png")
 
 
 def plot(report: dict, path: Path) -> None:
