@@ -41,3 +41,34 @@ def test_main_guard_is_the_last_statement():
         body = ast.parse(path.read_text()).body
         guards = [i for i, node in enumerate(body) if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
         assert guards in ([], [len(body) - 1]), f"{path.relative_to(ROOT)}: code after the `if __name__ == '__main__'` block"
+
+
+def _report_figures(node, found: set[str]) -> set[str]:
+    """Every number of a committed report as the docs may quote it: floats at 1–3 decimals, and the numbers
+    inside its text (the targets' figures, e.g. '16.1×')."""
+    if isinstance(node, dict):
+        for v in node.values():
+            _report_figures(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _report_figures(v, found)
+    elif isinstance(node, float):
+        found |= {f"{node:.{d}f}" for d in (1, 2, 3)}
+    elif isinstance(node, str):
+        found |= set(re.findall(r"\d+\.\d+", node))
+    return found
+
+
+def test_readme_toy_figures_are_in_the_committed_demo_report():
+    """The README's measured toy figures (its 'Measured:' paragraph) all come from docs/demo-report.json, the report
+    of the fresh-clone `make demo` that the docs cite; a figure that the report does not contain fails here."""
+    report = json.loads((ROOT / "docs" / "demo-report.json").read_text())
+    figures = _report_figures(report, set())
+    base = next(r["seconds_per_video"] for r in report["rows"] if r["name"] == "teacher-25")
+    figures |= {f"{base / r['seconds_per_video']:.1f}" for r in report["rows"] if r["seconds_per_video"] > 0}  # speed-ups
+    readme = (ROOT / "README.md").read_text()
+    measured = readme[readme.index("Measured (docs/demo-report.json"): readme.index("See [docs/toy.md]")]
+    quoted = re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", measured)
+    assert len(quoted) >= 8, quoted
+    missing = [q for q in quoted if q not in figures and q.rstrip("0").rstrip(".") not in figures]
+    assert not missing, f"README figures not in docs/demo-report.json: {missing}"
