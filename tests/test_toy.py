@@ -480,7 +480,7 @@ def test_demo_distils_and_scores_on_world_v2_by_default(tmp_path):
         assert len(plot.convert("RGB").getcolors(1 << 20)) > 20
     log = [json.loads(line) for line in (out / "distill" / "log.jsonl").read_text().splitlines()]
     assert all(0 < e["time/load_share"] < e["time/data_share"] < 1 for e in log if "time/load_share" in e)
-    with Image.open(out / "grid-branching.gif") as gif:  # rows: 2 conditionings × 2 seeds; real | teacher-1 | student-1, labelled
+    with Image.open(out / "grid-branching.gif") as gif:  # rows: 2 conditionings × 2 seeds; real | teacher-1 without CFG | student-1, labelled
         assert gif.n_frames == 8 and gif.size == (3 * (3 * 34 + 2), 3 * (4 * 34 + 2) + 14)
     assert "| student-1 | 1 |" in (out / "report.md").read_text()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 GRID_METHODS = ("teacher-25", "teacher-4", "teacher-1", "teacher-1-nocfg", "student-1", "student-full-1")
-BRANCH_GRID = ("teacher-25", "teacher-4", "teacher-1", "recon-full-1", "sfv-paper-full-1", "student-1", "student-full-1")
+BRANCH_GRID = ("teacher-25", "teacher-4", "teacher-1-nocfg", "recon-full-1", "sfv-paper-full-1", "student-1", "student-full-1")
 # each grid column's label, drawn above it (the rows' names in report.md)
 COLUMN_LABELS = {"real": "real", "teacher-1-nocfg": "t-1 no CFG", "recon-full-1": "recon only", "sfv-paper-full-1": "SF-V paper",
                  "student-1": "this run", "student-full-1": "default"}
