@@ -171,7 +171,7 @@ def cmd_export(args) -> int:
     t0 = time.perf_counter()
     out = export_student(args.out, args.generator, args.teacher, args.checkpoint, args.weights, args.t_g, args.decoder)
     extra = " + fast decoder" if args.decoder else ""
-    print(f"sfv export: {out} (student UNet + teacher VAE/CLIP/scheduler{extra}) in {time.perf_counter() - t0:.1f} s")
+    print(f"sfv export: {out} (the student network + the teacher's other components{extra}) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

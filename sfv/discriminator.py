@@ -105,7 +105,7 @@ class Discriminator(nn.Module):
         """e(c): pooled condition ‖ c_noise(σ′) ‖ frame index -> [B, F, E]."""
         batch = sigma.shape[0]
         image = self.cond_embed["image"](cond.pooled().float())[:, None].expand(batch, frames, -1)
-        c_noise = self.backbone.precond.c_noise(sigma.float())
+        c_noise = 0.25 * self.backbone.precond.log_sigma(sigma.float())  # ¼·ln σ′ in every family (SVD's c_noise)
         noise = _fourier(c_noise * NOISE_SPREAD, EMBED_DIM)[:, None].expand(batch, frames, -1)
         index = _fourier(torch.arange(frames, device=sigma.device), EMBED_DIM)
         return self.cond_embed["mix"](torch.cat([image, noise, index[None].expand(batch, -1, -1)], dim=-1))

@@ -46,7 +46,7 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
     the teacher loads."""
     from sfv.decoders import build_decoder
     from sfv.generator import SFVGenerator
-    from sfv.pipeline import check_export_target, export_pipeline
+    from sfv.files import check_export_target
     from sfv.teachers import load_teacher
 
     out = check_export_target(out_dir)
@@ -75,11 +75,12 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
     if sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
         name = checkpoint.STUDENT_WEIGHTS[weights]
         try:
-            state = read_full_weights(Path(ckpt), name, teacher.unet.state_dict())
+            state = read_full_weights(Path(ckpt), name, teacher.net.state_dict())
         except (OSError, ValueError, KeyError, RuntimeError, AssertionError) as e:  # missing shards, another model
             raise ModelLoadError(f"cannot read {name} from sharded checkpoint '{ckpt}': {first_line(e)[:300]}") from None
         unet = teacher.student_from_state(state, generator)
     else:
         unet = SFVGenerator.load_unet(generator, teacher)
-    return export_pipeline(unet, teacher, out, info={"generator": str(generator), "teacher": str(teacher_dir)},
-                           t_g=ModelConfig.t_g if t_g is None else t_g, fast_decoder=decoder, video=video)
+    extra = {} if decoder is None else {"fast_decoder": decoder}
+    return teacher.export(unet, out, info={"generator": str(generator), "teacher": str(teacher_dir)},
+                          t_g=ModelConfig.t_g if t_g is None else t_g, video=video, **extra)

@@ -1,4 +1,4 @@
-"""Atomic writes: a result appears under its final name complete, or not at all."""
+"""Atomic writes: a result appears under its final name complete, or not at all; an export target is checked first."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from sfv.errors import InputError
 
 
 def _remove(path: Path) -> None:
@@ -34,3 +36,14 @@ def atomic_path(path: str | os.PathLike, tmp_name: str | None = None) -> Iterato
         os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def check_export_target(out_dir: str | os.PathLike) -> Path:
+    """The export folder must be new (or empty) and its parent writable."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"export folder '{out}' already exists and is not empty; choose a new folder or remove it")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(f"cannot create export folder '{out}': '{parent}' is not a writable folder")
+    return out

@@ -1,9 +1,10 @@
-"""SF-V's one-step generator G (§3.2): the full teacher UNet, copied and fully fine-tuned.
+"""SF-V's one-step generator G (§3.2): the teacher's full network, copied and fully fine-tuned.
 
     G(x_t, σ_t, c) = c_skip(σ_t)·x_t + c_out(σ_t)·F_θ(c_in(σ_t)·x_t, c_noise(σ_t), c)     (teacher's preconditioning)
 
-Training inputs x_t = x0 + σ_t·ε with σ_t uniform over the top T_g − 1 levels of a T_g-level Karras grid
-(model.t_g, 4 by default: ≈ {700, 70.5, 2.27} on SVD's range); inference is one pass at σ_max from pure noise, without CFG.
+Training inputs x_t = the teacher's add_noise(x0, σ_t, ε) with σ_t uniform over the family's T_g − 1 generator levels
+(model.t_g, 4 by default; SVD: the top T_g − 1 of a T_g-level Karras grid, ≈ {700, 70.5, 2.27}); inference is one
+pass at the top level (SVD: σ_max) from pure noise, without CFG.
 """
 
 from __future__ import annotations
@@ -16,43 +17,43 @@ import torch
 
 from sfv.config import ModelConfig
 from sfv.errors import ModelLoadError
-from sfv.noise import generator_sigma_levels
 from sfv.teachers import Condition, Teacher
 
 
 class SFVGenerator(torch.nn.Module):
-    """A trainable copy of the teacher's network behind the teacher's preconditioning: forward(x_t, σ, cond) -> x0.
+    """A trainable copy of the teacher's network behind the teacher's preconditioning: forward(x_t, level, cond) -> x0.
 
-    `denoise_with(net, x, σ, cond)` is the teacher family's denoiser (Teacher.denoise_with), so G knows no
-    model's quirks."""
+    `denoise_with(net, x, level, cond)` is the teacher family's denoiser (Teacher.denoise_with) and `levels` its
+    training levels (Teacher.generator_levels), so G knows no model's quirks."""
 
-    def __init__(self, unet: torch.nn.Module, denoise_with, sigma_min: float, sigma_max: float, t_g: int):
+    def __init__(self, net: torch.nn.Module, denoise_with, levels: torch.Tensor):
         super().__init__()
-        self.unet = unet
+        self.net = net
         self.denoise_with = denoise_with
-        self.sigma_min, self.sigma_max, self.t_g = float(sigma_min), float(sigma_max), int(t_g)
+        self.levels = torch.as_tensor(levels, dtype=torch.float32).cpu().clone()  # not a buffer: no cast, no sync, no state
 
     @classmethod
     def from_teacher(cls, teacher: Teacher, t_g: int = ModelConfig.t_g) -> "SFVGenerator":
-        """G initialised as an independent copy of the teacher UNet (the teacher stays frozen and untouched)."""
-        unet = copy.deepcopy(teacher.unet)
-        unet.requires_grad_(True)
-        unet.train()
-        return cls(unet, teacher.denoise_with, teacher.sigma_min, teacher.sigma_max, t_g)
+        """G initialised as an independent copy of the teacher's network (the teacher stays frozen and untouched)."""
+        net = copy.deepcopy(teacher.net)
+        net.requires_grad_(True)
+        net.train()
+        return cls(net, teacher.denoise_with, teacher.generator_levels(t_g))
 
-    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor | float, cond: Condition) -> torch.Tensor:
-        """x_t: [B, F, C, h, w] = x0 + σ·ε; sigma: scalar or [B] -> predicted x0 [B, F, C, h, w] (float32)."""
-        return self.denoise_with(self.unet, x_t, sigma, cond)
+    def forward(self, x_t: torch.Tensor, level: torch.Tensor | float, cond: Condition) -> torch.Tensor:
+        """x_t: [B, F, C, h, w] at `level` (scalar or [B]) -> predicted x0 [B, F, C, h, w] (float32)."""
+        return self.denoise_with(self.net, x_t, level, cond)
 
-    def sigma_levels(self) -> torch.Tensor:
-        """The training levels {σ_1 .. σ_{T_g−1}}: top T_g − 1 of a T_g-level Karras grid, descending."""
-        return generator_sigma_levels(self.t_g, self.sigma_min, self.sigma_max)
+    @property
+    def top_level(self) -> float:
+        """The inference level (SVD: σ_max; flow: t = 1): G's one step starts there from pure noise."""
+        return float(self.levels[0])
 
-    def sample_sigma(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """σ_t ~ uniform over the training levels, one per video: [B]."""
-        levels = self.sigma_levels()
+    def sample_level(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """σ_t ~ uniform over the training levels, one per video: [B] (on the CPU, like the draws' generator)."""
         device = generator.device if generator is not None else "cpu"  # draw where the generator lives (CPU or CUDA)
-        return levels.to(device)[torch.randint(len(levels), (batch_size,), generator=generator, device=device)]
+        levels = self.levels.to(device)
+        return levels[torch.randint(len(levels), (batch_size,), generator=generator, device=device)]
 
     # -- student weights (safetensors only) -------------------------------------------------------
     @staticmethod

@@ -2,7 +2,7 @@
 
 Per-position sign accuracy on the training batches is a poor gauge of whether D learns (`losses.video_stats`).
 Here everything is fixed except the two networks: the same real clips and conditioning, the same one-step
-input noise for G's fakes (x0 + σ_max·ε, G's σ_max training input, which generation from pure noise matches up
+input noise for G's fakes (x0 + σ_max·ε, G's top-level training input, which generation from pure noise matches up
 to x0 ≪ σ_max), and the same σ′ and ε for D's re-noising. A change in the pair-win rate is then a change in D
 or in G's one-step videos, not in the draw. Every process computes it (G may be sharded); process 0 logs it.
 """
@@ -49,20 +49,21 @@ def make_pairs(d, cfg, dataset, teacher, sigma_d) -> list[Pairs]:
 
 
 @torch.no_grad()
-def judge(pairs: list[Pairs], G, D, amp) -> dict[str, float]:
-    """D's logits on every real clip and on G's one-step video of the same conditioning -> logit and video stats."""
+def judge(pairs: list[Pairs], G, D, amp, add_noise) -> dict[str, float]:
+    """D's logits on every real clip and on G's one-step video of the same conditioning -> logit and video stats.
+    add_noise: the teacher's forward process (Teacher.precond.add_noise)."""
     was = G.training
     G.eval()
     real: dict[str, list] = {}
     fake: dict[str, list] = {}
     try:
         for p in pairs:
-            sigma_max = torch.full((len(p.x0),), G.sigma_max, device=p.x0.device)
+            top = torch.full((len(p.x0),), G.top_level, device=p.x0.device)
             with amp:
-                x_fake = G(p.x0 + G.sigma_max * p.noise, sigma_max, p.cond)
+                x_fake = G(add_noise(p.x0, G.top_level, p.noise), top, p.cond)
                 s = p.sigma.reshape(-1, 1, 1, 1, 1)
                 for store, x, eps in ((real, p.x0, p.eps_real), (fake, x_fake, p.eps_fake)):
-                    for k, v in D(x + s * eps, p.sigma, p.cond).items():
+                    for k, v in D(add_noise(x, s, eps), p.sigma, p.cond).items():
                         store.setdefault(k, []).append(v.float())
     finally:
         G.train(was)

@@ -39,8 +39,8 @@ class Monitor:
         self.sample_cond = sample_cond  # fixed conditioning for the sample videos (frame 0 of the first clips)
         count = len(sample_cond) if sample_cond is not None else 0
         d, gen = data, torch.Generator(teacher.device).manual_seed(SAMPLE_NOISE_SEED)
-        self.sample_noise = torch.randn(count, d.frames, teacher.latent_channels, d.height // teacher.vae_scale_factor,
-                                        d.width // teacher.vae_scale_factor, generator=gen, device=teacher.device)
+        self.sample_noise = torch.randn(teacher.latent_shape(count, d.frames, d.height, d.width), generator=gen,
+                                        device=teacher.device)
 
     def start(self, state) -> None:
         self.before, self.t0, self.v0 = state.videos, time.perf_counter(), state.videos
@@ -52,7 +52,7 @@ class Monitor:
     def due(self, videos: int, every: int) -> bool:
         return crossed(self.before, videos, every)
 
-    def step(self, state, stats: dict, ema_unet) -> None:
+    def step(self, state, stats: dict, ema_net) -> None:
         """Called once per iteration on every process (scalars are averaged over processes when logged)."""
         for k, v in stats.items():
             entry = self.acc.setdefault(k, [0.0, 0])
@@ -60,7 +60,7 @@ class Monitor:
         if self.due(state.videos, self.cfg.log_every) or state.videos >= self.cfg.total_videos:
             self.log(state)
         if self.due(state.videos, self.cfg.sample_every):  # gathering a sharded EMA is collective: every process
-            self.sample(state.videos, distributed.unsharded(ema_unet, self.world, like=self.teacher.unet))
+            self.sample(state.videos, distributed.unsharded(ema_net, self.world, like=self.teacher.net))
         if self.bar is not None:
             self.bar.update(state.videos - self.bar.n)
         self.before = state.videos
@@ -97,18 +97,18 @@ class Monitor:
             f.write(json.dumps({"videos": state.videos, "g_steps": state.g_steps, "d_steps": state.d_steps, **values}) + "\n")
 
     @torch.no_grad()
-    def sample(self, videos: int, unet) -> Path | None:
-        """One-step videos from `unet` on the fixed conditioning -> samples/videos-N.gif (+ .mp4) and tensorboard."""
+    def sample(self, videos: int, net) -> Path | None:
+        """One-step videos from `net` on the fixed conditioning -> samples/videos-N.gif (+ .mp4) and tensorboard."""
         if self.writer is None or self.sample_cond is None:
             return None
         from sfv.video import write_video
 
         d = self.data
-        was_training = unet.training
-        unet.eval()
+        was_training = net.training
+        net.eval()
         latents = self.teacher.sample(self.sample_cond, d.frames, d.height, d.width, num_inference_steps=1,
-                                      max_guidance_scale=1.0, latents=self.sample_noise, unet=unet)
-        unet.train(was_training)
+                                      max_guidance_scale=1.0, latents=self.sample_noise, net=net)
+        net.train(was_training)
         frames = self.teacher.postprocess(self.teacher.decode(latents), "np")  # [B, F, H, W, 3] in [0, 1]
         grid = np.concatenate(list(frames), axis=2)  # videos side by side
         path = self.run_dir / "samples" / f"videos-{videos:09d}.gif"
@@ -119,14 +119,14 @@ class Monitor:
         self.writer.flush()
         return path
 
-    def finish(self, state, unet, extra: dict | None = None) -> None:
-        """The last sample videos from `unet` (whole, on process 0), report.json, the list of skipped files. Collective."""
+    def finish(self, state, net, extra: dict | None = None) -> None:
+        """The last sample videos from `net` (whole, on process 0), report.json, the list of skipped files. Collective."""
         skipped = sorted({s for lst in distributed.gather_objects(state.skipped_files, self.world) for s in lst})
         if not self.world.is_main:
             return
         if self.bar is not None:
             self.bar.close()
-        self.sample(state.videos, unet)
+        self.sample(state.videos, net)
         report = {"videos": state.videos, "g_steps": state.g_steps, "d_steps": state.d_steps,
                   "skipped_steps": state.skipped_steps, "skipped_files": skipped, **(extra or {})}
         (self.run_dir / "report.json").write_text(json.dumps(report, indent=1))

@@ -1,5 +1,10 @@
-"""The forward process x = x0 + σ·ε: EDM's preconditioning, the Karras σ discretisation that SVD samples on and
-that SF-V trains the generator at, and D's log-normal σ′.
+"""The forward process of each family behind one preconditioning protocol, the Karras σ discretisation that SVD samples
+on and that SF-V trains the generator at, and D's log-normal σ′.
+
+A family's noise *level* is its own coordinate: SVD's σ (x = x0 + σ·ε, EDM), flow matching's t (x = (1−t)·x0 + t·ε,
+Wan). Both are written as k-diffusion's scalings, x0 = c_skip·x + c_out·F(c_in·x, c_noise), by a `Precond`; where
+families must be compared (D's noise embedding, D's log-normal levels, recipe thresholds) the common coordinate is
+ln σ, with σ = t/(1−t) for flow (so ln σ = logit t, and D's log-normal σ′ is LADD/SD3's logit-normal t′).
 
 Karras et al. 2022 (EDM), eq. 5:  σ_i = (σ_max^(1/ρ) + i/(N−1) · (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ,
 with SVD's σ_min = 0.002, σ_max = 700, ρ = 7 (read from the scheduler config, never hard-coded here).
@@ -8,11 +13,30 @@ with SVD's σ_min = 0.002, σ_max = 700, ρ = 7 (read from the scheduler config,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from sfv.errors import InputError
+
+
+class Precond(Protocol):
+    """A family's forward process and preconditioning, on its own level (σ for EDM, t for flow); levels broadcast to x."""
+
+    def add_noise(self, x0: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor: ...  # x at level
+
+    def scale_input(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor: ...  # c_in·x
+
+    def c_noise(self, level: torch.Tensor) -> torch.Tensor: ...  # the network's timestep input
+
+    def combine(self, out: torch.Tensor, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor: ...  # c_out·F + c_skip·x
+
+    def loss_weight(self, level: torch.Tensor) -> torch.Tensor: ...  # λ = 1/c_out²: the error at the scale of F
+
+    def log_sigma(self, level: torch.Tensor) -> torch.Tensor: ...  # the common coordinate ln σ
+
+    def level_of_sigma(self, sigma: float) -> float: ...  # the inverse, for thresholds given in σ
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,60 @@ class EDMPrecond:
         """x0 = c_out·F + c_skip·x, as F·(sign·σ·σ_d/√(σ²+σ_d²)) + x·σ_d²/(σ²+σ_d²); σ broadcastable to x."""
         sd2 = self.sigma_data**2
         return out * (self.out_sign * sigma * self.sigma_data / (sigma**2 + sd2) ** 0.5) + x * sd2 / (sigma**2 + sd2)
+
+    @staticmethod
+    def add_noise(x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x = x0 + σ·ε."""
+        return x0 + sigma * noise
+
+    @staticmethod
+    def log_sigma(sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.log()
+
+    @staticmethod
+    def level_of_sigma(sigma: float) -> float:
+        return float(sigma)
+
+
+@dataclass(frozen=True)
+class FlowPrecond:
+    """Flow matching (rectified flow; Wan, SD3) in its native level t ∈ (0, 1]: x_t = (1−t)·x0 + t·ε, and the
+    network predicts the velocity v = ε − x0 at timestep `timescale`·t. As k-diffusion scalings on x_t:
+
+        c_skip = 1,  c_out = −t,  c_in = 1,  c_noise = timescale·t     so  x0 = x_t − t·v
+
+    (in EDM's coordinate σ = t/(1−t), x = x_t·(1+σ): c_skip = c_in = 1/(1+σ), c_out = −σ/(1+σ)). t = 1 is pure
+    noise, where σ is infinite: the reason a family keeps its own level. λ(t) = 1/t², so ‖x̂0 − x0‖²/t² = ‖v̂ − v‖²,
+    flow matching's own loss."""
+
+    timescale: float = 1000.0
+
+    @staticmethod
+    def add_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return (1 - t) * x0 + t * noise
+
+    @staticmethod
+    def scale_input(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def c_noise(self, t: torch.Tensor) -> torch.Tensor:
+        return t * self.timescale
+
+    @staticmethod
+    def combine(out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x - t * out
+
+    @staticmethod
+    def loss_weight(t: torch.Tensor) -> torch.Tensor:
+        return 1 / t**2
+
+    @staticmethod
+    def log_sigma(t: torch.Tensor) -> torch.Tensor:
+        return torch.logit(t)
+
+    @staticmethod
+    def level_of_sigma(sigma: float) -> float:
+        return float(sigma) / (1 + float(sigma))
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -107,18 +185,21 @@ class LevelSampler:
 
 class UniformLevelSampler(LevelSampler):
     """DMD2's noise levels for the distribution-matching term and the fake score (its min/max step 0.02 T / 0.98 T):
-    uniform over the middle 96 % of T Karras levels. On SVD's [0.002, 700] the median σ is ≈ 16 and more than half
-    of the draws are above 10, where a video's layout and motion are still open."""
+    uniform over the middle 96 % of a family's T-level grid (Teacher.level_grid). On SVD's Karras [0.002, 700] the
+    median σ is ≈ 16 and more than half of the draws are above 10, where a video's layout and motion are still open."""
 
-    def __init__(self, sigma_min: float, sigma_max: float, t: int = 1000, low: float = 0.02, high: float = 0.98, rho: float = 7.0):
-        self.levels = karras_sigmas(t, sigma_min, sigma_max, rho)
+    def __init__(self, levels: torch.Tensor, low: float = 0.02, high: float = 0.98):
+        t = len(levels)
+        self.levels = levels
         self.probs = torch.zeros(t, dtype=torch.float64)
         self.probs[int(low * t) : int(high * t) + 1] = 1.0
         self.probs = self.probs / self.probs.sum()
 
 
 class LogNormalSigmaSampler(LevelSampler):
-    """SF-V §3.2: D's re-noising level σ′, drawn from T_d Karras levels weighted by a discretised log-normal.
+    """SF-V §3.2: D's re-noising level σ′, drawn from a family's T_d-level grid (Teacher.level_grid; SVD: Karras)
+    weighted by a discretised log-normal in the common coordinate ln σ (`log_sigma`: Precond.log_sigma; for flow
+    ln σ = logit t, so this is LADD/SD3's logit-normal).
 
     Level i gets the log-normal probability mass of its cell in ln σ (cell edges halfway between neighbouring
     levels, the outer cells open), i.e. P(i) = Φ((e_i⁺ − P_mean)/P_std) − Φ((e_i⁻ − P_mean)/P_std).
@@ -126,11 +207,11 @@ class LogNormalSigmaSampler(LevelSampler):
     real and the fake video of a pair.
     """
 
-    def __init__(self, sigma_min: float, sigma_max: float, p_mean: float = -1.0, p_std: float = 1.0, t_d: int = 1000, rho: float = 7.0):
+    def __init__(self, levels: torch.Tensor, p_mean: float = -1.0, p_std: float = 1.0, log_sigma=torch.log):
         if p_std <= 0:
             raise ValueError(f"P_std must be positive (got {p_std})")
-        self.levels = karras_sigmas(t_d, sigma_min, sigma_max, rho)  # descending, [T_d]
-        log_sigma = self.levels.double().log()
+        self.levels = levels  # descending, [T_d]
+        log_sigma = log_sigma(self.levels.double())
         edges = (log_sigma[1:] + log_sigma[:-1]) / 2  # descending cell boundaries, [T_d − 1]
         normal = torch.distributions.Normal(torch.tensor(p_mean, dtype=torch.float64), torch.tensor(p_std, dtype=torch.float64))
         cdf = torch.cat([torch.ones(1, dtype=torch.float64), normal.cdf(edges), torch.zeros(1, dtype=torch.float64)])

@@ -24,10 +24,7 @@ size it was trained at). The stock pipeline then reproduces SFVPipeline's frames
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -36,15 +33,13 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 
 from sfv.config import ModelConfig
 from sfv.decoders import build_decoder, resolve_decoder
-from sfv.decoders.tiny import CONFIG_NAME, WEIGHTS_NAME
 from sfv.errors import InputError, ModelLoadError, SFVError, first_line
-from sfv.files import atomic_path
 from sfv.images import check_output_type
-from sfv.model_dir import EXPORT_INFO, VideoRecord, check_video_size, export_info, shipped_decoders, write_video_record
+from sfv.model_dir import EXPORT_INFO, check_video_size, export_info, shipped_decoders
 from sfv.noise import generator_sigma_levels, student_schedule
 from sfv.sampling import long_video_windows, sample_long_video, window_starts
 from sfv.teachers.svd import SVDTeacher
-from sfv.version import __version__
+from sfv.teachers.svd_export import FAST_DECODER, export_pipeline  # noqa: F401  (public here)
 
 __all__ = ["SFVPipeline", "EXPORT_INFO", "export_info", "shipped_decoders", "export_pipeline", "load_pipeline"]
 
@@ -285,56 +280,3 @@ def set_fast_paths(unet, vae, image_encoder, attention: str = "sdpa", channels_l
         unet.forward = torch.compile(unet.forward)  # instance attribute: hooks and .config untouched
     elif not compile and "forward" in vars(unet):
         del unet.forward
-
-
-def check_export_target(out_dir: str | os.PathLike) -> Path:
-    """The export folder must be new (or empty) and its parent writable."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"export folder '{out}' already exists and is not empty; choose a new folder or remove it")
-    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise InputError(f"cannot create export folder '{out}': '{parent}' is not a writable folder")
-    return out
-
-
-FAST_DECODER = "fast_decoder"  # the export's subfolder for a fast decoder (not in model_index.json: stock diffusers skips it)
-
-
-def export_pipeline(
-    unet: UNetSpatioTemporalConditionModel, teacher: SVDTeacher, out_dir: str | os.PathLike, info: dict | None = None,
-    t_g: int = ModelConfig.t_g, fast_decoder: str | os.PathLike | None = None, video: VideoRecord | None = None,
-) -> Path:
-    """Write the drop-in diffusers folder for a student UNet, atomically (temp folder + rename).
-
-    Contents: model_index.json (StableVideoDiffusionPipeline, so stock diffusers loads it), unet/ (the student),
-    vae/, image_encoder/, feature_extractor/, scheduler/ (the teacher's; its 1-step Karras schedule is σ_max),
-    sfv.json (how to sample it — T_g and G's σ levels, read back by SFVPipeline.from_pretrained — and where it came
-    from) and video.json (`video`: the size, frames and fps it was trained at), when known.
-    fast_decoder: a tiny decoder folder (sfv.decoders.tiny), checked against the VAE and copied to fast_decoder/;
-    sfv.json lists it under "decoders" (SFVPipeline.from_pretrained(folder, decoder="tiny")). Weights are safetensors.
-    """
-    if fast_decoder is not None:
-        build_decoder("tiny", teacher.vae, fast_decoder)  # loads and fits, before anything is written
-    out = check_export_target(out_dir)
-    levels = generator_sigma_levels(t_g, teacher.sigma_min, teacher.sigma_max).tolist()  # G's, as it trained on them
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        teacher.to_pipeline(unet=unet).save_pretrained(tmp, safe_serialization=True)
-        meta = {
-            "sfv_version": __version__,
-            "pipeline": "SFVPipeline",
-            "sampling": {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": teacher.sigma_max, "t_g": t_g,
-                         "sigma_levels": levels},
-            "decoder": teacher.decoder_name,  # what the stock pipeline decodes with
-            **(info or {}),
-        }
-        if fast_decoder is not None:
-            (tmp / FAST_DECODER).mkdir()
-            for name in (CONFIG_NAME, WEIGHTS_NAME):  # the folder's two files, nothing else it may hold
-                shutil.copy2(Path(fast_decoder) / name, tmp / FAST_DECODER / name)
-            meta["decoders"] = {"tiny": FAST_DECODER}
-        (tmp / EXPORT_INFO).write_text(json.dumps(meta, indent=2) + "\n")
-        if video is not None:
-            write_video_record(tmp, video)
-    return out

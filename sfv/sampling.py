@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from sfv.errors import InputError
+from sfv.noise import EDMPrecond
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,6 +47,30 @@ def euler_sample(
     return x
 
 
+def flow_euler_sample(
+    velocity: Denoise,
+    x: torch.Tensor,
+    levels: torch.Tensor,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Euler in velocity form on flow levels t (descending, ending in the final one, usually 0): x ← x + (t' − t)·v.
+
+    The same ODE as `euler_sample` in x0 form, written as diffusers' FlowMatchEulerDiscreteScheduler.step writes it
+    (state in float32, dt a float32 difference of two grid values, the result in v's dtype), which keeps a flow
+    family's stock pipeline reproduced bit for bit; the x0 form rounds differently (~1e-6). One step from t = 1 is
+    x − v = x̂0 in both."""
+    for i in range(len(levels) - 1):
+        t, t_next = levels[i], levels[i + 1]
+        v = velocity(x, t)
+        x = (x.to(torch.float32) + (t_next - t) * v).to(v.dtype)
+        if callback is not None:
+            x = callback(i, t, x)
+        if progress is not None:
+            progress()
+    return x
+
+
 def consistency_sample(
     denoise: Denoise,
     x: torch.Tensor,
@@ -53,24 +78,50 @@ def consistency_sample(
     noise: Callable[[torch.Tensor], torch.Tensor],
     callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[], None] | None = None,
+    add_noise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = EDMPrecond.add_noise,
 ) -> torch.Tensor:
     """Few-step sampling of a one-step generator (consistency models' multistep sampler, LADD):
 
-        x̂0 = G(x, σ_i);   x = x̂0 + σ_{i+1}·ε,  ε ~ N(0, I) drawn by noise(x̂0)   (x = x̂0 at the final σ = 0)
+        x̂0 = G(x, σ_i);   x = add_noise(x̂0, σ_{i+1}, ε),  ε ~ N(0, I) drawn by noise(x̂0)   (x = x̂0 at the final 0)
 
     Each step jumps to the data and re-noises to the next of the levels G was trained at, so G only ever sees
-    the inputs it was trained on (SF-V §3.2: x_t = x0 + σ_t·ε at σ_t ∈ {σ_1 .. σ_{T_g−1}}).
+    the inputs it was trained on (SF-V §3.2: x_t = x0 + σ_t·ε at σ_t ∈ {σ_1 .. σ_{T_g−1}}). `add_noise` is the
+    family's forward process (Precond.add_noise; EDM's x0 + σ·ε by default).
     """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x = denoise(x, sigma)
         if sigma_next > 0:
-            x = x + sigma_next * noise(x)
+            x = add_noise(x, sigma_next, noise(x))
         if callback is not None:
             x = callback(i, sigma, x)
         if progress is not None:
             progress()
     return x
+
+
+SAMPLERS = ("euler", "consistency")
+
+
+def check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise InputError(f"sampler must be 'euler' or 'consistency', not {sampler!r}")
+
+
+def solve(denoise: Denoise, x: torch.Tensor, levels: torch.Tensor, sampler: str = "euler",
+          noise: Callable[[torch.Tensor], torch.Tensor] | None = None, add_noise=EDMPrecond.add_noise,
+          window: int | None = None, overlap: int | None = None, callback=None, progress=None) -> torch.Tensor:
+    """The body of every family's `Teacher.sample`: the family builds its denoiser (network, preconditioning,
+    conditioning, guidance), its levels and its initial noise x; this runs the sampler on them.
+
+    sampler: "euler" (the ODE, the stock pipelines') or "consistency" (a one-step student's few-step sampler,
+    re-noising with `noise` by the family's `add_noise`). window, overlap: MultiDiffusion over temporal windows."""
+    check_sampler(sampler)
+    if window is not None:
+        denoise = multidiffusion(denoise, x.shape[1], window, overlap)
+    if sampler == "consistency":
+        return consistency_sample(denoise, x, levels, noise, callback, progress, add_noise)
+    return euler_sample(denoise, x, levels, callback, progress)
 
 
 # ----------------------------------------------------------------------------------------------------

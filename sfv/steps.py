@@ -57,8 +57,10 @@ def prepare(batch: dict, teacher: Teacher, recipe: Recipe, gen: torch.Generator)
     return Round(x0, cond, gen, pair)
 
 
-def noised(x0: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:  # x0 + σ·ε, one σ per video
-    return x0 + sigma.reshape(-1, 1, 1, 1, 1) * torch.randn(x0.shape, generator=gen, device=x0.device)
+def noised(p: "Parts", x0: torch.Tensor, level: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """x0 at one level per video by the teacher's forward process (SVD: x0 + σ·ε), ε drawn from `gen`."""
+    noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+    return p.teacher.precond.add_noise(x0, level.reshape(-1, 1, 1, 1, 1), noise)
 
 
 def round_generator(seed: int, position: int, device) -> torch.Generator:
@@ -72,7 +74,7 @@ class Parts:
 
     recipe: Recipe
     world: distributed.World
-    teacher: Teacher  # frozen; its UNet encoder is D's backbone
+    teacher: Teacher  # frozen; its network's encoder is D's backbone
     G: SFVGenerator
     D: Discriminator
     G_ddp: torch.nn.Module  # G / D as the processes see them (DDP-wrapped or FSDP-sharded: sfv/distributed.py)
@@ -104,12 +106,12 @@ def d_step(p: Parts, batches: list[Round], state: State) -> dict:
     for r, (x0, cond, gen, _) in enumerate(batches):
         b = len(x0)
         with torch.no_grad(), p.amp:
-            sigma_t = p.G.sample_sigma(b, gen).to(x0.device)  # drawn either way: the later draws stay the same
+            sigma_t = p.G.sample_level(b, gen).to(x0.device)  # drawn either way: the later draws stay the same
             if dcfg.fake_sigma == "max":
-                sigma_t = torch.full_like(sigma_t, p.G.sigma_max)
-            fake = p.G(noised(x0, sigma_t, gen), sigma_t, cond)
+                sigma_t = torch.full_like(sigma_t, p.G.top_level)
+            fake = p.G(noised(p, x0, sigma_t, gen), sigma_t, cond)
         s = p.sigma_d(b, gen).to(x0.device)  # the same σ′ for real and fake
-        x_real, x_fake = noised(x0, s, gen), noised(fake, s, gen)
+        x_real, x_fake = noised(p, x0, s, gen), noised(p, fake, s, gen)
         inputs = [x_real.requires_grad_(exact), x_fake.requires_grad_(exact and r2)]
         if reg and dcfg.r1 == "approx":
             inputs.append(x_real + dcfg.r1_eps * torch.randn(x_real.shape, generator=gen, device=x_real.device))
@@ -154,7 +156,7 @@ def fake_step(p: Parts, batches: list[Round], state: State) -> dict:
         sigma = p.sigma_dmd(b, gen).to(x0.device)
         with distributed.sync(p.fake_ddp, r == len(batches) - 1):
             with p.amp:
-                pred = p.fake_ddp(noised(x_gen, sigma, gen), sigma, cond)
+                pred = p.fake_ddp(noised(p, x_gen, sigma, gen), sigma, cond)
                 loss = losses.denoising_loss(pred, x_gen, p.teacher.precond.loss_weight(sigma))
             (loss / len(batches)).backward()
         accumulate(stats, {"loss/fake": loss.item()}, len(batches))
@@ -164,7 +166,7 @@ def fake_step(p: Parts, batches: list[Round], state: State) -> dict:
 
 def one_step(p: Parts, net, cond: Condition, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """`net`'s one-step video from pure noise, as at inference: net(ε·σ_init, σ_max, c), ε drawn from `gen`."""
-    sigma = torch.full((len(like),), p.G.sigma_max, device=like.device)
+    sigma = torch.full((len(like),), p.G.top_level, device=like.device)
     return net(torch.randn(like.shape, generator=gen, device=like.device) * p.init_sigma, sigma, cond)
 
 
@@ -175,14 +177,14 @@ def g_inputs(p: Parts, rnd: Round, sigma_t: torch.Tensor) -> tuple[torch.Tensor,
     teacher's sample from ε). rec_max_sigma: only levels ≤ it reconstruct the real clip (the teacher pair always)."""
     gcfg = p.recipe.generator
     x0, gen = rnd.x0, rnd.gen
-    x_in, target, on = noised(x0, sigma_t, gen), x0, None
+    x_in, target, on = noised(p, x0, sigma_t, gen), x0, None
     if gcfg.rec_max_sigma is not None:
-        on = (sigma_t <= gcfg.rec_max_sigma).float()
+        on = (sigma_t <= p.teacher.precond.level_of_sigma(gcfg.rec_max_sigma)).float()  # σ in the recipe
     if gcfg.rec_target == "teacher":
         if rnd.pair is None:
             raise InputError("generator.rec_target=teacher needs teacher pairs in the batch: train from a latent cache "
                              "written with `sfv cache --teacher-pairs K` (data.cache)")
-        top = (sigma_t == p.G.sigma_levels()[0].to(sigma_t.device)).reshape(-1, 1, 1, 1, 1)  # G's top level, σ_max
+        top = (sigma_t == p.G.levels[0].to(sigma_t.device)).reshape(-1, 1, 1, 1, 1)  # G's top level, σ_max
         noise, teacher_x0 = rnd.pair
         x_in = torch.where(top, noise * p.init_sigma, x_in)
         target = torch.where(top, teacher_x0, x0)
@@ -208,14 +210,14 @@ def g_step(p: Parts, batches: list[Round], state: State) -> dict:
         for r, rnd in enumerate(batches):
             x0, cond, gen = rnd.x0, rnd.cond, rnd.gen
             b = len(x0)
-            sigma_t = p.G.sample_sigma(b, gen).to(x0.device)
+            sigma_t = p.G.sample_level(b, gen).to(x0.device)
             s = p.sigma_d(b, gen).to(x0.device)
             x_in, target, on = g_inputs(p, rnd, sigma_t)
             main = gcfg.adv_weight > 0 or gcfg.huber_weight > 0 or not dmd.weight  # DMD alone needs no batch videos
             sigma_in, cond_in = sigma_t, cond
             if dmd.weight:  # DMD's sample from pure noise, in the same pass: [x̂0 of the batch ‖ G(ε·σ_init) per condition]
                 noise = torch.randn(x0.shape, generator=gen, device=x0.device) * p.init_sigma
-                top = torch.full_like(sigma_t, p.G.sigma_max)
+                top = torch.full_like(sigma_t, p.G.top_level)
                 x_in, sigma_in, cond_in = ((torch.cat([x_in, noise]), torch.cat([sigma_t, top]), cond.repeat(2)) if main else
                                            (noise, top, cond))
             with distributed.sync(p.G_ddp, r == len(batches) - 1):
@@ -225,10 +227,10 @@ def g_step(p: Parts, batches: list[Round], state: State) -> dict:
                     terms, loss = {}, 0.0
                     if main:
                         x0_pred = y[:b]
-                        fake_logits = p.D(noised(x0_pred, s, gen), s, cond)
+                        fake_logits = p.D(noised(p, x0_pred, s, gen), s, cond)
                         if relativistic:
                             with torch.no_grad():
-                                real_logits = p.D(noised(x0, s, gen), s, cond)
+                                real_logits = p.D(noised(p, x0, s, gen), s, cond)
                             adv = losses.g_relativistic_loss(real_logits, fake_logits)
                         else:
                             adv = losses.g_hinge_loss(fake_logits)
@@ -251,7 +253,7 @@ def g_step(p: Parts, batches: list[Round], state: State) -> dict:
     if "grad/g_adv" in stats:
         stats["grad/g_adv_over_rec"] = stats["grad/g_adv"] / max(stats["grad/g_rec"], 1e-12)
     stats["grad_norm/g"] = apply_update(p.opt_g, list(p.G.parameters()), gcfg.grad_clip, loss, p.world, state)
-    p.ema.update_parameters(p.G.unet)
+    p.ema.update_parameters(p.G.net)
     state.g_steps += 1
     return stats
 
@@ -261,7 +263,7 @@ def dmd_direction(p: Parts, x_gen: torch.Tensor, cond: Condition, gen: torch.Gen
     """DMD's direction at G's samples x̂0 [B, F, C, h, w] (losses.dmd_direction): both scores at x̂0 + σε, the teacher
     with its CFG (dmd.guidance), the fake score without."""
     sigma = p.sigma_dmd(len(x_gen), gen).to(x_gen.device)
-    x_t = noised(x_gen, sigma, gen)
+    x_t = noised(p, x_gen, sigma, gen)
     real = p.teacher.denoise(x_t, sigma, cond, p.teacher.guidance(x_gen.shape[1], p.recipe.dmd.guidance))
     return losses.dmd_direction(x_gen, real, p.fake_ddp(x_t, sigma, cond))
 

@@ -39,7 +39,7 @@ from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
 from sfv.discriminator import Discriminator
 from sfv.errors import InputError, SFVError
 from sfv.generator import SFVGenerator
-from sfv.model_dir import VideoRecord, check_model_dir, check_video_size
+from sfv.model_dir import VideoRecord
 from sfv.monitor import SAMPLE_CONDITION_SEED, Monitor, crossed
 from sfv.noise import LogNormalSigmaSampler, UniformLevelSampler, generator_sigma_levels
 from sfv.steps import (
@@ -52,7 +52,7 @@ from sfv.steps import (
     prepare,
     round_generator,
 )
-from sfv.teachers import Teacher, load_teacher
+from sfv.teachers import Teacher, check_teacher_folder, load_teacher
 
 
 class TrainingError(SFVError):
@@ -88,39 +88,40 @@ def build(recipe: Recipe, world: distributed.World, teacher: Teacher | None = No
     run_setup.freeze(teacher)
     G = SFVGenerator.from_teacher(teacher, recipe.model.t_g)
     if recipe.model.gradient_checkpointing:  # per UNet block (recomputed in the backward)
-        G.unet.enable_gradient_checkpointing()
+        G.net.enable_gradient_checkpointing()
     backbone = teacher.encoder()
     blocks = len(backbone.block_channels)
     if dcfg.blocks is not None and not all(0 <= k < blocks for k in dcfg.blocks):
         raise InputError(f"discriminator.blocks {dcfg.blocks} must index the teacher's {blocks} encoder blocks (0..{blocks - 1})")
     D = Discriminator(backbone, teacher.condition_dim, dcfg.heads, dcfg.head_channels, dcfg.blocks).to(world.device)
-    ema = AveragedModel(G.unet, multi_avg_fn=get_ema_multi_avg_fn(gcfg.ema), use_buffers=True)
+    # parameters only: buffers (a DiT's RoPE tables) are constants, and under FSDP they stay plain tensors beside DTensors
+    ema = AveragedModel(G.net, multi_avg_fn=get_ema_multi_avg_fn(gcfg.ema), use_buffers=False)
     dmd = recipe.dmd
     fake = SFVGenerator.from_teacher(teacher, recipe.model.t_g) if dmd.weight else None  # DMD's fake score: a copy too
     bf16 = run_setup.use_bf16(recipe.train.precision, world.device)
-    trained = [(net, teacher.sharding_units(net.unet)) for net in (G, fake) if net is not None]
+    trained = [(net, teacher.sharding_units(net.net)) for net in (G, fake) if net is not None]
     (G_ddp, *fake_ddp), D_ddp = distributed.parallelize(world, recipe.parallel.mode, trained,
-                                                        [(ema.module, teacher.sharding_units(ema.module))], D, [teacher.unet],
+                                                        [(ema.module, teacher.sharding_units(ema.module))], D, [teacher.net],
                                                         bf16=bf16, cpu_offload=recipe.parallel.cpu_offload)
     opt_g, opt_d = build_optimizer(G.parameters(), gcfg), build_optimizer(D.trainable_parameters(), dcfg)  # after sharding
-    sigma_d = LogNormalSigmaSampler(teacher.sigma_min, teacher.sigma_max, dcfg.p_mean, dcfg.p_std, dcfg.t_d)
+    sigma_d = LogNormalSigmaSampler(teacher.level_grid(dcfg.t_d), dcfg.p_mean, dcfg.p_std, teacher.precond.log_sigma)
     amp = torch.autocast(world.device.type, torch.bfloat16) if bf16 else nullcontext()
     init_sigma = float(teacher.sigmas(1)[1])
     parts = Parts(recipe, world, teacher, G, D, G_ddp, D_ddp, ema, opt_g, opt_d, sigma_d, amp, init_sigma)
     if fake is not None:
         parts.fake, parts.fake_ddp = fake, fake_ddp[0]
         parts.opt_fake = torch.optim.AdamW(fake.parameters(), lr=dmd.fake_lr, betas=tuple(gcfg.betas), weight_decay=gcfg.weight_decay)
-        parts.sigma_dmd = UniformLevelSampler(teacher.sigma_min, teacher.sigma_max, dcfg.t_d)
+        parts.sigma_dmd = UniformLevelSampler(teacher.level_grid(dcfg.t_d))
     return parts
 
 
 def checkpointed(p: Parts) -> tuple[dict, dict]:
     """What a checkpoint holds: (models by file name, optimisers by file name with the module each steps)."""
     names = checkpoint.STUDENT_WEIGHTS
-    modules = {names["raw"]: p.G.unet, names["ema"]: p.ema.module, "discriminator_heads": p.D}
-    optimizers = {"optim_g": (p.opt_g, p.G.unet), "optim_d": (p.opt_d, p.D)}
+    modules = {names["raw"]: p.G.net, names["ema"]: p.ema.module, "discriminator_heads": p.D}
+    optimizers = {"optim_g": (p.opt_g, p.G.net), "optim_d": (p.opt_d, p.D)}
     if p.fake is not None:
-        modules["fake_score"], optimizers["optim_fake"] = p.fake.unet, (p.opt_fake, p.fake.unet)
+        modules["fake_score"], optimizers["optim_fake"] = p.fake.net, (p.opt_fake, p.fake.net)
     return modules, optimizers
 
 
@@ -141,7 +142,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
     ckpt = checkpoint.resolve(resume, run_dir) if resume else None
     if Path(recipe.model.teacher).is_dir():
         d = recipe.data
-        check_video_size(d.height, d.width, d.frames, check_model_dir(recipe.model.teacher).vae_scale_factor)
+        check_teacher_folder(recipe.model.teacher, d.frames, d.height, d.width)
     check_options(recipe, dataset)
     p = build(recipe, world)
     state = State()
@@ -160,7 +161,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
     run_setup.write_recipe(recipe, run_dir, world)
     pairs = heldout.make_pairs(recipe.data, cfg, dataset, p.teacher, p.sigma_d) if cfg.d_eval_every else None
     if pairs and state.videos == 0:
-        monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp))  # where D starts
+        monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp, p.teacher.precond.add_noise))  # where D starts
 
     def next_round(times):
         t = time.perf_counter()
@@ -193,7 +194,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
         stats.update({**times, "train/skipped_steps": state.skipped_steps})
         monitor.step(state, stats, p.ema.module)
         if pairs and (crossed(before, state.videos, cfg.d_eval_every) or state.videos >= cfg.total_videos):
-            monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp))
+            monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp, p.teacher.precond.add_noise))
         if state.nonfinite_in_row >= cfg.max_nonfinite:
             raise TrainingError(f"stopped: {state.nonfinite_in_row} steps in a row had a non-finite loss "
                                 f"(at {state.videos} videos); lower the learning rates or check the data")
@@ -202,7 +203,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
                             {"state": state.__dict__, "recipe": recipe.to_dict()}, cfg.keep_checkpoints,
                             sharded=recipe.parallel.mode == "fsdp")
     layout = {"parallel": recipe.parallel.mode, "processes": world.size, "generator_parameters": distributed.parameter_layout(p.G, world)}
-    unet = distributed.unsharded(p.ema.module if state.g_steps else p.G.unet, world, like=p.teacher.unet)  # None off process 0
+    unet = distributed.unsharded(p.ema.module if state.g_steps else p.G.net, world, like=p.teacher.net)  # None off process 0
     monitor.finish(state, unet, layout)
     if cfg.export and world.is_main:
         export(recipe, state, unet, p.teacher, "ema" if state.g_steps else "initial (no G step yet)")
@@ -211,17 +212,15 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
 
 
 def export(recipe: Recipe, state: State, unet, teacher: Teacher, weights: str) -> Path:
-    """The student as the run folder's export/ (sfv.pipeline.export_pipeline), replacing an earlier one of this run."""
+    """The student as the run folder's export/ (the family's Teacher.export), replacing an earlier one of this run."""
     import shutil
-
-    from sfv.pipeline import export_pipeline
 
     out = Path(recipe.train.run_dir) / "export"
     if out.exists():
         shutil.rmtree(out)
     info = {"teacher": recipe.model.teacher, "videos": state.videos, "g_steps": state.g_steps, "weights": weights}
     video = VideoRecord.trained(recipe.to_dict()["data"], recipe.model.teacher)
-    export_pipeline(unet, teacher, out, info=info, t_g=recipe.model.t_g, video=video)
+    teacher.export(unet, out, info=info, t_g=recipe.model.t_g, video=video)
     print(f"sfv distill: exported the one-step student to {out}")
     return out
 

@@ -118,7 +118,7 @@ def test_export_cli_roundtrip_and_errors(tiny_dir, image_path, tmp_path, capsys)
     from sfv.generator import SFVGenerator
     from sfv.teachers.svd import SVDTeacher
 
-    SFVGenerator.from_teacher(SVDTeacher.from_pretrained(tiny_dir)).unet.save_pretrained(tmp_path / "g", safe_serialization=True)
+    SFVGenerator.from_teacher(SVDTeacher.from_pretrained(tiny_dir)).net.save_pretrained(tmp_path / "g", safe_serialization=True)
     code, stdout, _ = run_cli(["export", "--generator", tmp_path / "g", "--teacher", tiny_dir, "--out", tmp_path / "student"], capsys)
     assert code == 0 and "sfv export" in stdout
     code, _, _ = run_cli(sample_args(tmp_path / "student", image_path, tmp_path / "s.gif", "--frames", "2"), capsys)

@@ -104,7 +104,7 @@ def exported(teacher, decoder_dir, tmp_path_factory):
     with torch.no_grad():
         for p in g.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return export_pipeline(g.unet, teacher, tmp_path_factory.mktemp("export") / "student", fast_decoder=decoder_dir)
+    return export_pipeline(g.net, teacher, tmp_path_factory.mktemp("export") / "student", fast_decoder=decoder_dir)
 
 
 def test_export_with_fast_decoder_stays_a_stock_diffusers_folder(exported, decoder_dir):

@@ -22,7 +22,7 @@ def cond(teacher):
 def test_initialised_as_independent_copy_of_teacher(teacher):
     teacher.requires_grad_(False)
     g = SFVGenerator.from_teacher(teacher)
-    t_state, g_state = teacher.unet.state_dict(), g.unet.state_dict()
+    t_state, g_state = teacher.unet.state_dict(), g.net.state_dict()
     assert t_state.keys() == g_state.keys() and all(torch.equal(t_state[k], g_state[k]) for k in t_state)
     assert all(p.requires_grad for p in g.parameters()) and not any(p.requires_grad for p in teacher.unet.parameters())
     before = {k: v.clone() for k, v in t_state.items()}
@@ -42,9 +42,9 @@ def test_forward_is_the_teachers_denoiser(teacher, cond):
 
 def test_sigma_levels_and_sampling(teacher):
     g = SFVGenerator.from_teacher(teacher)
-    levels = g.sigma_levels()  # values checked in test_noise.py
+    levels = g.levels  # values checked in test_noise.py
     assert levels.shape == (3,) and levels[0] == teacher.sigma_max
-    draws = g.sample_sigma(3000, generator=torch.Generator().manual_seed(0))
+    draws = g.sample_level(3000, generator=torch.Generator().manual_seed(0))
     counts = torch.stack([(draws == s).sum() for s in levels])
     assert counts.sum() == 3000 and counts.min() > 900  # uniform over the 3 levels
 
@@ -52,12 +52,12 @@ def test_sigma_levels_and_sampling(teacher):
 def test_save_and_load_unet_folder_and_state_dict(teacher, tmp_path):
     g = SFVGenerator.from_teacher(teacher)
     with torch.no_grad():
-        next(g.unet.parameters()).add_(0.5)
-    g.unet.save_pretrained(tmp_path / "g", safe_serialization=True)
-    save_file({f"unet.{k}": v.contiguous() for k, v in g.unet.state_dict().items()}, tmp_path / "g.safetensors")
+        next(g.net.parameters()).add_(0.5)
+    g.net.save_pretrained(tmp_path / "g", safe_serialization=True)
+    save_file({f"unet.{k}": v.contiguous() for k, v in g.net.state_dict().items()}, tmp_path / "g.safetensors")
     for source in (tmp_path / "g", tmp_path / "g.safetensors"):
         unet = SFVGenerator.load_unet(source, teacher)
-        assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), g.unet.state_dict().values()))
+        assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), g.net.state_dict().values()))
 
 
 def test_load_unet_errors(teacher, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from sfv import losses
-from sfv.noise import LogNormalSigmaSampler
+from sfv.noise import LogNormalSigmaSampler, karras_sigmas
 
 
 def _logits(seed, *shapes):
@@ -56,13 +56,13 @@ def test_pseudo_huber_equals_its_formula_and_behaves_like_l2_and_l1():
 
 
 def test_sigma_prime_sampler_matches_the_lognormal():
-    sampler = LogNormalSigmaSampler(0.002, 700.0, p_mean=-1.0, p_std=1.0, t_d=1000)
+    sampler = LogNormalSigmaSampler(karras_sigmas(1000, 0.002, 700.0), p_mean=-1.0, p_std=1.0)
     assert len(sampler.levels) == 1000 and math.isclose(sampler.probs.sum().item(), 1.0, rel_tol=1e-9)
     log_s = sampler(200_000, torch.Generator().manual_seed(0)).double().log()
     assert abs(log_s.median().item() - (-1.0)) < 0.03  # median σ′ ≈ e^−1 ≈ 0.37
     assert abs(log_s.std().item() - 1.0) < 0.03
     assert set(sampler(100).tolist()) <= set(sampler.levels.tolist())  # only grid levels
-    shifted = LogNormalSigmaSampler(0.002, 700.0, p_mean=1.0)(50_000, torch.Generator().manual_seed(1))
+    shifted = LogNormalSigmaSampler(karras_sigmas(1000, 0.002, 700.0), p_mean=1.0)(50_000, torch.Generator().manual_seed(1))
     assert abs(shifted.double().log().median().item() - 1.0) < 0.05
 
 

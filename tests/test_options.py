@@ -116,7 +116,7 @@ def test_cached_teacher_pairs_are_the_teachers_samples_from_their_seeds(pair_cac
 def test_g_inputs_gate_the_reconstruction_and_put_the_teacher_pair_at_sigma_max(tiny_dir, video_dir, tmp_path, pair_cache):
     p, recipe, [rnd] = _parts(tiny_dir, video_dir, tmp_path, pair_cache, generator__rec_max_sigma=3.0,
                               generator__rec_target="teacher")
-    levels = p.G.sigma_levels()  # [700, 70.5, 2.27]
+    levels = p.G.levels  # [700, 70.5, 2.27]
     sigma = torch.stack([levels[0], levels[2]])
     x_in, target, on = g_inputs(p, rnd, sigma)
     noise, teacher_x0 = rnd.pair
@@ -133,9 +133,9 @@ def test_g_inputs_gate_the_reconstruction_and_put_the_teacher_pair_at_sigma_max(
 
 def test_dmd_noise_levels_follow_dmd2():
     """DMD2 draws its timesteps uniformly from 0.02 T to 0.98 T; on SVD's Karras grid that is a median σ near 16."""
-    from sfv.noise import UniformLevelSampler
+    from sfv.noise import UniformLevelSampler, karras_sigmas
 
-    sampler = UniformLevelSampler(0.002, 700.0, 1000)
+    sampler = UniformLevelSampler(karras_sigmas(1000, 0.002, 700.0))
     sigma = sampler(20_000, torch.Generator().manual_seed(0))
     assert sampler.probs.count_nonzero() == 961 and 10 < sigma.median() < 25 and (sigma > 10).float().mean() > 0.5
     assert sigma.min() >= sampler.levels[980] and sigma.max() <= sampler.levels[20]

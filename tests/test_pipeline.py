@@ -26,7 +26,7 @@ def exported(tmp_path_factory, tiny_dir):
     with torch.no_grad():
         for p in g.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    out = export_pipeline(g.unet, teacher, tmp_path_factory.mktemp("export") / "student", info={"note": "test"})
+    out = export_pipeline(g.net, teacher, tmp_path_factory.mktemp("export") / "student", info={"note": "test"})
     return out
 
 
@@ -83,7 +83,7 @@ def test_export_contents(exported):
     index = json.loads((exported / "model_index.json").read_text())
     assert index["_class_name"] == "StableVideoDiffusionPipeline"
     info = json.loads((exported / "sfv.json").read_text())
-    levels = SFVGenerator.from_teacher(SVDTeacher.from_pretrained(exported)).sigma_levels().tolist()  # G's, T_g = 4
+    levels = SFVGenerator.from_teacher(SVDTeacher.from_pretrained(exported)).levels.tolist()  # G's, T_g = 4
     assert info["sampling"] == {"num_inference_steps": 1, "max_guidance_scale": 1.0, "sigma": 700.0, "t_g": 4,
                                 "sigma_levels": levels} and info["note"] == "test"
     assert not list(exported.rglob("*.bin")) and list(exported.rglob("*.safetensors"))

@@ -116,7 +116,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_dir, video_dir, 
     for ckpt in ("false", "true"):
         recipe = tiny_recipe(tiny_dir, video_dir, tmp_path / "run", model__gradient_checkpointing=ckpt)
         p = build(recipe, CPU)
-        assert p.G.unet.is_gradient_checkpointing == (ckpt == "true")
+        assert p.G.net.is_gradient_checkpointing == (ckpt == "true")
         names = {id(q): n for n, q in p.G.named_parameters()}
         p.opt_g.register_step_pre_hook(lambda opt, args, kwargs: grads.append(
             {names[id(q)]: q.grad.clone() for group in opt.param_groups for q in group["params"] if q.grad is not None}))
@@ -152,10 +152,10 @@ def test_g_step_split_at_the_output_gives_the_gradient_of_the_summed_loss(tiny_d
     from sfv import losses
     from sfv.steps import noised
 
-    sigma_t, s = p.G.sample_sigma(2, gen), p.sigma_d(2, gen)
-    x0_pred = p.G(noised(x0, sigma_t, gen), sigma_t, cond)
+    sigma_t, s = p.G.sample_level(2, gen), p.sigma_d(2, gen)
+    x0_pred = p.G(noised(p, x0, sigma_t, gen), sigma_t, cond)
     p.D.heads_requires_grad_(False)
-    adv = losses.g_hinge_loss(p.D(noised(x0_pred, s, gen), s, cond))
+    adv = losses.g_hinge_loss(p.D(noised(p, x0_pred, s, gen), s, cond))
     rec = losses.pseudo_huber(x0_pred, x0, losses.default_huber_c(x0[0].numel()))
     (adv_weight * adv + recipe.generator.huber_weight * rec).backward()
     reference = {n: q.grad for n, q in p.G.named_parameters() if q.grad is not None}
@@ -174,9 +174,9 @@ def test_d_sees_fakes_from_the_chosen_sigma_levels(tiny_dir, video_dir, tmp_path
     batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
     d_step(p, _rounds(batch, p, recipe), State())
     sigmas = torch.cat(seen)
-    levels = p.G.sigma_levels()
+    levels = p.G.levels
     assert len(sigmas) == 2 and all(torch.isclose(levels, s).any() for s in sigmas)
-    assert (sigmas == p.G.sigma_max).all() == (fake_sigma == "max")  # the paper's levels include the lower ones
+    assert (sigmas == p.G.top_level).all() == (fake_sigma == "max")  # the paper's levels include the lower ones
 
 
 def test_held_out_pairs_are_judged_on_cadence_and_leave_training_untouched(tiny_dir, video_dir, tmp_path):

@@ -6,15 +6,22 @@ on channels, added time ids, CFG) stays in its file. Adding a family = one new f
 `Teacher` + one entry in FAMILIES (docs/architecture.md).
 
     encode_batch(batch, ...)            -> (x0 [B, F, C, h, w], cond)     a data batch, encoded frozen
-    denoise(x, σ, cond[, guidance])     -> x0                              x = x0 + σ·ε, EDM-preconditioned
-    denoise_with(net, x, σ, cond)       -> x0                              the same for another network (G)
+    precond                             -> sfv.noise.Precond: add_noise(x0, level, ε), c_in/c_noise/combine,
+                                           loss_weight, log_sigma (the common ln σ), level_of_sigma
+    denoise(x, level, cond[, guidance]) -> x0                              at the family's level (SVD: σ; flow: t)
+    denoise_with(net, x, level, cond)   -> x0                              the same for another network (G)
     guidance(frames, scale)             -> the `guidance` argument of denoise for CFG at `scale` (None: no CFG)
+    sample(cond, ..., net=None)         -> x0 latents                      the family's denoiser run by sfv.sampling.solve
     encoder()                           -> module: (x, σ′, cond) -> [features per block]   D's backbone
     decode(latents, chunk)              -> frames [B, 3, F, H, W] in [-1, 1]                the decoder slot
     condition_on_frame(cond, x0 frame)  -> cond for a clip continued from a generated frame   I2V chaining
-    sigmas(steps) / sigma_min, sigma_max                                   the σ schedule
+    sigmas(steps)                       -> (levels ending in the final one, initial-noise scale)
+    generator_levels(t_g) / level_grid(n) -> G's training levels (inference level first) / n levels over the range
+    latent_shape(B, F, H, W)            -> the latents' shape
+    net                                 -> the denoising network G is copied from
     sharding_units(net)                 -> the blocks FSDP shards
     load_student(source) / student_from_state(state, path) -> a student network in the teacher's architecture
+    export(net, out, info, t_g, video)  -> the student as the family's folder
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Protocol, Sequence
 import torch
 
 from sfv.errors import ModelLoadError
-from sfv.noise import EDMPrecond
+from sfv.noise import Precond
 
 
 class Condition(Protocol):
@@ -48,18 +55,16 @@ class Condition(Protocol):
 
 
 class Teacher(Protocol):
-    precond: EDMPrecond  # c_skip, c_out, c_in, c_noise
+    precond: Precond  # the forward process and c_skip, c_out, c_in, c_noise (sfv.noise)
     device: torch.device
     dtype: torch.dtype
     latent_channels: int
     vae_scale_factor: int
     default_num_frames: int
     condition_dim: int  # width of Condition.pooled()
-    sigma_min: float
-    sigma_max: float
     default_steps: int  # how the family samples unless told otherwise (SVD: 25 Euler steps, CFG ramp 1 → 3)
     default_guidance: float
-    unet: torch.nn.Module  # the denoising network G is copied from
+    net: torch.nn.Module  # the denoising network G is copied from
 
     def modules(self) -> list[torch.nn.Module]: ...
 
@@ -76,7 +81,7 @@ class Teacher(Protocol):
 
     def sample(self, cond: Condition, num_frames: int, height: int, width: int, num_inference_steps: int = 25,
                sigmas: Sequence[float] | None = None, min_guidance_scale: float = 1.0, max_guidance_scale: float = 3.0,
-               generator=None, latents: torch.Tensor | None = None, unet: torch.nn.Module | None = None,
+               generator=None, latents: torch.Tensor | None = None, net: torch.nn.Module | None = None,
                callback=None, progress=None, sampler: str = "euler", window: int | None = None,
                overlap: int | None = None) -> torch.Tensor: ...
 
@@ -101,6 +106,14 @@ class Teacher(Protocol):
 
     def sharding_units(self, net: torch.nn.Module | None = None) -> list[torch.nn.Module]: ...
 
+    def generator_levels(self, t_g: int) -> torch.Tensor: ...  # G's levels, descending, the inference level first
+
+    def level_grid(self, n: int) -> torch.Tensor: ...  # n levels over the family's range, descending
+
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]: ...
+
+    def export(self, net: torch.nn.Module, out, **kwargs): ...  # the student as the family's folder
+
 
 # model_index.json's pipeline class -> "module:class" of the family that loads it
 FAMILIES = {"StableVideoDiffusionPipeline": "sfv.teachers.svd:SVDTeacher"}
@@ -121,8 +134,18 @@ def family_of(path_or_id: str | os.PathLike) -> str:
     return name
 
 
+def family_class(path_or_id: str | os.PathLike):
+    """The teacher class of a folder's family (imported on demand)."""
+    module, cls = FAMILIES[family_of(path_or_id)].split(":")
+    return getattr(import_module(module), cls)
+
+
+def check_teacher_folder(path: str | os.PathLike, num_frames: int, height: int, width: int) -> None:
+    """A local teacher folder and the size it will be trained at, checked by its family before any weights load."""
+    family_class(path).check_folder(path, num_frames, height, width)
+
+
 def load_teacher(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None,
                  device: str | torch.device | None = None) -> Teacher:
     """Load a teacher, picking its family from the folder (model_index.json's pipeline class)."""
-    module, cls = FAMILIES[family_of(path_or_id)].split(":")
-    return getattr(import_module(module), cls).from_pretrained(path_or_id, torch_dtype=torch_dtype, device=device)
+    return family_class(path_or_id).from_pretrained(path_or_id, torch_dtype=torch_dtype, device=device)

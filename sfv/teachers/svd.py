@@ -45,7 +45,8 @@ from sfv.decoders import build_decoder
 from sfv.errors import InputError, ModelLoadError, first_line
 from sfv.images import check_output_type
 from sfv.model_dir import check_model_dir, check_video_size
-from sfv.sampling import consistency_sample, euler_sample, multidiffusion
+from sfv.noise import generator_sigma_levels, karras_sigmas
+from sfv.sampling import check_sampler, solve
 from sfv.teachers.svd_condition import SVDCondition, SVDConditioning
 from sfv.teachers.svd_unet import PRECOND, SVDEncoder, load_student, sharding_units, student_from_state, svd_denoise
 
@@ -85,6 +86,16 @@ class SVDTeacher(SVDConditioning):
         self.execution_device = execution_device  # set under model offload, where unet.device says "cpu"
         self.feature_extractor, self.scheduler = feature_extractor, scheduler
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
+        self.check_scheduler(scheduler)
+
+    @staticmethod
+    def check_folder(path, num_frames: int, height: int, width: int) -> None:
+        """The folder and the training size, checked before any weights load (configs only)."""
+        check_video_size(height, width, num_frames, check_model_dir(path).vae_scale_factor)
+
+    @staticmethod
+    def check_scheduler(scheduler) -> None:
+        """The scheduler config must describe the preconditioning that `denoise_with` implements."""
         cfg = scheduler.config
         if not isinstance(scheduler, EulerDiscreteScheduler) or cfg.prediction_type != "v_prediction" or cfg.timestep_type != "continuous":
             raise ModelLoadError(
@@ -128,6 +139,12 @@ class SVDTeacher(SVDConditioning):
             scheduler=self.scheduler,
             feature_extractor=self.feature_extractor,
         )
+
+    def export(self, net: UNetSpatioTemporalConditionModel, out, **kwargs):
+        """The student `net` as a drop-in diffusers folder (svd_export.export_pipeline; kwargs: info, t_g, video)."""
+        from sfv.teachers.svd_export import export_pipeline
+
+        return export_pipeline(net, self, out, **kwargs)
 
     def load_student(self, source, path=None) -> UNetSpatioTemporalConditionModel:
         """A student's UNet (a checked folder or .safetensors file; svd_unet.load_student) in this architecture."""
@@ -193,6 +210,24 @@ class SVDTeacher(SVDConditioning):
         return self.unet.config.num_frames
 
     @property
+    def net(self) -> UNetSpatioTemporalConditionModel:
+        """The denoising network G is copied from (the protocol's name for SVD's UNet)."""
+        return self.unet
+
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """[B, F, C, h, w] of the latents of B videos of F frames at H×W (the VAE compresses space only)."""
+        f = self.vae_scale_factor
+        return (batch_size, num_frames, self.latent_channels, height // f, width // f)
+
+    def generator_levels(self, t_g: int) -> torch.Tensor:
+        """G's training levels (SF-V §3.2): the top T_g − 1 of a T_g-level Karras grid on the scheduler's σ range."""
+        return generator_sigma_levels(t_g, self.sigma_min, self.sigma_max)
+
+    def level_grid(self, n: int) -> torch.Tensor:
+        """n levels spanning the family's range, descending: where D's σ′ and DMD's σ are drawn."""
+        return karras_sigmas(n, self.sigma_min, self.sigma_max)
+
+    @property
     def sigma_min(self) -> float:
         return float(self.scheduler.config.sigma_min)
 
@@ -242,14 +277,13 @@ class SVDTeacher(SVDConditioning):
 
     def denoise(self, x: torch.Tensor, sigma, cond: SVDCondition, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond) with the teacher's UNet (see svd_denoise)."""
-        return svd_denoise(self.unet, x, sigma, cond, guidance)
+        return self.denoise_with(self.unet, x, sigma, cond, guidance)
 
     def initial_latents(
         self, batch_size: int, num_frames: int, height: int, width: int, init_sigma: torch.Tensor, generator=None, latents=None
     ) -> torch.Tensor:
         """Pure noise at the top level, [B, F, C, h, w], drawn like the stock pipeline."""
-        f = self.vae_scale_factor
-        shape = (batch_size, num_frames, self.latent_channels, height // f, width // f)
+        shape = self.latent_shape(batch_size, num_frames, height, width)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise InputError(f"got {len(generator)} generators for {batch_size} videos; pass one per video")
         if latents is None:
@@ -272,7 +306,7 @@ class SVDTeacher(SVDConditioning):
         max_guidance_scale: float = STOCK_GUIDANCE,
         generator=None,
         latents: torch.Tensor | None = None,
-        unet: UNetSpatioTemporalConditionModel | None = None,
+        net: UNetSpatioTemporalConditionModel | None = None,
         callback=None,
         progress=None,
         sampler: str = "euler",
@@ -282,31 +316,26 @@ class SVDTeacher(SVDConditioning):
         """Multi-step sampling with SVD's per-frame CFG ramp; returns x0 latents [B, F, C, h, w].
 
         `sigmas` (descending, ending in the final level, usually 0) overrides the Karras schedule;
-        `unet` runs another SVD-layout network (the one-step student) under the same conditioning.
+        `net` runs another SVD-layout network (the one-step student) under the same conditioning.
         CFG is on when max_guidance_scale > 1 (as in the stock pipeline): a doubled UNet batch per step.
         sampler: "euler" (the stock pipeline's) or "consistency" (a one-step student's few-step sampler: x̂0,
         re-noised to the next level with noise drawn from `generator`; sfv.sampling.consistency_sample).
         window, overlap: MultiDiffusion over temporal windows of `window` frames (sfv.sampling.multidiffusion);
         the CFG ramp then spans one window, as each UNet call sees one.
         """
-        if sampler not in ("euler", "consistency"):
-            raise InputError(f"sampler must be 'euler' or 'consistency', not {sampler!r}")
+        check_sampler(sampler)
         sigmas, init_sigma = self.sigmas(num_inference_steps, custom=sigmas)
-        unet = unet if unet is not None else self.unet
+        net = net if net is not None else self.unet
         guidance = self.guidance(window if window is not None else num_frames, max_guidance_scale, min_guidance_scale)
         x = self.initial_latents(len(cond), num_frames, height, width, init_sigma, generator, latents)
 
         def denoise(x, sigma):
-            return svd_denoise(unet, x, sigma, cond, guidance)
+            return self.denoise_with(net, x, sigma, cond, guidance)
 
-        if window is not None:
-            denoise = multidiffusion(denoise, num_frames, window, overlap)
-        if sampler == "consistency":
-            def noise(like):  # ε for re-noising, float32 like the initial noise
-                return randn_tensor(like.shape, generator=generator, device=like.device, dtype=torch.float32)
+        def noise(like):  # ε for re-noising (the consistency sampler), float32 like the initial noise
+            return randn_tensor(like.shape, generator=generator, device=like.device, dtype=torch.float32)
 
-            return consistency_sample(denoise, x, sigmas, noise, callback, progress)
-        return euler_sample(denoise, x, sigmas, callback, progress)
+        return solve(denoise, x, sigmas, sampler, noise, self.precond.add_noise, window, overlap, callback, progress)
 
     # -- decoding --------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -11,7 +11,7 @@ from diffusers import UNetSpatioTemporalConditionModel
 from safetensors.torch import load_file
 
 from sfv.errors import ModelLoadError, first_line
-from sfv.noise import EDMPrecond
+from sfv.noise import EDMPrecond, Precond
 from sfv.teachers.svd_condition import SVDCondition
 
 # SVD's preconditioning (its scheduler config's `VScalingWithEDMcNoise`): EDM with σ_d = 1 and a v-sign,
@@ -41,7 +41,7 @@ class SVDEncoder(torch.nn.Module):
     and `.train()` keeps it in eval mode; gradients still flow to x (for the G step and R1).
     """
 
-    def __init__(self, unet: UNetSpatioTemporalConditionModel, precond: EDMPrecond | None = None):
+    def __init__(self, unet: UNetSpatioTemporalConditionModel, precond: Precond | None = None):
         super().__init__()
         self.precond = precond if precond is not None else PRECOND  # c_in and c_noise, as the denoiser's
         for name in ("time_proj", "time_embedding", "add_time_proj", "add_embedding", "conv_in", "down_blocks"):
@@ -87,6 +87,7 @@ def svd_denoise(
     sigma: torch.Tensor | float,
     cond: SVDCondition,
     guidance: torch.Tensor | None = None,
+    precond: Precond = PRECOND,
 ) -> torch.Tensor:
     """x0 = c_skip·x + c_out·F(c_in·x, c_noise, cond) for any UNet in SVD layout (teacher or student).
 
@@ -94,13 +95,14 @@ def svd_denoise(
     or a per-frame CFG scale broadcastable to [B, F, 1, 1, 1] (one doubled batch, negative first).
     The preconditioning is computed in float32 and written in the same floating-point form as diffusers'
     EulerDiscreteScheduler (x/√(σ²+1), x/(σ²+1)) so the stock pipeline is reproduced bit for bit; the
-    network runs in its own dtype.
+    network runs in its own dtype. `precond`: SVD's own by default; another (sfv.noise.FlowPrecond) makes the same
+    network a model of another forward process.
     """
     x = x.float()
     sigma = torch.as_tensor(sigma, dtype=torch.float32)
     s = sigma.reshape(-1, 1, 1, 1, 1).to(x.device) if sigma.ndim else sigma
-    c_noise = PRECOND.c_noise(sigma)
-    x_in = PRECOND.scale_input(x, s)  # c_in · x
+    c_noise = precond.c_noise(sigma)
+    x_in = precond.scale_input(x, s)  # c_in · x
     if guidance is None:
         net_cond = cond
     else:
@@ -119,7 +121,7 @@ def svd_denoise(
     if guidance is not None:
         out_uncond, out_cond = out.chunk(2)
         out = out_uncond + guidance * (out_cond - out_uncond)
-    return PRECOND.combine(out, x, s)  # c_out · F + c_skip · x
+    return precond.combine(out, x, s)  # c_out · F + c_skip · x
 
 
 # UNet config entries a student shares with the teacher's VAE, CLIP and time ids.

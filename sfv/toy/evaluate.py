@@ -165,11 +165,11 @@ def _sampling(svd, m: dict) -> dict:
     """Teacher.sample's arguments for method m: its steps and CFG; a student at more than one step samples on its own
     training levels (SFVPipeline's few-step sampler: x̂0 re-noised to the next level, sfv.sampling.consistency_sample)."""
     if m.get("student_levels") and m["steps"] > 1:
-        from sfv.noise import generator_sigma_levels, student_schedule
+        from sfv.noise import student_schedule
         from sfv.pipeline import SFVPipeline, export_info
 
         t_g = int(export_info(m["model"]).get("sampling", {}).get("t_g", SFVPipeline.t_g))
-        levels = generator_sigma_levels(t_g, svd.sigma_min, svd.sigma_max)
+        levels = svd.generator_levels(t_g)
         return {"sigmas": student_schedule(levels, m["steps"]).tolist(), "sampler": "consistency", "max_guidance_scale": m["cfg"]}
     return {"num_inference_steps": m["steps"], "max_guidance_scale": m["cfg"]}
 
