@@ -97,6 +97,11 @@ def write_video_record(folder: str | os.PathLike, record: VideoRecord) -> None:
     (Path(folder) / VIDEO_RECORD).write_text(json.dumps(data, indent=2) + "\n")
 
 
+# families that `sfv distill` trains but that sample, serve, bench and cache do not run yet: where to run them instead
+SAMPLED_ELSEWHERE = {"WanImageToVideoPipeline": "run it with diffusers' WanImageToVideoPipeline.from_pretrained(folder) "
+                                                "(README, \"A second family: Wan 2.x\")"}
+
+
 def check_model_dir(path: str | os.PathLike) -> ModelInfo:
     """Raise ModelLoadError naming every file a diffusers SVD folder at `path` lacks or cannot parse."""
     path = Path(path)
@@ -106,6 +111,11 @@ def check_model_dir(path: str | os.PathLike) -> ModelInfo:
             "(e.g. one written by `sfv export` or tools/make_tiny_svd.py)"
         )
     missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
+    if not missing:
+        name = _read_json(path / "model_index.json").get("_class_name")
+        if name != "StableVideoDiffusionPipeline" and name in SAMPLED_ELSEWHERE:
+            raise InputError(f"'{path}' is a {name} folder: this command runs SVD folders only so far; "
+                             f"{SAMPLED_ELSEWHERE[name]}")
     for component, (config, weights) in REQUIRED.items():
         folder = path / component
         if not (folder / config).is_file():

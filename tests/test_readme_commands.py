@@ -67,7 +67,11 @@ COMMANDS = {
     "python tools/train_toy_teacher.py --world runs/toy/world-v2-train --init models/toy-svd --vae-minutes 0 --out models/toy-svd-v2":
         ("test", "tests/test_toy.py::test_the_teacher_tool_reads_the_world_preset_and_keeps_it_in_the_clips_cache"),
     "python -m sfv.toy.demo --world v1": ("test", "tests/test_toy.py::test_demo_runs_end_to_end_and_writes_a_well_formed_report"),
-    # block 6: bench and eval
+    # block 6: the Wan family
+    "python tools/make_tiny_wan.py --out runs/tiny-wan": ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
+    "sfv distill --recipe recipes/tiny_cpu.yaml model.teacher=runs/tiny-wan data.frames=5 data.height=32 data.width=48":
+        ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
+    # block 7: bench and eval
     "sfv bench --teacher SVD_DIR --student SFV_DIR [--steps 25,16,8,4,1] [--frames 14 --height 576 --width 1024]":
         ("test", "tests/test_bench.py::test_bench_cli_writes_every_field"),
     "sfv bench --arch svd|svd-xt --random-weights --device cuda --dtype fp16 --fast-paths --out runs/bench-svd":

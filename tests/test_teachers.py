@@ -44,8 +44,8 @@ def test_another_pipeline_family_is_refused_by_name(tiny_dir, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_dir, other)
     index = json.loads((other / "model_index.json").read_text())
-    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "WanImageToVideoPipeline"}))
-    with pytest.raises(ModelLoadError, match="WanImageToVideoPipeline"):
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "CogVideoXImageToVideoPipeline"}))
+    with pytest.raises(ModelLoadError, match="CogVideoXImageToVideoPipeline"):
         load_teacher(other)
 
 

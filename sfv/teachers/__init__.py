@@ -116,7 +116,8 @@ class Teacher(Protocol):
 
 
 # model_index.json's pipeline class -> "module:class" of the family that loads it
-FAMILIES = {"StableVideoDiffusionPipeline": "sfv.teachers.svd:SVDTeacher"}
+FAMILIES = {"StableVideoDiffusionPipeline": "sfv.teachers.svd:SVDTeacher",
+            "WanImageToVideoPipeline": "sfv.teachers.wan:WanTeacher"}
 DEFAULT_FAMILY = "StableVideoDiffusionPipeline"  # for hub ids, whose model_index.json is not on disk
 
 

@@ -1,0 +1,230 @@
+"""The Wan 2.x family on tiny real folders (sfv.tiny_wan, built offline): the teacher's sampler equals stock
+WanImageToVideoPipeline bit for bit, the export runs in stock diffusers in one transformer call, and the unchanged SF-V
+loop trains a Wan G. Both sides of every parity check are loaded from the folder: a model built in memory rounds
+differently from the same weights loaded from disk (memory alignment, ~1e-6)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import WanImageToVideoPipeline
+
+from conftest import tiny_recipe
+from sfv import distributed
+from sfv.data import collate
+from sfv.errors import InputError, ModelLoadError
+from sfv.steps import State, d_step, g_step, prepare, round_generator
+from sfv.teachers import load_teacher
+from sfv.teachers.wan import WanTeacher
+from sfv.tiny_wan import SIZES, build_pipeline, save
+from sfv.train import build, build_data
+
+PROMPT = "a red ball moves left"
+REPO = Path(__file__).resolve().parents[1]
+CPU = distributed.World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def wan_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wan")
+    out = {}
+    for layout in ("wan21", "wan22"):
+        out[layout] = root / f"tiny-{layout}"
+        save(build_pipeline(layout), out[layout])
+    return out
+
+
+def _image(height, width, seed=5):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(height, width, 3, generator=g) * 255).round().to(torch.uint8).numpy())
+
+
+def _stock(pipe, image, steps, guidance, sizes, seed=0):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(image=image, prompt=PROMPT, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
+                generator=torch.Generator().manual_seed(seed), **sizes).frames  # [B, C, F, h, w]
+
+
+@pytest.mark.parametrize("layout", ["wan21", "wan22"])
+def test_teacher_sampler_equals_stock_pipeline_bit_for_bit(wan_dirs, layout):
+    sizes = SIZES[layout]
+    image = _image(sizes["height"], sizes["width"])
+    pipe = WanImageToVideoPipeline.from_pretrained(str(wan_dirs[layout]))
+    teacher = load_teacher(wan_dirs[layout])  # the family is picked from model_index.json
+    assert isinstance(teacher, WanTeacher) and teacher.expand_timesteps == (layout == "wan22")
+    cond = teacher.encode_condition(image, PROMPT, "", **sizes)
+    for steps, guidance in ((2, 5.0), (3, 1.0)):
+        ref = _stock(pipe, image, steps, guidance, sizes)
+        ours = teacher.sample(cond, num_inference_steps=steps, max_guidance_scale=guidance,
+                              generator=torch.Generator().manual_seed(0), **sizes)
+        assert torch.equal(ours.permute(0, 2, 1, 3, 4), ref), (steps, guidance)
+    # the falsifier: another seed is another video
+    other = teacher.sample(cond, num_inference_steps=2, max_guidance_scale=5.0, generator=torch.Generator().manual_seed(1), **sizes)
+    assert not torch.equal(other.permute(0, 2, 1, 3, 4), _stock(pipe, image, 2, 5.0, sizes))
+    # one step from t = 1 is the teacher's x̂0 = ε − v
+    eps = teacher.initial_latents(1, sizes["num_frames"], sizes["height"], sizes["width"], 1.0, torch.Generator().manual_seed(0))
+    one = teacher.sample(cond, num_inference_steps=1, max_guidance_scale=1.0, latents=eps, **sizes)
+    assert torch.equal(one, teacher.denoise(eps, torch.tensor(1.0), cond))
+
+
+@pytest.mark.parametrize("layout", ["wan21", "wan22"])
+def test_export_runs_in_stock_diffusers_in_one_call_bit_for_bit(wan_dirs, layout, tmp_path):
+    sizes = SIZES[layout]
+    image = _image(sizes["height"], sizes["width"])
+    teacher = WanTeacher.from_pretrained(wan_dirs[layout])
+    g = torch.Generator().manual_seed(11)
+    student = teacher.student_from_state({k: v + 0.01 * torch.randn(v.shape, generator=g)
+                                          for k, v in teacher.transformer.state_dict().items()}, "perturbed")
+    out = teacher.export(student, tmp_path / "export", info={"note": "test"}, t_g=4)
+    meta = json.loads((out / "sfv.json").read_text())
+    assert meta["sampling"]["levels"][0] == 1.0 and len(meta["sampling"]["levels"]) == 3
+    stock = WanImageToVideoPipeline.from_pretrained(str(out))
+    calls = []
+    stock.transformer.register_forward_hook(lambda *a: calls.append(1))
+    ref = _stock(stock, image, 1, 1.0, sizes)
+    assert len(calls) == 1
+    loaded = load_teacher(out)
+    cond = loaded.encode_condition(image, PROMPT, "", **sizes)
+    ours = loaded.sample(cond, num_inference_steps=1, max_guidance_scale=1.0, generator=torch.Generator().manual_seed(0), **sizes)
+    assert torch.equal(ours.permute(0, 2, 1, 3, 4), ref)
+    teacher_one = teacher.sample(teacher.encode_condition(image, PROMPT, "", **sizes), num_inference_steps=1,
+                                 max_guidance_scale=1.0, generator=torch.Generator().manual_seed(0), **sizes)
+    assert not torch.allclose(teacher_one, ours, atol=1e-3)  # the student's step, not the teacher's
+
+
+def test_wan_teacher_refuses_bad_sizes_and_folders(wan_dirs, tmp_path):
+    teacher = WanTeacher.from_pretrained(wan_dirs["wan21"])
+    image = _image(32, 48)
+    with pytest.raises(InputError, match="4k\\+1 frames"):
+        teacher.encode_condition(image, PROMPT, "", num_frames=8, height=32, width=48)
+    with pytest.raises(InputError, match="height 40 is not a multiple of 16"):
+        teacher.encode_condition(image, PROMPT, "", num_frames=5, height=40, width=48)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text(json.dumps({"_class_name": "WanImageToVideoPipeline"}))
+    with pytest.raises(ModelLoadError, match="incomplete: missing transformer/config.json"):
+        load_teacher(broken)
+
+
+def test_the_sfv_loop_trains_a_wan_generator(wan_dirs, video_dir, tmp_path):
+    recipe = tiny_recipe(wan_dirs["wan21"], video_dir, tmp_path / "run", data__frames=5, data__height=32, data__width=48,
+                         discriminator__r1_interval=1)
+    p = build(recipe, CPU)
+    assert isinstance(p.teacher, WanTeacher) and p.G.top_level == 1.0 and p.init_sigma == 1.0
+    batch = collate([build_data(recipe)[(i, 0)] for i in range(2)])
+    rounds = [prepare(batch, p.teacher, recipe, round_generator(recipe.train.seed, 0, CPU.device))]
+    assert rounds[0].x0.shape == (2, 2, 16, 4, 6)  # 5 frames → 2 latent frames (4× in time), 32×48 → 4×6
+    heads = {k: v.clone() for k, v in p.D.state_dict().items()}
+    g_before = {k: v.clone() for k, v in p.G.state_dict().items()}
+    d_stats = d_step(p, rounds, State())
+    assert torch.isfinite(torch.tensor(d_stats["loss/d"]))
+    assert any(not torch.equal(heads[k], v) for k, v in p.D.state_dict().items())
+    g_stats = g_step(p, rounds, State())
+    assert torch.isfinite(torch.tensor(g_stats["loss/g"])) and g_stats["grad/g_adv"] > 0
+    assert sum(not torch.equal(g_before[k], v) for k, v in p.G.state_dict().items()) > 0.9 * len(g_before)
+    assert all(torch.equal(a, b) for a, b in zip(p.teacher.transformer.state_dict().values(),
+                                                 WanTeacher.from_pretrained(wan_dirs["wan21"]).transformer.state_dict().values()))
+
+
+def test_a_wan_distillation_resumes_exactly_and_its_export_runs_in_stock_diffusers(wan_dirs, video_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from sfv.train import run
+
+    common = dict(data__frames=5, data__height=32, data__width=48, train__batch_size=2, train__checkpoint_every=2,
+                  discriminator__r1_interval=3)
+    run(tiny_recipe(wan_dirs["wan21"], video_dir, tmp_path / "straight", train__total_videos=4, train__export="true", **common))
+    run(tiny_recipe(wan_dirs["wan21"], video_dir, tmp_path / "resumed", train__total_videos=2, **common))
+    run(tiny_recipe(wan_dirs["wan21"], video_dir, tmp_path / "resumed", train__total_videos=4, **common), resume="latest")
+
+    def weights(run_dir):
+        folder = run_dir / "checkpoints" / "videos-000000004"
+        return {f"{f.stem}/{k}": v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and len(a) > 50 and [k for k in a if not torch.equal(a[k], b[k])] == []
+    # the run's export: stock diffusers, one step, one transformer call, equal to sfv's own sampler on the folder
+    export = tmp_path / "straight" / "export"
+    sizes = dict(num_frames=5, height=32, width=48)
+    image = _image(32, 48)
+    stock = WanImageToVideoPipeline.from_pretrained(str(export))
+    ref = _stock(stock, image, 1, 1.0, sizes)
+    loaded = load_teacher(export)
+    ours = loaded.sample(loaded.encode_condition(image, PROMPT, "", **sizes), num_inference_steps=1, max_guidance_scale=1.0,
+                         generator=torch.Generator().manual_seed(0), **sizes)
+    assert torch.equal(ours.permute(0, 2, 1, 3, 4), ref)
+    assert json.loads((export / "sfv.json").read_text())["g_steps"] == 2
+
+
+def test_the_readme_wan_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    import runpy
+
+    from sfv.cli import main as sfv
+    from sfv.tiny import write_moving_squares
+
+    root = tmp_path / "clone"
+    root.mkdir()
+    (root / "recipes").symlink_to(REPO / "recipes")
+    monkeypatch.chdir(root)
+    write_moving_squares("runs/tiny-videos")  # the tiny recipe's header command for its videos
+    tool = runpy.run_path(str(REPO / "tools/make_tiny_wan.py"), run_name="readme")
+    assert tool["main"](["--out", "runs/tiny-wan"]) == 0
+    argv = "distill --recipe recipes/tiny_cpu.yaml model.teacher=runs/tiny-wan data.frames=5 data.height=32 data.width=48"
+    code, err = sfv(argv.split()), capsys.readouterr().err
+    assert code == 0, err
+    export = root / "runs/tiny_cpu/export"
+    pipe = WanImageToVideoPipeline.from_pretrained(str(export))  # the README's Python lines
+    video = pipe(image=_image(32, 48), prompt="", num_inference_steps=1, guidance_scale=1.0, num_frames=5, height=32,
+                 width=48, output_type="np").frames
+    assert video.shape == (1, 5, 32, 48, 3)
+    capsys.readouterr()  # the stock pipeline's progress bar
+    # the bad sizes the README names: one line, exit 2, nothing written
+    for bad, message in (("data.frames=6", "4k+1 frames"), ("data.height=40", "not a multiple of 16")):
+        code = sfv([*argv.split(), bad, "train.run_dir=runs/bad"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (root / "runs/bad").exists()
+
+
+def test_a_two_process_fsdp_wan_run_exports_a_folder_stock_diffusers_runs(wan_dirs, video_dir, tmp_path):
+    from conftest import launch_two
+
+    run_dir = tmp_path / "fsdp"
+    proc = launch_two("-m", "sfv.train", "--recipe", REPO / "recipes/tiny_cpu.yaml", f"model.teacher={wan_dirs['wan22']}",
+                      f"data.videos={video_dir}", f"train.run_dir={run_dir}", "data.frames=5", "data.height=64",
+                      "data.width=64", "parallel.mode=fsdp", "train.batch_size=2", "train.batch_per_device=1",
+                      "train.total_videos=4", "train.checkpoint_every=4", "train.sample_every=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "export" / "sfv.json").read_text())["g_steps"] == 2
+    sizes = dict(num_frames=5, height=64, width=64)
+    image = _image(64, 64)
+    ref = _stock(WanImageToVideoPipeline.from_pretrained(str(run_dir / "export")), image, 1, 1.0, sizes)
+    loaded = load_teacher(run_dir / "export")
+    ours = loaded.sample(loaded.encode_condition(image, PROMPT, "", **sizes), num_inference_steps=1, max_guidance_scale=1.0,
+                         generator=torch.Generator().manual_seed(0), **sizes)
+    assert torch.equal(ours.permute(0, 2, 1, 3, 4), ref)
+    teacher = load_teacher(wan_dirs["wan22"])
+    before = teacher.sample(teacher.encode_condition(image, PROMPT, "", **sizes), num_inference_steps=1,
+                            max_guidance_scale=1.0, generator=torch.Generator().manual_seed(0), **sizes)
+    assert not torch.equal(before, ours)  # G trained: the export is not the teacher
+
+
+def test_cli_exports_a_wan_generator_and_says_which_commands_run_svd_only(wan_dirs, tmp_path, capsys):
+    from sfv.cli import main as sfv
+
+    teacher = WanTeacher.from_pretrained(wan_dirs["wan21"])
+    teacher.transformer.save_pretrained(tmp_path / "g", safe_serialization=True)
+    assert sfv(["export", "--generator", str(tmp_path / "g"), "--teacher", str(wan_dirs["wan21"]), "--out", str(tmp_path / "e")]) == 0
+    exported = load_teacher(tmp_path / "e").transformer
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), teacher.transformer.state_dict().values()))
+    capsys.readouterr()
+    for argv in (["sample", "--model", str(tmp_path / "e"), "--image", str(REPO / "docs/img/frame0.png"), "--out",
+                  str(tmp_path / "v.mp4")],
+                 ["export", "--generator", str(tmp_path / "g"), "--teacher", str(wan_dirs["wan21"]), "--out",
+                  str(tmp_path / "e2"), "--decoder", str(REPO / "models/toy-decoder-v2")]):
+        code, err = sfv(argv), capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Wan" in err, err
+        assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "e2").exists()
