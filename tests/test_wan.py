@@ -29,7 +29,7 @@ CPU = distributed.World(rank=0, size=1, local_rank=0, device=torch.device("cpu")
 def wan_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("wan")
     out = {}
-    for layout in ("wan21", "wan22"):
+    for layout in ("wan21", "wan22", "a14b"):
         out[layout] = root / f"tiny-{layout}"
         save(build_pipeline(layout), out[layout])
     return out
@@ -48,7 +48,7 @@ def _stock(pipe, image, steps, guidance, sizes, seed=0):
                 generator=torch.Generator().manual_seed(seed), **sizes).frames  # [B, C, F, h, w]
 
 
-@pytest.mark.parametrize("layout", ["wan21", "wan22"])
+@pytest.mark.parametrize("layout", ["wan21", "wan22", "a14b"])
 def test_teacher_sampler_equals_stock_pipeline_bit_for_bit(wan_dirs, layout):
     sizes = SIZES[layout]
     image = _image(sizes["height"], sizes["width"])
@@ -56,7 +56,7 @@ def test_teacher_sampler_equals_stock_pipeline_bit_for_bit(wan_dirs, layout):
     teacher = load_teacher(wan_dirs[layout])  # the family is picked from model_index.json
     assert isinstance(teacher, WanTeacher) and teacher.expand_timesteps == (layout == "wan22")
     cond = teacher.encode_condition(image, PROMPT, "", **sizes)
-    for steps, guidance in ((2, 5.0), (3, 1.0)):
+    for steps, guidance in ((2, 5.0), (3, 1.0), (4, 5.0)):  # A14B at 4 steps: 2 by the high-noise expert, 2 by the low
         ref = _stock(pipe, image, steps, guidance, sizes)
         ours = teacher.sample(cond, num_inference_steps=steps, max_guidance_scale=guidance,
                               generator=torch.Generator().manual_seed(0), **sizes)
@@ -228,3 +228,12 @@ def test_cli_exports_a_wan_generator_and_says_which_commands_run_svd_only(wan_di
         code, err = sfv(argv), capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Wan" in err, err
         assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "e2").exists()
+
+
+def test_a14b_distils_its_high_noise_expert_or_says_why_not(wan_dirs):
+    teacher = WanTeacher.from_pretrained(wan_dirs["a14b"])
+    assert teacher.net is teacher.transformer and teacher.boundary_ratio == 0.9
+    levels = teacher.generator_levels(2)  # T_g = 2: G trains at t = 1 only, inside the high-noise expert's range
+    assert levels.tolist() == [1.0]
+    with pytest.raises(InputError, match="high-noise expert, which handles t ≥ 0.9"):
+        teacher.generator_levels(4)  # the shifted 4-step grid reaches below the boundary
