@@ -237,3 +237,16 @@ def test_a14b_distils_its_high_noise_expert_or_says_why_not(wan_dirs):
     assert levels.tolist() == [1.0]
     with pytest.raises(InputError, match="high-noise expert, which handles t ≥ 0.9"):
         teacher.generator_levels(4)  # the shifted 4-step grid reaches below the boundary
+
+
+def test_the_full_size_flops_tool_counts_both_wan_models(tmp_path):
+    import runpy
+
+    tool = runpy.run_path(str(REPO / "tools/wan_flops.py"), run_name="test")
+    assert tool["main"](["--out", str(tmp_path / "flops.json")]) == 0
+    rows = {r["model"]: r for r in json.loads((tmp_path / "flops.json").read_text())}
+    assert 16.0e9 < rows["wan2.1-i2v-14b"]["parameters"]["transformer"] < 17.0e9  # 14B plus its image branch
+    assert 4.9e9 < rows["wan2.2-ti2v-5b"]["parameters"]["transformer"] < 5.1e9
+    for r in rows.values():  # the teacher's 100 transformer calls against one
+        t = r["tflops"]
+        assert t["teacher_50_steps_cfg"] > 100 * t["transformer_call"] > 0 and 1 < r["ratio"] < 100
