@@ -4,12 +4,13 @@ Public entry points:
     SVDTeacher   - the Stable Video Diffusion wrapper (load, precondition, condition, sample, decode)
     SFVGenerator - the one-step generator initialised from the teacher UNet
     SFVPipeline  - drop-in replacement for diffusers' StableVideoDiffusionPipeline (1 step, no CFG)
+    load_pipeline(folder) - the family's pipeline over a local folder (SVD or Wan; a teacher or an `sfv export`)
 """
 
 from sfv.errors import InputError, ModelLoadError, SFVError
 from sfv.version import __version__
 
-__all__ = ["__version__", "SFVError", "InputError", "ModelLoadError", "SVDTeacher", "SFVGenerator", "SFVPipeline"]
+__all__ = ["__version__", "SFVError", "InputError", "ModelLoadError", "SVDTeacher", "SFVGenerator", "SFVPipeline", "load_pipeline"]
 
 
 def __getattr__(name):
@@ -26,4 +27,8 @@ def __getattr__(name):
         from sfv.pipeline import SFVPipeline
 
         return SFVPipeline
+    if name == "load_pipeline":
+        from sfv.teachers import load_pipeline
+
+        return load_pipeline
     raise AttributeError(f"module 'sfv' has no attribute {name!r}")

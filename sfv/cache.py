@@ -127,7 +127,8 @@ def write_cache(teacher, dataset: VideoFolder, out: str | Path, noise_aug_streng
             if batch and (len(batch) == batch_size or i == len(dataset) - 1):
                 clips = collate([{**b, "skipped": []} for b in batch])
                 x0, cond = teacher.encode_batch(clips, spec.height, spec.width, noise_aug_strength, generator)
-                labels = {k: v for k, v in clips.items() if k not in ("frames", "skipped")}
+                # the caption is stored as the condition's text embeddings (Wan's prompt_embeds), not as text
+                labels = {k: v for k, v in clips.items() if k not in ("frames", "skipped", "caption")}
                 if pairs:
                     first = sum(len(t) for t in pending.get("latents", [])) + sum(s["count"] for s in shards)
                     labels.update(_teacher_pairs(teacher, cond, x0.shape, first, pairs, pair_steps, pair_guidance))

@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="sfv", description="SF-V: one-step image-to-video from Stable Video Diffusion.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgParser)
 
-    s = sub.add_parser("sample", help="generate a video from an image with an SVD-layout model folder")
-    s.add_argument("--model", required=True, help="diffusers folder: an `sfv export` output (a student), or any SVD "
-                   "folder (a teacher, sampled on its stock schedule)")
+    s = sub.add_parser("sample", help="generate a video from an image with an SVD or Wan model folder")
+    s.add_argument("--model", required=True, help="diffusers folder: an `sfv export` output (a student), or any SVD or "
+                   "Wan image-to-video folder (a teacher, sampled on its stock schedule)")
     s.add_argument("--image", required=True, help="conditioning image (frame 0): png/jpg/...")
     s.add_argument("--out", required=True, help="output video, .mp4 or .gif")
     s.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
@@ -41,13 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "else the first frame's, rounded to the VAE's scale factor")
     s.add_argument("--width", type=int, default=None, help="default: as --height")
     s.add_argument("--fps", type=int, default=None, help="conditioning fps and output frame rate (default: the model's, else 7)")
-    s.add_argument("--motion-bucket-id", type=int, default=127)
-    s.add_argument("--noise-aug-strength", type=float, default=0.02)
+    s.add_argument("--prompt", default=None, help="Wan: the text prompt (default: empty); SVD has no text input")
+    s.add_argument("--negative-prompt", default=None, help="Wan: the prompt CFG steers away from (default: empty)")
+    s.add_argument("--motion-bucket-id", type=int, default=None, help="SVD: the motion label (default 127)")
+    s.add_argument("--noise-aug-strength", type=float, default=None, help="SVD: frame-0 noise augmentation (default 0.02)")
     s.add_argument("--steps", type=int, default=None, help="a student: steps on its own σ levels, 1 (SF-V, the default) "
                    "up to T_g − 1; a teacher: Euler steps of its stock schedule (default: its own, 25 for SVD)")
     s.add_argument("--max-guidance-scale", type=float, default=None, help=">1 turns on SVD's per-frame CFG ramp (default: "
                    "1 for a student, the teacher's own for a teacher: 3 for SVD)")
-    s.add_argument("--min-guidance-scale", type=float, default=1.0)
+    s.add_argument("--min-guidance-scale", type=float, default=None, help="SVD: the first frame's CFG scale (default 1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode call (default: all)")
     s.add_argument("--decoder", default="vae", help=DECODER_HELP + " (default vae)")

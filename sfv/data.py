@@ -1,7 +1,8 @@
 """Training data: real video files -> clips of F frames at the target fps and size (sfv/cache.py: a latent cache of them).
 
     VideoFolder      mp4 / webm / mkv / mov / avi / gif files and folders of frames, found recursively;
-                     optional metadata (.jsonl or .csv: file, fps, motion_bucket_id; other columns ignored).
+                     optional metadata (.jsonl or .csv: file, fps, motion_bucket_id, caption; other columns
+                     ignored; a missing caption is the empty prompt, which SVD never reads).
                      A clip: F frames resampled from the file's real fps to the target fps, resized to cover
                      H×W and centre-cropped -> frames [F, 3, H, W] in [0, 1].
     ResumableSampler the order of samples, a pure function of (seed, position): resuming at a position
@@ -58,7 +59,7 @@ def find_videos(root: Path) -> list[Path]:
 
 
 def read_metadata(path: Path) -> dict[str, dict]:
-    """{relative file: {fps, motion_bucket_id}} from a .jsonl or .csv file with a `file` column."""
+    """{relative file: {fps, motion_bucket_id, caption}} from a .jsonl or .csv file with a `file` column."""
     try:
         if path.suffix == ".jsonl":
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -70,11 +71,15 @@ def read_metadata(path: Path) -> dict[str, dict]:
         out = {}
         for row in rows:
             entry = {k: float(row[k]) for k in ("fps", "motion_bucket_id") if row.get(k) not in (None, "")}
+            if row.get("caption") not in (None, ""):
+                if not isinstance(row["caption"], str):
+                    raise TypeError(f"caption of '{row['file']}' is {type(row['caption']).__name__}, not text")
+                entry["caption"] = row["caption"]
             out[str(row["file"])] = entry
         return out
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
         raise DataError(f"metadata '{path}' is malformed ({type(e).__name__}: {e}); each row needs `file` and "
-                        "optionally numeric `fps` and `motion_bucket_id`") from None
+                        "optionally numeric `fps` and `motion_bucket_id` and a text `caption`") from None
 
 
 def read_clip(path: Path, spec: "ClipSpec", fps: float | None, rng: np.random.Generator) -> np.ndarray:
@@ -177,6 +182,7 @@ class VideoFolder(torch.utils.data.Dataset):
             "frames": resize_crop(clip, self.spec.height, self.spec.width),  # [F, 3, H, W] in [0, 1]
             "fps": torch.tensor(self.spec.fps, dtype=torch.float32),
             "motion_bucket_id": torch.tensor(meta.get("motion_bucket_id", self.spec.motion_bucket_id), dtype=torch.float32),
+            "caption": meta.get("caption", ""),  # the prompt of text-conditioned families (Wan); "" = none
         }
 
     def __getitem__(self, item) -> dict:
@@ -215,7 +221,9 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack tensors; concatenate the lists of skipped files."""
-    out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "skipped"}
+    """Stack tensors, list the captions, concatenate the lists of skipped files."""
+    out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k not in ("skipped", "caption")}
+    if "caption" in items[0]:
+        out["caption"] = [it.get("caption", "") for it in items]
     out["skipped"] = [s for it in items for s in it.get("skipped", [])]
     return out

@@ -97,8 +97,9 @@ def write_video_record(folder: str | os.PathLike, record: VideoRecord) -> None:
     (Path(folder) / VIDEO_RECORD).write_text(json.dumps(data, indent=2) + "\n")
 
 
-# families that `sfv distill` trains but that sample, serve, bench and cache do not run yet: where to run them instead
-SAMPLED_ELSEWHERE = {"WanImageToVideoPipeline": "run it with diffusers' WanImageToVideoPipeline.from_pretrained(folder) "
+# families that `sfv distill` trains and `sfv sample` runs, but that serve, bench and cache do not run yet: where to run them
+SAMPLED_ELSEWHERE = {"WanImageToVideoPipeline": "sample it with `sfv sample --model DIR --prompt ...`, sfv.load_pipeline(folder) or "
+                                                "diffusers' WanImageToVideoPipeline.from_pretrained(folder) "
                                                 "(README, \"A second family: Wan 2.x\")"}
 
 

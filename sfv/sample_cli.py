@@ -1,5 +1,6 @@
 """`sfv sample` (sfv/cli.py builds its parser): everything cheap checked before anything loads, the size, frames and
-fps the model records (or the first frame's size), then one video through SFVPipeline as a student or a teacher."""
+fps the model records (or the first frame's size), then one video through the family's pipeline (sfv.load_pipeline:
+SFVPipeline for SVD, WanSFVPipeline for Wan) as a student or a teacher."""
 
 from __future__ import annotations
 
@@ -37,6 +38,29 @@ def _check_long_video(args, num_frames: int, model_window: int) -> tuple[int | N
     return long_video_windows(args.long, num_frames, args.window, args.overlap, model_window)
 
 
+# flags only SVD's conditioning or sampler reads: given for another family, they are an error, not silently ignored
+SVD_ONLY = {"motion_bucket_id": "--motion-bucket-id", "noise_aug_strength": "--noise-aug-strength",
+            "min_guidance_scale": "--min-guidance-scale", "decode_chunk_size": "--decode-chunk-size", "long": "--long",
+            "window": "--window", "overlap": "--overlap"}
+TEXT_ONLY = {"prompt": "--prompt", "negative_prompt": "--negative-prompt"}
+SVD = "StableVideoDiffusionPipeline"
+
+
+def _check_family_flags(args, family: str) -> None:
+    """A flag of another family's conditioning: one line naming it, before anything loads."""
+    if family == SVD:
+        given = [flag for name, flag in TEXT_ONLY.items() if getattr(args, name) is not None]
+        if given:
+            raise InputError(f"{given[0]}: SVD is conditioned on the image only (it has no text encoder); drop {given[0]}, "
+                             "or pass a Wan folder as --model")
+        return
+    given = [flag for name, flag in SVD_ONLY.items() if getattr(args, name) is not None]
+    if args.decoder not in ("vae", None):
+        given.append(f"--decoder {args.decoder}")
+    if given:
+        raise InputError(f"{given[0]} is an SVD-only option; '{args.model}' is a {family} folder: drop it")
+
+
 def _sample_video(args, info, image) -> tuple[int, int, int, int, str]:
     """(height, width, frames, fps, where the size came from) of `sfv sample`: the flags, else what the model records
     it was trained at (video.json), else the first frame's size in whole VAE cells and the model's window."""
@@ -65,6 +89,16 @@ def sample_cli(args) -> int:
     check_positive(args, "frames", "height", "width", "steps", "decode-chunk-size", "fps")
     if not 0 <= args.seed < 2**63:
         raise InputError(f"--seed must be in [0, 2**63) (got {args.seed})")
+
+    from sfv.teachers import family_of
+
+    family = family_of(args.model)
+    _check_family_flags(args, family)
+    if family != SVD:
+        return _sample_family(args, out, dtype, device, family)
+    for name, default in (("motion_bucket_id", 127), ("noise_aug_strength", 0.02), ("min_guidance_scale", 1.0)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
     from sfv.decoders import build_decoder, resolve_decoder
     from sfv.images import load_image
@@ -114,4 +148,51 @@ def sample_cli(args) -> int:
         f"generate {t2 - t1:.2f} s (load {t1 - t0:.2f} s, write {t3 - t2:.2f} s; {t3 - STARTED:.2f} s since the command "
         f"started, imports {t0 - STARTED:.2f} s)"
     )
+    return 0
+
+
+def _sample_family(args, out: Path, dtype, device, family: str) -> int:
+    """`sfv sample` for a text-and-image family (Wan): the folder and the size checked by the family before any
+    weights load, then one video through sfv.load_pipeline(folder)."""
+    import torch
+
+    from sfv.images import load_image
+    from sfv.model_dir import read_video_record
+    from sfv.teachers import check_teacher_folder, load_pipeline
+    from sfv.video import write_video
+
+    image = load_image(args.image)
+    record = read_video_record(args.model)
+    if record is not None:
+        frames, height, width, fps = record.frames, record.height, record.width, record.fps
+    else:
+        from sfv.teachers.wan_pipeline import STOCK_FPS, STOCK_HEIGHT, STOCK_WIDTH
+
+        frames, height, width, fps = 81, STOCK_HEIGHT, STOCK_WIDTH, STOCK_FPS
+    num_frames, height, width, fps = args.frames or frames, args.height or height, args.width or width, args.fps or fps
+    check_teacher_folder(args.model, num_frames, height, width)
+    t0 = time.perf_counter()
+    pipe = load_pipeline(args.model, device, dtype)
+    steps, guidance = pipe.sampling_defaults
+    steps = args.steps or steps
+    guidance = guidance if args.max_guidance_scale is None else args.max_guidance_scale
+    what = f"{'student' if pipe.is_student else 'teacher'}, {steps} step{'s' if steps != 1 else ''}" + \
+        (f", CFG {guidance:g}" if guidance > 1 else "")
+    print(f"sfv sample: {args.model} ({family}): {what}; {num_frames} frames of {width}×{height}, {args.dtype} on {device}",
+          flush=True)
+    t1 = time.perf_counter()
+    try:
+        frames = pipe(image, prompt=args.prompt or "", negative_prompt=args.negative_prompt or "", num_frames=num_frames,
+                      height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+                      generator=torch.Generator("cpu").manual_seed(args.seed)).frames[0]
+    except (torch.OutOfMemoryError, MemoryError):
+        raise InputError(f"out of memory generating {num_frames} frames at {height}×{width} on {device}: try fewer "
+                         "frames, a smaller size or --dtype bf16") from None
+    t2 = time.perf_counter()
+    try:
+        write_video(out, frames, fps=fps)
+    except OSError as e:
+        raise InputError(f"cannot write '{out}': {first_line(e)}") from None
+    print(f"sfv sample: {out} — {num_frames} frames {height}x{width}, {steps} step(s), generate {t2 - t1:.2f} s "
+          f"(load {t1 - t0:.2f} s)")
     return 0

@@ -41,7 +41,7 @@ from sfv.errors import InputError, SFVError
 from sfv.generator import SFVGenerator
 from sfv.model_dir import VideoRecord
 from sfv.monitor import SAMPLE_CONDITION_SEED, Monitor, crossed
-from sfv.noise import LogNormalSigmaSampler, UniformLevelSampler, generator_sigma_levels
+from sfv.noise import LogNormalSigmaSampler, UniformLevelSampler
 from sfv.steps import (
     Parts,
     State,
@@ -235,24 +235,14 @@ def check_options(recipe: Recipe, dataset) -> None:
     if recipe.dmd.weight and Path(teacher, "sfv.json").is_file():
         raise InputError(f"dmd.weight > 0 needs the teacher's multi-step score, but model.teacher '{teacher}' is an sfv "
                          "one-step student (sfv.json); point model.teacher at the multi-step teacher folder")
-    if gcfg.rec_max_sigma is not None or recipe.dmd.weight:
-        sigma_min, sigma_max = sigma_range(teacher)
-        levels = generator_sigma_levels(recipe.model.t_g, sigma_min, sigma_max).tolist()
-        if gcfg.rec_max_sigma is not None and not levels[-1] <= gcfg.rec_max_sigma < levels[0]:
+    if gcfg.rec_max_sigma is not None:
+        from sfv.teachers import family_class
+
+        levels = family_class(teacher).folder_generator_sigmas(teacher, recipe.model.t_g)  # σ, descending
+        if not levels[-1] <= gcfg.rec_max_sigma < levels[0]:
             shown = ", ".join(f"{v:.3g}" for v in levels)
             raise InputError(f"generator.rec_max_sigma {gcfg.rec_max_sigma:g} is outside G's levels ({shown}): choose a "
                              f"value from {levels[-1]:.3g} (only the lowest level reconstructs) to below {levels[0]:.3g}")
-
-
-def sigma_range(teacher: str) -> tuple[float, float]:
-    """(σ_min, σ_max) of a teacher folder's scheduler config, read without loading any weights (hub ids: SVD's)."""
-    import json
-
-    config = Path(teacher, "scheduler", "scheduler_config.json")
-    if not config.is_file():
-        return 0.002, 700.0
-    data = json.loads(config.read_text())
-    return float(data.get("sigma_min", 0.002)), float(data.get("sigma_max", 700.0))
 
 
 # -- command line -------------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ def test_folder_reads_mp4_gif_and_frame_folders_recursively(tmp_path):
     for i in range(6):
         Image.fromarray(np.full((40, 40, 3), i * 40, np.uint8)).save(frames_dir / f"{i:03d}.png")
     (tmp_path / "notes.txt").write_text("not a video")
-    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file": "d/clip", "fps": 4, "motion_bucket_id": 30}) + "\n")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file": "d/clip", "fps": 4, "motion_bucket_id": 30,
+                                                                 "caption": "a disc fades in"}) + "\n")
     ds = VideoFolder(tmp_path, SPEC)
     assert [p.relative_to(tmp_path).as_posix() for p in ds.files] == ["a/video000.mp4", "b/c/video000.gif", "d/clip"]
     for i in range(3):
@@ -54,6 +55,8 @@ def test_folder_reads_mp4_gif_and_frame_folders_recursively(tmp_path):
     levels = (clip["frames"].mean((1, 2, 3)) * 255 / 40).round().tolist()
     assert np.diff(levels).tolist() == [1, 1, 1]
     assert clip["motion_bucket_id"].item() == 30 and ds.load(0)["motion_bucket_id"].item() == 127
+    assert clip["caption"] == "a disc fades in" and ds.load(0)["caption"] == ""  # no caption: the empty prompt
+    assert collate([{**clip, "skipped": []}, {**ds.load(0), "skipped": []}])["caption"] == ["a disc fades in", ""]
 
 
 def test_bad_files_are_skipped_and_reported_and_an_all_bad_folder_is_an_error(tmp_path):

@@ -71,6 +71,8 @@ COMMANDS = {
     "python tools/make_tiny_wan.py --out runs/tiny-wan": ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
     "sfv distill --recipe recipes/tiny_cpu.yaml model.teacher=runs/tiny-wan data.frames=5 data.height=32 data.width=48":
         ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
+    'sfv sample --model runs/tiny_cpu/export --image docs/img/frame0.png --prompt "a red ball moves left" --out runs/wan.mp4':
+        ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
     # block 7: bench and eval
     "sfv bench --teacher SVD_DIR --student SFV_DIR [--steps 25,16,8,4,1] [--frames 14 --height 576 --width 1024]":
         ("test", "tests/test_bench.py::test_bench_cli_writes_every_field"),

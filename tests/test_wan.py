@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import WanImageToVideoPipeline
 
+import sfv
 from conftest import tiny_recipe
 from sfv import distributed
 from sfv.data import collate
@@ -61,6 +62,12 @@ def test_teacher_sampler_equals_stock_pipeline_bit_for_bit(wan_dirs, layout):
         ours = teacher.sample(cond, num_inference_steps=steps, max_guidance_scale=guidance,
                               generator=torch.Generator().manual_seed(0), **sizes)
         assert torch.equal(ours.permute(0, 2, 1, 3, 4), ref), (steps, guidance)
+    # sfv.load_pipeline(teacher folder): the same sampler behind the stock call's arguments
+    loaded = sfv.load_pipeline(wan_dirs[layout])
+    assert not loaded.is_student and loaded.sampling_defaults == (50, 5.0)
+    ours = loaded(image, PROMPT, num_inference_steps=2, guidance_scale=5.0, output_type="latent",
+                  generator=torch.Generator().manual_seed(0), **sizes).frames
+    assert torch.equal(ours, _stock(pipe, image, 2, 5.0, sizes)), "load_pipeline"
     # the falsifier: another seed is another video
     other = teacher.sample(cond, num_inference_steps=2, max_guidance_scale=5.0, generator=torch.Generator().manual_seed(1), **sizes)
     assert not torch.equal(other.permute(0, 2, 1, 3, 4), _stock(pipe, image, 2, 5.0, sizes))
@@ -90,6 +97,13 @@ def test_export_runs_in_stock_diffusers_in_one_call_bit_for_bit(wan_dirs, layout
     cond = loaded.encode_condition(image, PROMPT, "", **sizes)
     ours = loaded.sample(cond, num_inference_steps=1, max_guidance_scale=1.0, generator=torch.Generator().manual_seed(0), **sizes)
     assert torch.equal(ours.permute(0, 2, 1, 3, 4), ref)
+    pipe = sfv.load_pipeline(out)  # the export samples as its student by default: 1 step, no CFG
+    assert pipe.is_student and pipe.sampling_defaults == (1, 1.0)
+    assert torch.equal(pipe(image, PROMPT, output_type="latent", generator=torch.Generator().manual_seed(0), **sizes).frames, ref)
+    two = pipe(image, PROMPT, num_inference_steps=2, output_type="latent", generator=torch.Generator().manual_seed(0), **sizes)
+    assert two.frames.shape == ref.shape and not torch.equal(two.frames, ref)  # 2 steps on its levels: another video
+    with pytest.raises(InputError, match="1 to 3 steps"):
+        pipe(image, PROMPT, num_inference_steps=4, **sizes)
     teacher_one = teacher.sample(teacher.encode_condition(image, PROMPT, "", **sizes), num_inference_steps=1,
                                  max_guidance_scale=1.0, generator=torch.Generator().manual_seed(0), **sizes)
     assert not torch.allclose(teacher_one, ours, atol=1e-3)  # the student's step, not the teacher's
@@ -107,6 +121,51 @@ def test_wan_teacher_refuses_bad_sizes_and_folders(wan_dirs, tmp_path):
     (broken / "model_index.json").write_text(json.dumps({"_class_name": "WanImageToVideoPipeline"}))
     with pytest.raises(ModelLoadError, match="incomplete: missing transformer/config.json"):
         load_teacher(broken)
+
+
+def test_captions_condition_wan_and_the_latent_cache_stores_their_text_embeddings(wan_dirs, video_dir, tmp_path):
+    import shutil
+
+    from sfv.cache import write_cache
+    from sfv.data import ClipSpec, VideoFolder
+
+    videos = tmp_path / "videos"
+    shutil.copytree(video_dir, videos)
+    first, second = sorted(p.relative_to(videos).as_posix() for p in videos.glob("*.mp4"))[:2]
+    (videos / "metadata.jsonl").write_text(json.dumps({"file": first, "caption": "a red ball moves left"}) + "\n")
+    teacher = WanTeacher.from_pretrained(wan_dirs["wan21"])
+    data = VideoFolder(videos, ClipSpec(5, 32, 48, 8))
+    batch = collate([data.load(i) | {"skipped": []} for i in range(2)])
+    assert batch["caption"] == ["a red ball moves left", ""]
+    _, cond = teacher.encode_batch(batch, 32, 48)
+    assert torch.equal(cond.prompt_embeds[0], teacher.encode_prompt(["a red ball moves left"])[0])
+    assert torch.equal(cond.prompt_embeds[1], teacher.empty_prompt(1)[0])  # no caption: the empty prompt
+    index = write_cache(teacher, data, tmp_path / "cache", 0.0, batch_size=2)
+    from safetensors.torch import load_file
+
+    cached = load_file(tmp_path / "cache" / index["shards"][0]["file"])
+    assert torch.equal(cached["prompt_embeds"][:2], cond.prompt_embeds.float())
+    x0, from_cache = teacher.encode_batch({k: v[:2] for k, v in cached.items()}, 32, 48)
+    assert torch.equal(from_cache.prompt_embeds, cond.prompt_embeds)
+
+
+def test_rec_max_sigma_is_checked_against_the_familys_own_levels(wan_dirs, video_dir, tmp_path):
+    from sfv.teachers.svd import SVDTeacher
+    from sfv.train import check_options
+
+    sigmas = WanTeacher.folder_generator_sigmas(wan_dirs["wan21"], 4)  # from the configs alone: σ = t / (1 − t)
+    levels = WanTeacher.from_pretrained(wan_dirs["wan21"]).generator_levels(4).tolist()  # the loaded teacher's t
+    assert sigmas[0] == float("inf") and levels[0] == 1.0
+    assert sigmas[1:] == pytest.approx([t / (1 - t) for t in levels[1:]], rel=1e-6) == [6.027027, 1.513514]
+    assert SVDTeacher.folder_generator_sigmas(REPO / "models/toy-svd-v2", 4)[-1] > 2.0  # SVD's levels would refuse 2
+    for value, ok in ((2.0, True), (0.5, False)):
+        recipe = tiny_recipe(wan_dirs["wan21"], video_dir, tmp_path / "run", data__frames=5, data__height=32,
+                             data__width=48, generator__rec_max_sigma=value)
+        if ok:
+            check_options(recipe, None)
+        else:
+            with pytest.raises(InputError, match="outside G's levels \\(inf, 6.03, 1.51\\)"):
+                check_options(recipe, None)
 
 
 def test_the_sfv_loop_trains_a_wan_generator(wan_dirs, video_dir, tmp_path):
@@ -162,6 +221,7 @@ def test_a_wan_distillation_resumes_exactly_and_its_export_runs_in_stock_diffuse
 def test_the_readme_wan_commands_run_as_written(tmp_path, monkeypatch, capsys):
     import runpy
 
+    from sfv import load_pipeline as sfv_pipeline
     from sfv.cli import main as sfv
     from sfv.tiny import write_moving_squares
 
@@ -180,6 +240,14 @@ def test_the_readme_wan_commands_run_as_written(tmp_path, monkeypatch, capsys):
     video = pipe(image=_image(32, 48), prompt="", num_inference_steps=1, guidance_scale=1.0, num_frames=5, height=32,
                  width=48, output_type="np").frames
     assert video.shape == (1, 5, 32, 48, 3)
+    ours = sfv_pipeline("runs/tiny_cpu/export")(_image(32, 48), prompt="").frames
+    assert ours.shape == video.shape  # the export records its size (video.json): no sizes needed
+    (root / "docs/img").mkdir(parents=True)
+    (root / "docs/img/frame0.png").symlink_to(REPO / "docs/img/frame0.png")
+    line = 'sample --model runs/tiny_cpu/export --image docs/img/frame0.png --prompt "a red ball moves left" --out runs/wan.mp4'
+    import shlex
+
+    assert sfv(shlex.split(line)) == 0 and (root / "runs/wan.mp4").stat().st_size > 0
     capsys.readouterr()  # the stock pipeline's progress bar
     # the bad sizes the README names: one line, exit 2, nothing written
     for bad, message in (("data.frames=6", "4k+1 frames"), ("data.height=40", "not a multiple of 16")):
@@ -212,7 +280,7 @@ def test_a_two_process_fsdp_wan_run_exports_a_folder_stock_diffusers_runs(wan_di
     assert not torch.equal(before, ours)  # G trained: the export is not the teacher
 
 
-def test_cli_exports_a_wan_generator_and_says_which_commands_run_svd_only(wan_dirs, tmp_path, capsys):
+def test_cli_exports_and_samples_a_wan_generator_and_refuses_the_other_familys_flags(wan_dirs, tmp_path, capsys):
     from sfv.cli import main as sfv
 
     teacher = WanTeacher.from_pretrained(wan_dirs["wan21"])
@@ -221,12 +289,22 @@ def test_cli_exports_a_wan_generator_and_says_which_commands_run_svd_only(wan_di
     exported = load_teacher(tmp_path / "e").transformer
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), teacher.transformer.state_dict().values()))
     capsys.readouterr()
-    for argv in (["sample", "--model", str(tmp_path / "e"), "--image", str(REPO / "docs/img/frame0.png"), "--out",
-                  str(tmp_path / "v.mp4")],
-                 ["export", "--generator", str(tmp_path / "g"), "--teacher", str(wan_dirs["wan21"]), "--out",
-                  str(tmp_path / "e2"), "--decoder", str(REPO / "models/toy-decoder-v2")]):
+    frame0 = str(REPO / "docs/img/frame0.png")
+    sample = ["sample", "--model", str(tmp_path / "e"), "--image", frame0, "--out", str(tmp_path / "v.mp4"), "--frames",
+              "9", "--height", "32", "--width", "48"]
+    assert sfv(sample + ["--prompt", "a red ball moves left"]) == 0
+    assert "student, 1 step" in capsys.readouterr().out and (tmp_path / "v.mp4").stat().st_size > 0
+    (tmp_path / "v.mp4").unlink()
+    for argv, says in ((sample + ["--motion-bucket-id", "40"], "--motion-bucket-id is an SVD-only option"),
+                       (sample + ["--long", "chain"], "--long is an SVD-only option"),
+                       (sample[:-6] + ["--frames", "8", "--height", "32", "--width", "48"], "4k+1"),
+                       (sample[:-4] + ["--height", "40", "--width", "48"], "16"),
+                       (["sample", "--model", str(REPO / "models/toy-svd-v2"), "--image", frame0, "--out",
+                         str(tmp_path / "v.mp4"), "--prompt", "a ball"], "SVD is conditioned on the image only"),
+                       (["export", "--generator", str(tmp_path / "g"), "--teacher", str(wan_dirs["wan21"]), "--out",
+                         str(tmp_path / "e2"), "--decoder", str(REPO / "models/toy-decoder-v2")], "Wan")):
         code, err = sfv(argv), capsys.readouterr().err
-        assert code == 2 and len(err.strip().splitlines()) == 1 and "Wan" in err, err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, (argv, err)
         assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "e2").exists()
 
 

@@ -62,7 +62,7 @@ def measure(out: Path, dry_run: bool) -> dict:
 
 def gpu_section(report: dict) -> str:
     """The docs' GPU section from one gpu-check report."""
-    bench, memory = report["bench"], report["memory"]
+    bench = report["bench"]
     by = {v["name"]: v["summary"] for v in bench["variants"] if v["status"] == "ok"}
     c = bench["config"]
     lines = [f"## GPU figures: {report['gpu']}, {report['date']} (`make gpu-check`)", "",

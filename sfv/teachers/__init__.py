@@ -22,6 +22,7 @@ on channels, added time ids, CFG) stays in its file. Adding a family = one new f
     sharding_units(net)                 -> the blocks FSDP shards
     load_student(source) / student_from_state(state, path) -> a student network in the teacher's architecture
     export(net, out, info, t_g, video)  -> the student as the family's folder
+    load_pipeline(folder, device, dtype) -> the family's pipeline over a folder (classmethod; sfv.load_pipeline)
 """
 
 from __future__ import annotations
@@ -150,3 +151,11 @@ def load_teacher(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None 
                  device: str | torch.device | None = None) -> Teacher:
     """Load a teacher, picking its family from the folder (model_index.json's pipeline class)."""
     return family_class(path_or_id).from_pretrained(path_or_id, torch_dtype=torch_dtype, device=device)
+
+
+def load_pipeline(folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                  decoder: str = "vae"):
+    """The family's pipeline over a local folder (sfv.load_pipeline): a teacher folder (no sfv.json) samples as the
+    teacher on its stock schedule, an `sfv export` folder as its student (1 step, no CFG, unless told otherwise).
+    SVD: sfv.SFVPipeline; Wan: sfv.teachers.wan_pipeline.WanSFVPipeline."""
+    return family_class(folder).load_pipeline(folder, torch.device(device), dtype, decoder)

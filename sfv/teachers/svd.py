@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import re
 from typing import Sequence
 
@@ -92,6 +93,20 @@ class SVDTeacher(SVDConditioning):
     def check_folder(path, num_frames: int, height: int, width: int) -> None:
         """The folder and the training size, checked before any weights load (configs only)."""
         check_video_size(height, width, num_frames, check_model_dir(path).vae_scale_factor)
+
+    @staticmethod
+    def folder_generator_sigmas(path, t_g: int) -> list[float]:
+        """G's levels as noise levels σ (descending), from the folder's scheduler config alone (hub ids: SVD's)."""
+        config = Path(path, "scheduler", "scheduler_config.json")
+        data = json.loads(config.read_text()) if config.is_file() else {}
+        return generator_sigma_levels(t_g, float(data.get("sigma_min", 0.002)), float(data.get("sigma_max", 700.0))).tolist()
+
+    @staticmethod
+    def load_pipeline(folder, device: torch.device, dtype: torch.dtype | None = None, decoder: str = "vae"):
+        """sfv.SFVPipeline over an SVD folder (a teacher or an export; sfv.load_pipeline)."""
+        from sfv.pipeline import load_pipeline
+
+        return load_pipeline(folder, device, dtype or torch.float32, decoder=decoder)
 
     @staticmethod
     def check_scheduler(scheduler) -> None:

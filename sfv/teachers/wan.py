@@ -177,6 +177,20 @@ class WanTeacher(WanConditioning):
         check_wan_size(num_frames, height, width, int(vae.get("scale_factor_temporal", 4)),
                        int(vae.get("scale_factor_spatial", 8)), int(patch[1]))
 
+    @staticmethod
+    def folder_generator_sigmas(path, t_g: int) -> list[float]:
+        """G's levels as noise levels σ = t / (1 − t) (descending; t = 1 is σ = inf), from the scheduler config alone."""
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(path), subfolder="scheduler")
+        scheduler.set_timesteps(t_g)
+        return [t / (1 - t) if t < 1 else float("inf") for t in scheduler.sigmas[: t_g - 1].tolist()]
+
+    @staticmethod
+    def load_pipeline(folder, device: torch.device, dtype: torch.dtype | None = None, decoder: str = "vae"):
+        """sfv's pipeline over a Wan folder (a teacher or an export; sfv.load_pipeline): wan_pipeline.WanSFVPipeline."""
+        from sfv.teachers.wan_pipeline import WanSFVPipeline
+
+        return WanSFVPipeline.from_pretrained(folder, device, dtype, decoder)
+
     def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """[B, F', C, h, w]: the VAE compresses time 4× (F' = (F − 1)/4 + 1) and space 8× (16× for TI2V-5B)."""
         f = self.vae_scale_factor
