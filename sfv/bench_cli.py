@@ -11,6 +11,8 @@ from sfv.errors import InputError
 def bench_cli(args) -> int:
     """`sfv bench`: check the arguments, load, run sfv.bench.run_bench, print the speed-ups."""
     # Validate everything cheap first: bad input never starts a (long) run or leaves partial output.
+    if args.arch is not None and args.arch not in ("svd", "svd-xt"):
+        return wan_bench_cli(args)
     if args.arch is not None:
         if args.teacher or args.student:
             raise InputError("pass either --teacher and --student, or --arch with --random-weights, not both")
@@ -132,3 +134,48 @@ def load_models(config):
             raise InputError(f"student and teacher differ in UNet {name} ({student.unet.config.get(name)} vs "
                              f"{teacher.unet.config.get(name)}); benchmark a student exported from this teacher")
     return teacher, student
+
+
+def wan_bench_cli(args) -> int:
+    """`sfv bench --arch wan…|tiny-wan… --random-weights`: sfv.teachers.wan_bench (the 1-step student against the
+    50-step CFG teacher, per component)."""
+    if args.teacher or args.student:
+        raise InputError("pass either --teacher and --student, or --arch with --random-weights, not both")
+    if not args.random_weights:
+        raise InputError("--arch builds the architecture with random weights: add --random-weights")
+    given = [flag for flag, on in (("--decoder", args.decoder), ("--long-frames", args.long_frames), ("--fast-paths",
+             args.fast_paths), ("--compile", args.compile), ("--decode-chunk-size", args.decode_chunk_size)) if on]
+    if given:
+        raise InputError(f"{given[0]} is an SVD bench option; the Wan bench times the stock components only: drop it")
+    dtype = parse_dtype(args.dtype)
+    device = parse_device(args.device, dtype)
+    check_positive(args, "frames", "repeats", "threads")
+    if args.warmup < 0:
+        raise InputError(f"--warmup must be at least 0 (got {args.warmup})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}' is a file; give a folder")
+    from sfv.teachers.wan import check_wan_size
+    from sfv.teachers.wan_bench import WanBenchConfig, default_size, run_wan_bench
+
+    frames, height, width = default_size(args.arch)
+    frames, height, width = args.frames or frames, args.height or height, args.width or width
+    ti2v = args.arch in ("wan2.2-ti2v-5b", "tiny-wan22")
+    check_wan_size(frames, height, width, 4, 16 if ti2v else 8, 2)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = WanBenchConfig(args.arch, frames, height, width, str(device), str(dtype).removeprefix("torch."),
+                            args.repeats, args.warmup, args.seed)
+    print(f"sfv bench: building {args.arch} with random weights ({args.dtype}, {device}), {frames}×{height}×{width}", flush=True)
+    try:
+        report = run_wan_bench(config, out)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise InputError(f"out of memory on {device}; try --dtype bf16 or fewer --frames") from None
+    print(f"sfv bench: student-1 {report['student_end_to_end']['median_s']:.3f} s end to end vs the 50-step CFG teacher "
+          f"{report['teacher_50_steps_cfg_composed_s']:.3f} s (composed from its parts): {report['speedup_end_to_end']:.1f}x; "
+          f"transformer {report['speedup_transformer']:.0f}x")
+    print(f"sfv bench: wrote {out / 'wan-bench.json'}, wan-bench.md")
+    return 0

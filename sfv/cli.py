@@ -5,7 +5,7 @@
     sfv distill --recipe recipes/NAME.yaml [section.key=value ...] [--resume latest|DIR]
     sfv distill-decoder --recipe recipes/decoder_toy.yaml [section.key=value ...] [--resume latest|DIR]
     sfv cache --teacher DIR --videos DIR --out DIR [--frames F --height H --width W --fps N]
-    sfv bench  --teacher DIR --student DIR | --arch svd|svd-xt --random-weights  [--steps 25,16,8,4,1 ...]
+    sfv bench  --teacher DIR --student DIR | --arch svd|svd-xt|wan2.1-i2v-14b|wan2.2-ti2v-5b --random-weights  [--steps ...]
     sfv eval   --videos DIR --reference DIR [--i3d PATH] [--psnr-ssim] [--lpips] [--out FILE]
     sfv serve  [--model DIR] [--host 127.0.0.1] [--port 7860] [--device cpu] [--decoder vae|tiny|DIR]   (a local web page)
 
@@ -25,6 +25,11 @@ from sfv.errors import DataError, InputError
 
 DECODER_HELP = ("vae (the model's own VAE decoder), tiny (the fast decoder an export ships in fast_decoder/) or a fast "
                 "decoder folder, e.g. models/toy-decoder-v2")
+
+
+# `sfv bench --arch`: sfv.arch.ARCH_FRAMES (SVD) and sfv.teachers.wan_bench.ARCHES (Wan), named here so that
+# `sfv --help` imports no torch (tests/test_bench.py checks the two lists agree)
+BENCH_ARCHES = ["svd", "svd-xt", "wan2.1-i2v-14b", "wan2.2-ti2v-5b", "tiny-wan21", "tiny-wan22"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time the one-step student against the multi-step teacher, per component")
     b.add_argument("--teacher", help="the teacher's diffusers folder")
     b.add_argument("--student", help="the student's folder (an `sfv export` output)")
-    b.add_argument("--arch", choices=["svd", "svd-xt"], help="full-size architecture instead of folders (needs --random-weights)")
+    b.add_argument("--arch", choices=BENCH_ARCHES, help="full-size architecture instead of folders (needs --random-weights); "
+                   "the Wan ones time the 1-step student against the 50-step CFG teacher per component (tiny-wan*: CPU size)")
     b.add_argument("--random-weights", action="store_true", help="with --arch: random weights (speed runs; nothing is downloaded)")
     b.add_argument("--steps", default="25,16,8,4,1", help="teacher step counts, comma-separated (each with and without CFG)")
     b.add_argument("--frames", type=int, default=None, help="default: the model's (video.json, else 14 SVD, 25 SVD-XT)")

@@ -40,12 +40,17 @@ def test_dry_run_measures_every_step_and_fills_the_gpu_section(tmp_path, tiny_di
     # timed and reported for both decoders (how much faster is the bench's to measure, not a unit test's to assert)
     assert f["decode"] > 0 and 0 < f["decode_share_fast"] < 1 and 0 < f["decode_share_stock"] < 1
     assert [r["activation_checkpointing"] for r in report["memory"]["runs"]] == [False, True]
+    [wan] = report["wan"]  # the tiny Wan 2.1 layout: every component timed, the student end to end measured
+    assert wan["config"]["arch"] == "tiny-wan21" and set(wan["components"]) >= {"text_encoder", "clip", "vae_encode",
+                                                                              "transformer_call", "cfg_step", "vae_decode"}
+    assert wan["student_end_to_end"]["median_s"] > 0 and wan["teacher_50_steps_cfg_composed_s"] > wan["student_from_parts_s"]
     docs = tmp_path / "benchmarks.md"
     docs.write_text((ROOT / "docs" / "benchmarks.md").read_text())
     tool.fill_docs(docs, report)
     text = docs.read_text()
     assert "not measured on a GPU yet" not in text and "*to be measured*" not in text
     assert "| student-1-fast-decoder |" in text and "| activation checkpointing | peak, 1 GPU |" in text
+    assert "| **student, 1 step, end to end (measured)** |" in text
     assert "## Tiny SVD on CPU (measured)" in text and "What can be said without a GPU" in text
     tool.fill_docs(docs, {**report, "date": "2000-01-01"})  # refilling replaces both sections, nothing else
     again = docs.read_text()

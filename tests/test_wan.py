@@ -328,3 +328,19 @@ def test_the_full_size_flops_tool_counts_both_wan_models(tmp_path):
     for r in rows.values():  # the teacher's 100 transformer calls against one
         t = r["tflops"]
         assert t["teacher_50_steps_cfg"] > 100 * t["transformer_call"] > 0 and 1 < r["ratio"] < 100
+
+
+def test_the_wan_bench_refuses_svd_options_and_bad_sizes_before_building(tmp_path, capsys):
+    from sfv.arch import ARCH_FRAMES
+    from sfv.cli import BENCH_ARCHES
+    from sfv.cli import main as sfv
+    from sfv.teachers.wan_bench import ARCHES
+
+    assert BENCH_ARCHES == [*ARCH_FRAMES, *ARCHES]
+    base = ["bench", "--arch", "tiny-wan21", "--random-weights", "--out", str(tmp_path / "b")]
+    for extra, says in ((["--decoder", "tiny"], "--decoder is an SVD bench option"), (["--frames", "8"], "4k+1 frames"),
+                        (["--height", "40"], "height 40 is not a multiple of 16"), ([], None)):
+        argv = base + extra if extra else ["bench", "--arch", "tiny-wan21", "--out", str(tmp_path / "b")]
+        code, err = sfv(argv), capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and (says or "--random-weights") in err, err
+        assert not (tmp_path / "b").exists()

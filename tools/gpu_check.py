@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""`make gpu-check`: the GPU figures in one call (CUDA only; never part of the tests) — about 5 minutes on one
-H100/H200.
+"""`make gpu-check`: the GPU figures in one call (CUDA only; never part of the tests) — about 10 minutes on one
+H100/H200 (not measured on a GPU yet with the Wan step).
 
     python tools/gpu_check.py                 # on a CUDA machine: measure, write runs/gpu-check/gpu-check.json,
                                               # fill docs/benchmarks.md's GPU section (GPU name and date)
@@ -13,6 +13,9 @@ Steps, each a subprocess (so one step's GPU memory never counts in the next):
    the fast decoder (`--decoder random`: sfv.decoders.tiny's layout for SVD's VAE) — UNet only and end to end.
 2. `tools/memory_report.py`: the peak memory of one FSDP2 training step (768×448, 14 frames, bf16), activation
    checkpointing off and on, and its 8-GPU estimate.
+3. `sfv bench --arch wan2.1-i2v-14b` and `wan2.2-ti2v-5b` (random weights, bf16, the stock sizes 81×480×832 and
+   121×704×1280): the one-step student end to end against the 50-step CFG teacher composed from its measured
+   parts, per component (sfv.teachers.wan_bench). The dry run times the tiny 2.1 layout.
 Then one JSON with both, and the GPU section of docs/benchmarks.md rewritten between its gpu-check markers.
 """
 
@@ -54,10 +57,16 @@ def measure(out: Path, dry_run: bool) -> dict:
         memory = ["--arch", "svd", "--device", "cuda", "--frames", "14", "--height", "448", "--width", "768"]
     run([py, "-m", "sfv.cli", "bench", *models, "--decoder", "random", "--out", str(out / "bench")], 300)
     run([py, "tools/memory_report.py", *memory, "--out", str(out / "memory.json")], 240)
+    wan = []
+    for arch in (["tiny-wan21"] if dry_run else ["wan2.1-i2v-14b", "wan2.2-ti2v-5b"]):
+        device = ["--device", "cpu", "--dtype", "fp32"] if dry_run else ["--device", "cuda", "--dtype", "bf16"]
+        run([py, "-m", "sfv.cli", "bench", "--arch", arch, "--random-weights", *device, "--repeats", "1", "--warmup", "1",
+             "--out", str(out / arch)], 300)
+        wan.append(json.loads((out / arch / "wan-bench.json").read_text()))
     bench = json.loads((out / "bench" / "bench.json").read_text())
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "dry_run": dry_run,
             "gpu": bench["environment"].get("gpu", "CPU (dry run)"), "bench": bench,
-            "memory": json.loads((out / "memory.json").read_text())}
+            "memory": json.loads((out / "memory.json").read_text()), "wan": wan}
 
 
 def gpu_section(report: dict) -> str:
@@ -84,6 +93,13 @@ def gpu_section(report: dict) -> str:
         lines += [f"Fast decoder (random weights, sfv.decoders.tiny's layout): decode {f['decode']:.1f}× faster, the student "
                   f"{f['end_to_end']:.2f}× faster end to end; decode is {f['decode_share_stock'] * 100:.0f}% of the student's "
                   f"time with the stock VAE decoder, {f['decode_share_fast'] * 100:.0f}% with the fast one."]
+    if report.get("wan"):
+        from sfv.teachers.wan_bench import wan_table
+
+        lines += ["", "Wan 2.x, one step against the stock 50 steps with CFG (`sfv bench --arch wan…`; the teacher's time is "
+                      "composed from its measured parts):"]
+        for w in report["wan"]:
+            lines += ["", wan_table(w)]
     lines += ["", "Training memory: the next section."]
     return "\n".join(lines)
 

@@ -22,20 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sfv.console import ArgParser, run_command
 
-COMMON = dict(patch_size=(1, 2, 2), attention_head_dim=128, text_dim=4096, freq_dim=256, cross_attn_norm=True,
-              qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-# the hub folders' transformer/config.json and vae/config.json (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers,
-# Wan-AI/Wan2.2-TI2V-5B-Diffusers), written out so nothing is downloaded
-MODELS = {
-    "wan2.1-i2v-14b": {"size": (81, 480, 832), "transformer": dict(num_attention_heads=40, in_channels=36, out_channels=16,
-                                                                   ffn_dim=13824, num_layers=40, image_dim=1280,
-                                                                   added_kv_proj_dim=5120, **COMMON),
-                       "vae": dict(base_dim=96, z_dim=16), "image_tokens": 257},
-    "wan2.2-ti2v-5b": {"size": (121, 704, 1280), "transformer": dict(num_attention_heads=24, in_channels=48, out_channels=48,
-                                                                     ffn_dim=14336, num_layers=30, **COMMON),
-                       "vae": dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
-                                   out_channels=12, patch_size=2, scale_factor_spatial=16), "image_tokens": 0},
-}
+from sfv.teachers.wan_bench import FULL as MODELS  # the hub folders' configs and stock sizes (one home: the Wan bench)
+from sfv.teachers.wan_bench import UMT5_XXL
+
 TEACHER_STEPS, CFG_CALLS = 50, 2
 
 
@@ -55,13 +44,12 @@ def model_flops(name: str) -> dict:
         net = WanTransformer3DModel(**spec["transformer"]).eval()
         vae = AutoencoderKLWan(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True],
                                **spec["vae"]).eval()
-        text = UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                                           feed_forward_proj="gated-gelu")).eval()
+        text = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).eval()
     f_lat, s = (frames - 1) // 4 + 1, vae.config.scale_factor_spatial
     z = vae.config.z_dim
     meta = dict(device="meta")
     hidden = torch.zeros(1, net.config.in_channels, f_lat, height // s, width // s, **meta)
-    image = torch.zeros(1, spec["image_tokens"], 1280, **meta) if spec["image_tokens"] else None
+    image = torch.zeros(1, 257, 1280, **meta) if spec["clip"] else None  # CLIP ViT-H/14: 256 patches + class token
     step = count_flops(lambda: net(hidden_states=hidden, timestep=torch.zeros(1, **meta), return_dict=False,
                                    encoder_hidden_states=torch.zeros(1, 512, 4096, **meta), encoder_hidden_states_image=image))
     decode = count_flops(lambda: vae.decode(torch.zeros(1, z, f_lat, height // s, width // s, **meta)))
