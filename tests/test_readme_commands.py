@@ -71,7 +71,11 @@ COMMANDS = {
     "python tools/make_tiny_wan.py --out runs/tiny-wan": ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
     "sfv distill --recipe recipes/tiny_cpu.yaml model.teacher=runs/tiny-wan data.frames=5 data.height=32 data.width=48":
         ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
-    # block 7: bench and eval
+    # block 7: ComfyUI files
+    "sfv export --generator STUDENT --teacher TEACHER_DIR --out sfv-student --comfyui":
+        ("test", "SVD: tests/test_comfyui.py::test_svd_export_writes_one_checkpoint_that_maps_back_to_the_student_and_the_teacher; "
+                 "Wan: tests/test_comfyui.py::test_wan_export_writes_a_diffusion_model_that_from_single_file_loads_tensor_for_tensor"),
+    # block 8: bench and eval
     "sfv bench --teacher SVD_DIR --student SFV_DIR [--steps 25,16,8,4,1] [--frames 14 --height 576 --width 1024]":
         ("test", "tests/test_bench.py::test_bench_cli_writes_every_field"),
     "sfv bench --arch svd|svd-xt --random-weights --device cuda --dtype fp16 --fast-paths --out runs/bench-svd":
