@@ -1,6 +1,7 @@
 """A student out of training: its weights — a UNet folder, a .safetensors state dict, or a training checkpoint of
 either layout (one process's files, or FSDP's `sharded/` folder, consolidated here on one process) — written as a
-drop-in diffusers folder (sfv.pipeline.export_pipeline). `sfv export` is this module."""
+drop-in diffusers folder (sfv.pipeline.export_pipeline), and with `comfyui` also as the files ComfyUI's model folders
+take (sfv.comfyui), in its comfyui/ subfolder. `sfv export` is this module."""
 
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ def read_full_weights(path: Path, name: str, like: dict[str, torch.Tensor]) -> d
 
 
 def export_student(out_dir: str, generator: str | None = None, teacher_dir: str | None = None, ckpt: str | None = None,
-                   weights: str = "ema", t_g: int | None = None, decoder: str | None = None) -> Path:
+                   weights: str = "ema", t_g: int | None = None, decoder: str | None = None, comfyui: bool = False) -> Path:
     """Write the student (`generator` weights with `teacher_dir`, or a training checkpoint `ckpt`, whose recipe
     names the teacher, T_g and the video it trained on) as a drop-in diffusers folder, with a fast decoder folder
     `decoder` (sfv.decoders.tiny) as its fast_decoder/ if given. t_g: the student's T_g (None: the checkpoint's, or
-    the recipes' default); a checkpoint trained at another T_g is an InputError. Everything cheap is checked before
-    the teacher loads."""
+    the recipes' default); a checkpoint trained at another T_g is an InputError. comfyui: also write the student in
+    ComfyUI's original key names under comfyui/ (sfv.comfyui; a family without a key map is an InputError, before
+    anything is written). Everything cheap is checked before the teacher loads."""
     from sfv.decoders import build_decoder
     from sfv.generator import SFVGenerator
     from sfv.files import check_export_target
@@ -65,6 +67,11 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
         t_g = trained
     if teacher_dir is None:
         raise InputError("--teacher is required with --generator")
+    if comfyui:
+        from sfv.comfyui import check_family
+        from sfv.teachers import FAMILIES, family_of
+
+        check_family(FAMILIES[family_of(teacher_dir)])
     if not sharded:
         SFVGenerator.check_source(generator)  # before the (slow) teacher load
     if decoder is not None:
@@ -82,5 +89,14 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
     else:
         unet = SFVGenerator.load_unet(generator, teacher)
     extra = {} if decoder is None else {"fast_decoder": decoder}
-    return teacher.export(unet, out, info={"generator": str(generator), "teacher": str(teacher_dir)},
-                          t_g=ModelConfig.t_g if t_g is None else t_g, video=video, **extra)
+    if comfyui:  # built before anything is written: the key maps are the last thing that can refuse
+        from sfv.comfyui import COMFYUI_DIR, comfyui_files, write_comfyui
+
+        files = comfyui_files(teacher, unet, out.resolve().name)
+    info = {"generator": str(generator), "teacher": str(teacher_dir),
+            **({"comfyui": [f"{COMFYUI_DIR}/{rel}" for rel in files]} if comfyui else {})}
+    out = teacher.export(unet, out, info=info,
+                         t_g=ModelConfig.t_g if t_g is None else t_g, video=video, **extra)
+    if comfyui:
+        write_comfyui(files, out / COMFYUI_DIR)
+    return out

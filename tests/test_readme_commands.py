@@ -73,7 +73,11 @@ COMMANDS = {
         ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
     'sfv sample --model runs/tiny_cpu/export --image docs/img/frame0.png --prompt "a red ball moves left" --out runs/wan.mp4':
         ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
-    # block 7: bench and eval
+    # block 7: ComfyUI files
+    "sfv export --generator STUDENT --teacher TEACHER_DIR --out sfv-student --comfyui":
+        ("test", "SVD: tests/test_comfyui.py::test_svd_export_writes_one_checkpoint_that_maps_back_to_the_student_and_the_teacher; "
+                 "Wan: tests/test_comfyui.py::test_wan_export_writes_a_diffusion_model_that_from_single_file_loads_tensor_for_tensor"),
+    # block 8: bench and eval
     "sfv bench --teacher SVD_DIR --student SFV_DIR [--steps 25,16,8,4,1] [--frames 14 --height 576 --width 1024]":
         ("test", "tests/test_bench.py::test_bench_cli_writes_every_field"),
     "sfv bench --arch svd|svd-xt --random-weights --device cuda --dtype fp16 --fast-paths --out runs/bench-svd":
@@ -167,7 +171,8 @@ def test_readme_commands_run_at_toy_size(fresh, capsys):
     code, _, err = _run(["cache", "--teacher", "models/toy-svd-v2", "--videos", "runs/toy/world-train", "--out", "cache",
                          "--frames", "8", "--height", "32", "--width", "32"], capsys)
     assert code == 0 and any((fresh / "cache").iterdir()), err
-    done |= {c for c in COMMANDS if c.startswith(("sfv sample --model DIR", "sfv export --generator", "sfv cache"))}
+    done |= {c for c, (kind, _) in COMMANDS.items()
+             if kind == "here" and c.startswith(("sfv sample --model DIR", "sfv export --generator", "sfv cache"))}
 
     import runpy
 

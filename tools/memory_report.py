@@ -23,6 +23,17 @@ Writes JSON (fields: see `report` below) and prints one line per setting. `--dmd
 `--state` prints the arithmetic of weights and optimiser state per GPU at full size instead (parameter counts of the
 architecture built on the meta device; GB = 10⁹ bytes; activations come on top), with and without DMD's fake score,
 without sharding (`ddp`) and under FSDP on 8 GPUs: the table docs/benchmarks.md quotes.
+
+    python tools/memory_report.py --lora [--out runs/memory/lora.json]      (any machine: no step is run)
+
+`--lora` prints the same arithmetic for a LoRA G against a full G at full size, on one GPU: SVD-XT at 25 frames of
+1024×576 and Wan 2.1 I2V-14B at 81×480×832 (architectures built on the meta device from their published configs).
+A full G is the frozen teacher (bf16; also D's backbone) plus G's 20 B/param of trained state. A LoRA G keeps one
+frozen bf16 base that is the teacher, G's base and D's backbone at once (adapters off inside D and for teacher
+calls): 2 B/param of base plus 20 B per adapter parameter. The fp8 column stores that base as float8_e4m3fn
+(1 B/param, scales not counted), if torch's float8 cast works here. Activations come on top; their floor under
+per-block activation checkpointing — the inputs of every checkpointed block, saved in bf16 — is counted by running
+the network once on the meta device. All of it is an estimate until a GPU measures a LoRA step.
 """
 
 import argparse
@@ -65,6 +76,154 @@ def state_table(arch: str, recipe, gpus: int = 8) -> dict:
     total = {dmd: [sum(r[k] for i, r in enumerate(rows) if dmd or i != 1) for k in (2, 3)] for dmd in (False, True)}
     return {"arch": arch, "gpus": gpus, "parameters": n, "rows": [dict(zip(("part", "parameters", "ddp_bytes", "fsdp_bytes"), r)) for r in rows],
             "total_bytes": {"without_dmd": dict(zip(("ddp", "fsdp"), total[False])), "with_dmd": dict(zip(("ddp", "fsdp"), total[True]))}}
+
+
+LORA_RANKS = (32, 64)
+# (name, size as frames×height×width, adapter presets: the module names adapted, as full-match patterns over the
+# network's Linear layers; a rank-r adapter on W [out, in] adds r·(in + out) parameters)
+LORA_MODELS = {
+    "svd-xt": {"label": "SVD-XT UNet", "size": (25, 576, 1024),
+               "presets": {"attn": r".*attn[12]\.(?:to_q|to_k|to_v|to_out\.0)"}},
+    "wan2.1-i2v-14b": {"label": "Wan 2.1 I2V-14B transformer", "size": (81, 480, 832),
+                       "presets": {"attn": r"blocks\.\d+\.attn[12]\.(?:to_q|to_k|to_v|to_out\.0|add_k_proj|add_v_proj)",
+                                   "attn+ffn": r"blocks\.\d+\.(?:attn[12]\.(?:to_q|to_k|to_v|to_out\.0|add_k_proj|add_v_proj)"
+                                               r"|ffn\.net\.(?:0\.proj|2))"}},
+}
+CARD_GB = 24
+
+
+def lora_parameters(net: torch.nn.Module, pattern: str, rank: int) -> int:
+    import re
+
+    return sum(rank * (m.in_features + m.out_features) for name, m in net.named_modules()
+               if isinstance(m, torch.nn.Linear) and re.fullmatch(pattern, name))
+
+
+def _checkpointed_inputs(net: torch.nn.Module, units: list, run) -> int:
+    """Bytes of every tensor argument of `units` in one forward (`run`, on the meta device), counted in bf16: what
+    per-block activation checkpointing keeps for the backward pass."""
+    total = [0]
+
+    def hook(module, args, kwargs):
+        total[0] += sum(2 * a.numel() for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+
+    handles = [u.register_forward_pre_hook(hook, with_kwargs=True) for u in units]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def _full_size_network(name: str):
+    """(network on the meta device, its checkpointed units, a forward at the model's size)."""
+    meta = dict(device="meta")
+    frames, height, width = LORA_MODELS[name]["size"]
+    if name == "svd-xt":
+        from sfv.arch import build_modules
+        from sfv.teachers.svd_unet import sharding_units
+
+        net = build_modules("svd-xt", "meta")[0].to("meta")  # .to: AlphaBlender's mix factors are made on the CPU
+        x = torch.zeros(1, frames, 2 * 4, height // 8, width // 8, **meta)  # noise ‖ image latent
+        return net, sharding_units(net), lambda: net(x, torch.ones(1, **meta), torch.zeros(1, 1, 1024, **meta),
+                                                     torch.zeros(1, 3, **meta))
+    import importlib.util
+
+    from diffusers import WanTransformer3DModel
+
+    spec = importlib.util.spec_from_file_location("wan_flops", Path(__file__).with_name("wan_flops.py"))
+    wan_flops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wan_flops)  # the published 14B config, written out once there
+    with torch.device("meta"):
+        net = WanTransformer3DModel(**wan_flops.MODELS[name]["transformer"])
+    x = torch.zeros(1, 36, (frames - 1) // 4 + 1, height // 8, width // 8, **meta)  # noise ‖ mask ‖ image latent
+    return net, list(net.blocks), lambda: net(hidden_states=x, timestep=torch.ones(1, **meta), return_dict=False,
+                                              encoder_hidden_states=torch.zeros(1, 512, 4096, **meta),
+                                              encoder_hidden_states_image=torch.zeros(1, 257, 1280, **meta))
+
+
+def fp8_storage_works() -> bool:
+    """Whether torch casts to float8_e4m3fn and back here (a scaled weight matrix: what storing the base would do)."""
+    try:
+        w = torch.randn(64, 64)
+        scale = w.abs().amax() / torch.finfo(torch.float8_e4m3fn).max
+        back = (w / scale).to(torch.float8_e4m3fn).float() * scale
+        return back.shape == w.shape and bool(((back - w).norm() / w.norm()) < 0.1)
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
+def lora_table() -> dict:
+    """Full G against LoRA G sharing one frozen base, at full size on one GPU (bytes; see the module doc)."""
+    fp8 = fp8_storage_works()
+    models = []
+    for name, spec in LORA_MODELS.items():
+        net, units, run = _full_size_network(name)
+        n = sum(p.numel() for p in net.parameters())
+        rows = [{"G": "full", "trained_parameters": n, "base_bytes": 2 * n, "trained_bytes": SHARDED_BYTES_PER_PARAM * n}]
+        for preset, pattern in spec["presets"].items():
+            for rank in LORA_RANKS:
+                a = lora_parameters(net, pattern, rank)
+                rows.append({"G": f"LoRA {preset} r{rank}", "trained_parameters": a, "base_bytes": 2 * n,
+                             "trained_bytes": SHARDED_BYTES_PER_PARAM * a})
+        for r in rows:
+            r["total_bytes"] = r["base_bytes"] + r["trained_bytes"]
+            r["total_fp8_base_bytes"] = r["total_bytes"] - n if fp8 else None  # 2 -> 1 B per base parameter
+        models.append({"model": name, "label": spec["label"], "size": list(spec["size"]), "parameters": n,
+                       "checkpointed_inputs_bytes": _checkpointed_inputs(net, units, run), "rows": rows})
+    for m in models:
+        m["card"] = card_fit(m, fp8)
+    return {"card_gb": CARD_GB, "fp8_storage_works": fp8, "trained_bytes_per_param": SHARDED_BYTES_PER_PARAM,
+            "models": models, "torch": torch.__version__}
+
+
+def card_fit(model: dict, fp8: bool) -> dict:
+    """The G that fits CARD_GB with the most room — weights + state + activations' floor — first with a bf16 base,
+    then an fp8 one, then with the checkpointed block inputs kept in CPU memory instead of on the GPU.
+    `left_gb`: what remains for the working set (one block's internals, attention, D's forward)."""
+    floor = model["checkpointed_inputs_bytes"]
+    tries = [("bf16", "total_bytes", floor, "on the GPU")]
+    if fp8:
+        tries += [("fp8", "total_fp8_base_bytes", floor, "on the GPU"), ("fp8", "total_fp8_base_bytes", 0, "in CPU memory")]
+    for base, key, activations, where in tries:
+        fits = [r for r in model["rows"] if r[key] + activations <= CARD_GB * 1e9]
+        if fits:
+            best = min(fits, key=lambda r: r[key])
+            return {"G": best["G"], "base": base, "checkpointed_inputs": where,
+                    "left_gb": (CARD_GB * 1e9 - best[key] - activations) / 1e9}
+    return {"G": None}
+
+
+def card_line(m: dict) -> str:
+    c = m["card"]
+    f, h, w = m["size"]
+    if c["G"] is None:
+        return f"{m['label']} at {f}×{h}×{w}: no configuration fits {CARD_GB} GB"
+    return (f"{m['label']} at {f}×{h}×{w} on a {CARD_GB} GB card: {c['G']} on {'an' if c['base'] == 'fp8' else 'a'} "
+            f"{c['base']} base, checkpointed block "
+            f"inputs {c['checkpointed_inputs']}, leaves {c['left_gb']:.1f} GB for the working set (an estimate)")
+
+
+def lora_markdown(t: dict) -> str:
+    gb = lambda b: "—" if b is None else f"{b / 1e9:.1f} GB"  # noqa: E731
+    fp8 = "frozen base fp8 (estimate)" if t["fp8_storage_works"] else "fp8 base (torch has no float8 here)"
+    lines = [f"| model, size | G | trained parameters | frozen base bf16 (teacher = G's base = D's backbone) | "
+             f"trained state, 20 B/param | weights + state | same, {fp8} | activations' floor, checkpointed block inputs | "
+             f"left of {t['card_gb']} GB after the floor, bf16 / fp8 base |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in t["models"]:
+        f, h, w = m["size"]
+        for i, r in enumerate(m["rows"]):
+            what = f"{m['label']}, {f}×{h}×{w}" if i == 0 else ""
+            floor = gb(m["checkpointed_inputs_bytes"]) if i == 0 else ""
+            left = [t["card_gb"] - (b + m["checkpointed_inputs_bytes"]) / 1e9 for b in (r["total_bytes"], r["total_fp8_base_bytes"])
+                    if b is not None]
+            lines.append(f"| {what} | {r['G']} | {r['trained_parameters'] / 1e6:,.1f} M | {gb(r['base_bytes'])} | "
+                         f"{gb(r['trained_bytes'])} | {gb(r['total_bytes'])} | {gb(r['total_fp8_base_bytes'])} | {floor} | "
+                         f"{' / '.join(f'{v:+.1f} GB' for v in left)} |")
+    return "\n".join(lines)
 
 
 def state_markdown(t: dict) -> str:
@@ -172,8 +331,18 @@ def main(argv=None) -> int:
     ap.add_argument("--dmd", action="store_true", help="with distribution matching: the fake-score network and its update")
     ap.add_argument("--state", action="store_true", help="print the weight/optimiser-state table at full size (no step is run)")
     ap.add_argument("--recipe", default="recipes/svd_14f_768x448.yaml", help="--state: the recipe whose D heads are counted")
+    ap.add_argument("--lora", action="store_true", help="print full G against LoRA G with a shared frozen base at full size, "
+                    "SVD-XT and Wan 2.1 I2V-14B (no step is run)")
     ap.add_argument("--out", type=Path, default=Path("runs/memory/report.json"))
     args = ap.parse_args(argv)
+    if args.lora:
+        table = lora_table()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(table, indent=1))
+        print(lora_markdown(table))
+        for m in table["models"]:
+            print(card_line(m))
+        return 0
     if args.state:
         from sfv.config import load_recipe
 
