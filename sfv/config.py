@@ -30,15 +30,26 @@ class ModelConfig:
 class DataConfig:
     videos: str | None = None  # folder of videos (mp4/webm/gif/frame folders, recursive)
     cache: str | None = None  # or a latent cache written by `sfv cache` (then `videos` is not read)
-    metadata: str | None = None  # optional .jsonl/.csv (file, fps, motion_bucket_id); default: metadata.* in `videos`
+    metadata: str | None = None  # optional .jsonl/.csv (file, fps, motion_bucket_id, caption); default: metadata.* in `videos`
     frames: int = 14
     height: int = 448
     width: int = 768
     fps: int = 7  # clips are resampled to this frame rate; also the fps conditioning
-    motion_bucket_id: int = 127  # when the metadata has none for a video
-    noise_aug_strength: float = 0.02
     num_workers: int = 0
     eval_videos: str | None = None  # held-out videos for D's held-out pairs (train.d_eval_every); None: the first clips of `videos`
+
+
+@dataclass
+class SVDConfig:
+    """The `svd:` section: labels only SVD's conditioning reads (another family's teacher ignores them, and a value other
+    than the default here is an error for it: sfv.train.check_options)."""
+
+    motion_bucket_id: int = 127  # the motion label of videos whose metadata has none
+    noise_aug_strength: float = 0.02  # noise added to frame 0's conditioning latent (SVD's augmentation)
+
+
+# keys that moved into a family's own section: a recipe that still sets them is told where they went
+MOVED = {"data.motion_bucket_id": "svd.motion_bucket_id", "data.noise_aug_strength": "svd.noise_aug_strength"}
 
 
 @dataclass
@@ -140,6 +151,7 @@ class ParallelConfig:
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    svd: SVDConfig = field(default_factory=SVDConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     dmd: DMDConfig = field(default_factory=DMDConfig)
@@ -221,6 +233,10 @@ def load_sections(cls, path: str | Path | None, overrides: list[str] = ()):
             if not isinstance(node, dict):
                 raise InputError(f"override '{item}': '{p}' is not a section")
         node[leaf] = yaml.safe_load(value) if value else None
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise InputError(f"recipe key '{old}' moved to '{new}' (SVD's own section): write it as {new}")
     return _build(cls, data, "")
 
 

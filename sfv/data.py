@@ -40,9 +40,10 @@ class ClipSpec:
     motion_bucket_id: int = 127  # per-video label for videos whose metadata has none (the teacher reads it)
 
     @classmethod
-    def of(cls, data) -> "ClipSpec":
-        """From a recipe's data section (sfv.config.Data)."""
-        return cls(data.frames, data.height, data.width, data.fps, data.motion_bucket_id)
+    def of(cls, recipe) -> "ClipSpec":
+        """From a recipe (its data section, and the svd section's default motion label)."""
+        d, svd = recipe.data, getattr(recipe, "svd", None)
+        return cls(d.frames, d.height, d.width, d.fps, svd.motion_bucket_id if svd is not None else 127)
 
 
 def find_videos(root: Path) -> list[Path]:

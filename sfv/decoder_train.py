@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sfv import checkpoint, distributed, run_setup
-from sfv.config import DataConfig, load_sections
+from sfv.config import DataConfig, SVDConfig, load_sections
 from sfv.cache import LatentCache
 from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
 from sfv.decoders.tiny import TinyDecoderConfig, TinyTemporalDecoder
@@ -81,6 +81,7 @@ class DecoderTrainConfig:
 class DecoderRecipe:
     model: DecoderModelConfig = field(default_factory=DecoderModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    svd: SVDConfig = field(default_factory=SVDConfig)
     loss: DecoderLossConfig = field(default_factory=DecoderLossConfig)
     train: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
 
@@ -149,7 +150,7 @@ def train_step(net, opt, teacher: Teacher, batch: dict, recipe: DecoderRecipe, s
     generated = None
     with torch.no_grad():
         if student is not None:
-            z, cond = teacher.encode_batch(batch, d.height, d.width, d.noise_aug_strength, generator)
+            z, cond = teacher.encode_batch(batch, d.height, d.width, recipe.svd.noise_aug_strength, generator)
             z_gen = student.sample(cond, z.shape[1], d.height, d.width, num_inference_steps=1,
                                    max_guidance_scale=1.0, generator=generator)
             stock_gen = teacher.decode(z_gen)
@@ -176,10 +177,10 @@ def load_data(recipe: DecoderRecipe):
     """The recipe's clips: data.cache (latents, `sfv cache`) or data.videos; fails before any model loads."""
     d = recipe.data
     if d.cache:
-        return LatentCache(d.cache, ClipSpec.of(d), d.noise_aug_strength)
+        return LatentCache(d.cache, ClipSpec.of(recipe), recipe.svd.noise_aug_strength)
     if not d.videos:
         raise InputError("the recipe has neither data.videos nor data.cache; set one (e.g. data.videos=/path/to/videos)")
-    dataset = VideoFolder(d.videos, ClipSpec.of(d), seed=recipe.train.seed, metadata=d.metadata)
+    dataset = VideoFolder(d.videos, ClipSpec.of(recipe), seed=recipe.train.seed, metadata=d.metadata)
     dataset[(0, 0)]  # fail fast if no file is usable
     return dataset
 

@@ -31,18 +31,18 @@ class Pairs:
     eps_fake: torch.Tensor
 
 
-def make_pairs(d, cfg, dataset, teacher, sigma_d) -> list[Pairs]:
+def make_pairs(recipe, cfg, dataset, teacher, sigma_d) -> list[Pairs]:
     """The held-out pairs: frame 0 + clip of the first cfg.d_eval_count videos of d.eval_videos (else of `dataset`),
-    encoded once, with every random number the judging needs drawn now. d, cfg: the recipe's data and train sections."""
-    source = dataset
+    encoded once, with every random number the judging needs drawn now. cfg: the recipe's train section."""
+    d, source = recipe.data, dataset
     if d.eval_videos:
-        source = VideoFolder(d.eval_videos, ClipSpec.of(d), seed=cfg.seed)
+        source = VideoFolder(d.eval_videos, ClipSpec.of(recipe), seed=cfg.seed)
     n, chunk = min(cfg.d_eval_count, len(source)), cfg.batch_per_device
     gen = torch.Generator(teacher.device).manual_seed(HELDOUT_SEED)
     out = []
     for j in range(0, n, chunk):
         batch = collate([source[(i, 0)] for i in range(j, min(j + chunk, n))])
-        x0, cond = teacher.encode_batch(batch, d.height, d.width, d.noise_aug_strength, gen)
+        x0, cond = teacher.encode_batch(batch, d.height, d.width, recipe.svd.noise_aug_strength, gen)
         draw = lambda: torch.randn(x0.shape, generator=gen, device=x0.device)  # noqa: E731
         out.append(Pairs(x0, cond, draw(), sigma_d(len(x0), gen).to(x0.device), draw(), draw()))
     return out

@@ -49,7 +49,7 @@ def prepare(batch: dict, teacher: Teacher, recipe: Recipe, gen: torch.Generator)
     """A data batch -> Round (x0 latents [B, F, C, h, w], conditioning, gen, teacher pair). Videos are encoded by the
     frozen teacher."""
     d = recipe.data
-    x0, cond = teacher.encode_batch(batch, d.height, d.width, d.noise_aug_strength, gen)
+    x0, cond = teacher.encode_batch(batch, d.height, d.width, recipe.svd.noise_aug_strength, gen)
     pair = None
     if "pair_latents" in batch:
         noise = pair_noise(teacher, batch["pair_seed"], x0.shape[1], d.height, d.width)

@@ -24,6 +24,7 @@ Parallelism (DDP or FSDP2, recipe `parallel`) is laid out by sfv/distributed.py;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from contextlib import nullcontext
@@ -67,9 +68,9 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
 
 def build_data(recipe: Recipe):
     d = recipe.data
-    spec = ClipSpec.of(d)
+    spec = ClipSpec.of(recipe)
     if d.cache:
-        return LatentCache(d.cache, spec, d.noise_aug_strength)
+        return LatentCache(d.cache, spec, recipe.svd.noise_aug_strength)
     if not d.videos:
         raise InputError("the recipe has neither data.videos nor data.cache; set one (e.g. data.videos=/path/to/videos)")
     return VideoFolder(d.videos, spec, seed=recipe.train.seed, metadata=d.metadata)
@@ -159,7 +160,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
                           torch.Generator(world.device).manual_seed(SAMPLE_CONDITION_SEED))[1] if world.is_main and count else None
     monitor = Monitor(run_dir, cfg, recipe.data, world, p.teacher, sample_cond)  # tensorboard, samples, progress
     run_setup.write_recipe(recipe, run_dir, world)
-    pairs = heldout.make_pairs(recipe.data, cfg, dataset, p.teacher, p.sigma_d) if cfg.d_eval_every else None
+    pairs = heldout.make_pairs(recipe, cfg, dataset, p.teacher, p.sigma_d) if cfg.d_eval_every else None
     if pairs and state.videos == 0:
         monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp, p.teacher.precond.add_noise))  # where D starts
 
@@ -235,6 +236,14 @@ def check_options(recipe: Recipe, dataset) -> None:
     if recipe.dmd.weight and Path(teacher, "sfv.json").is_file():
         raise InputError(f"dmd.weight > 0 needs the teacher's multi-step score, but model.teacher '{teacher}' is an sfv "
                          "one-step student (sfv.json); point model.teacher at the multi-step teacher folder")
+    from sfv.teachers import DEFAULT_FAMILY, family_of
+
+    if family_of(teacher) != DEFAULT_FAMILY:
+        changed = [f"svd.{f.name}" for f in dataclasses.fields(recipe.svd)
+                   if getattr(recipe.svd, f.name) != f.default]
+        if changed:
+            raise InputError(f"{changed[0]} is an SVD setting, but model.teacher '{teacher}' is a {family_of(teacher)} "
+                             "folder, which does not read it: remove it from the recipe")
     if gcfg.rec_max_sigma is not None:
         from sfv.teachers import family_class
 

@@ -47,7 +47,7 @@ def test_every_option_beyond_the_paper_is_off_by_default():
 
 @pytest.mark.parametrize("override, message", [
     ("train.totl_videos=5", "unknown recipe key 'train.totl_videos'; valid keys in train: run_dir, seed, batch_size"),
-    ("trian.seed=1", "unknown recipe key 'trian'; valid keys: model, data, generator, discriminator, dmd, train"),
+    ("trian.seed=1", "unknown recipe key 'trian'; valid keys: model, data, svd, generator, discriminator, dmd, train"),
     ("train.total_videos=lots", "recipe key 'train.total_videos' must be int, got str 'lots'"),
     ("train.export=3", "recipe key 'train.export' must be bool, got int 3"),
     ("generator.betas=[0.5]", "recipe key 'generator.betas' needs 2 values, got 1"),

@@ -250,7 +250,9 @@ def test_the_readme_wan_commands_run_as_written(tmp_path, monkeypatch, capsys):
     assert sfv(shlex.split(line)) == 0 and (root / "runs/wan.mp4").stat().st_size > 0
     capsys.readouterr()  # the stock pipeline's progress bar
     # the bad sizes the README names: one line, exit 2, nothing written
-    for bad, message in (("data.frames=6", "4k+1 frames"), ("data.height=40", "not a multiple of 16")):
+    for bad, message in (("data.frames=6", "4k+1 frames"), ("data.height=40", "not a multiple of 16"),
+                         ("svd.noise_aug_strength=0.1", "svd.noise_aug_strength is an SVD setting"),
+                         ("data.motion_bucket_id=40", "moved to 'svd.motion_bucket_id'")):
         code = sfv([*argv.split(), bad, "train.run_dir=runs/bad"])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

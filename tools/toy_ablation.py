@@ -198,11 +198,11 @@ def _write_cache(teacher: str, recipe, out: Path, pairs: int, pair_steps: int) -
     from sfv.teachers import load_teacher
 
     d = recipe.data
-    dataset = VideoFolder(d.videos, ClipSpec.of(d), seed=0, metadata=d.metadata)
+    dataset = VideoFolder(d.videos, ClipSpec.of(recipe), seed=0, metadata=d.metadata)
     print(f"[ablation] latent cache of {len(dataset)} clips ({pairs} teacher pair(s) each, {pair_steps} steps) → {out}", flush=True)
     t = time.perf_counter()
     with tqdm(total=len(dataset), unit="clip", desc="cache") as bar:
-        write_cache(load_teacher(teacher), dataset, out, d.noise_aug_strength, batch_size=16, progress=bar.update,
+        write_cache(load_teacher(teacher), dataset, out, recipe.svd.noise_aug_strength, batch_size=16, progress=bar.update,
                     pairs=pairs, pair_steps=pair_steps)
     (out / "wall_s.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
 

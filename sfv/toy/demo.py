@@ -189,9 +189,9 @@ def _latent_cache(teacher_dir: str, recipe, out: Path) -> Path:
     from sfv.teachers import load_teacher
 
     d = recipe.data
-    dataset = VideoFolder(d.videos, ClipSpec.of(d), seed=recipe.train.seed, metadata=d.metadata)
+    dataset = VideoFolder(d.videos, ClipSpec.of(recipe), seed=recipe.train.seed, metadata=d.metadata)
     print(f"[2/4] latent cache of {len(dataset)} training videos -> {out}", flush=True)
-    write_cache(load_teacher(teacher_dir), dataset, out, d.noise_aug_strength, seed=recipe.train.seed)
+    write_cache(load_teacher(teacher_dir), dataset, out, recipe.svd.noise_aug_strength, seed=recipe.train.seed)
     return out
 
 
