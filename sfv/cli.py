@@ -1,7 +1,7 @@
 """`sfv` command line: thin — parse, call the library, turn user errors into one line and exit code 2.
 
     sfv sample --model DIR --image PATH --out out.mp4|out.gif [options]     (a student export, or a teacher)
-    sfv export --generator PATH --teacher DIR --out DIR      (or --checkpoint DIR [--weights ema|raw]) [--decoder DIR]
+    sfv export --generator PATH --teacher DIR --out DIR      (or --checkpoint DIR [--weights ema|raw] [--lora]) [--decoder DIR]
     sfv distill --recipe recipes/NAME.yaml [section.key=value ...] [--resume latest|DIR]
     sfv distill-decoder --recipe recipes/decoder_toy.yaml [section.key=value ...] [--resume latest|DIR]
     sfv cache --teacher DIR --videos DIR --out DIR [--frames F --height H --width W --fps N]
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--t-g", type=int, default=None, help="the student's T_g, recorded for few-step sampling (default: "
                    "with --checkpoint the run's model.t_g, with --generator the recipes' default model.t_g)")
     e.add_argument("--decoder", help="a fast decoder folder (`sfv distill-decoder` output) to ship as fast_decoder/")
+    e.add_argument("--lora", action="store_true", help="with --checkpoint of a LoRA student (model.lora): also write its "
+                   "adapter into the folder's lora/ (Wan: diffusers' load_lora_weights layout; SVD: a peft adapter)")
     e.add_argument("--out", required=True, help="new folder to write")
     e.set_defaults(func=cmd_export)
 
@@ -169,8 +171,9 @@ def cmd_export(args) -> int:
     from sfv.export import export_student
 
     t0 = time.perf_counter()
-    out = export_student(args.out, args.generator, args.teacher, args.checkpoint, args.weights, args.t_g, args.decoder)
-    extra = " + fast decoder" if args.decoder else ""
+    out = export_student(args.out, args.generator, args.teacher, args.checkpoint, args.weights, args.t_g, args.decoder,
+                         lora=args.lora)
+    extra = (" + fast decoder" if args.decoder else "") + (" + the LoRA adapter in lora/" if args.lora else "")
     print(f"sfv export: {out} (the student network + the teacher's other components{extra}) in {time.perf_counter() - t0:.1f} s")
     return 0
 

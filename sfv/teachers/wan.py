@@ -329,6 +329,21 @@ class WanTeacher(WanConditioning):
                 write_video_record(tmp, video)
         return out
 
+    def export_lora(self, values: dict, lora, out) -> Path:
+        """A LoRA student's adapter (sfv.lora; `values` by parameter name, `lora` the recipe's model.lora) in diffusers'
+        Wan LoRA layout (pytorch_lora_weights.safetensors, `transformer.*` keys, the adapter's config as metadata, without
+        which the loader takes alpha = r): stock `WanImageToVideoPipeline.load_lora_weights(out)` on the teacher's folder
+        gives the student."""
+        from sfv.lora import file_state, peft_config
+
+        out = Path(out)
+        state = file_state(values)
+        config = peft_config(self.transformer, lora)
+        WanImageToVideoPipeline.save_lora_weights(out, transformer_lora_layers=state, safe_serialization=True,
+                                                  transformer_lora_adapter_metadata=config.to_dict())
+        write_comfyui_lora(out, state, config)
+        return out
+
     # -- decoding --------------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
@@ -350,6 +365,12 @@ class WanTeacher(WanConditioning):
         return self
 
     decoder_name = "vae"
+
+
+def write_comfyui_lora(out: Path, state: dict, config) -> None:
+    """The place where a Wan LoRA student's adapter is also written in ComfyUI's LoRA layout, beside the diffusers file:
+    `state` holds the adapter tensors under diffusers' module names (`blocks.N.attn1.to_q.lora_A.weight`), `config`
+    peft's LoraConfig (rank, alpha). Nothing is written here yet."""
 
 
 def check_wan_dir(path) -> None:
