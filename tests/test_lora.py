@@ -140,8 +140,8 @@ def svd_runs(tiny_dir, video_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora_runs")
     common = dict(train__batch_size=2, train__checkpoint_every=2, discriminator__r1_interval=1, generator__lr=1e-2, **SVD_LORA)
     run(tiny_recipe(tiny_dir, video_dir, root / "straight", train__total_videos=4, train__export="true", **common))
-    run(tiny_recipe(tiny_dir, video_dir, root / "resumed", train__total_videos=2, **common))
-    run(tiny_recipe(tiny_dir, video_dir, root / "resumed", train__total_videos=4, **common), resume="latest")
+    run(tiny_recipe(tiny_dir, video_dir, root / "resumed", train__total_videos=4, **common),
+        resume=str(root / "straight" / "checkpoints" / "videos-000000002"))
     return root
 
 
@@ -255,3 +255,67 @@ def test_wan_lora_adapter_loads_in_stock_diffusers_and_gives_the_students_step(w
           f"(student vs teacher {(ours - base).abs().max():.3g})")
     assert (ours - stock).abs().max() <= 1e-4
     assert (ours - base).abs().max() > 1e-3
+
+
+# -- FSDP: two processes -------------------------------------------------------------------------------------
+
+
+def _sharded(ckpt: Path, like_ckpt: Path | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a sharded checkpoint, whole, read on this process alone."""
+    from safetensors import safe_open
+
+    from sfv import checkpoint
+
+    like: dict = {}
+    for file in sorted((like_ckpt or ckpt).glob("sharded/*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                name, rest = key.split(".", 1)
+                like.setdefault(name, {})[rest] = f.get_tensor(key)
+    full = checkpoint.read_full(ckpt, {n: {k: torch.empty(v.shape if v.ndim else (), dtype=v.dtype) for k, v in t.items()}
+                                       for n, t in like.items()})
+    return {f"{n}.{k}": v for n, t in full.items() for k, v in t.items()}
+
+
+@pytest.mark.slow
+def test_a_two_process_fsdp_lora_run_checkpoints_adapters_and_resumes_exactly_and_on_one(tiny_dir, video_dir, tmp_path):
+    """2 processes: straight to 4 videos, and resumed from its checkpoint at 2 to 4 (bitwise the same); the checkpoint
+    at 2 resumed on 1 process (2 → 1, resharded) agrees with the 2-process run to float32 rounding; each checkpoint holds
+    the adapters, their EMA and their AdamW state, not the base."""
+    from conftest import launch_two
+
+    args = ["--recipe", REPO / "recipes/tiny_cpu.yaml", f"model.teacher={tiny_dir}", f"data.videos={video_dir}",
+            "parallel.mode=fsdp", "train.batch_size=2", "train.batch_per_device=1", "train.checkpoint_every=2",
+            "train.sample_every=0", "train.export=false", "generator.lr=1.0e-2", "discriminator.r1_interval=1",
+            "model.lora={rank: 4, alpha: 8, targets: linear}"]
+    at2, at4 = "checkpoints/videos-000000002", "checkpoints/videos-000000004"
+
+    def launch(run_dir, *extra):
+        proc = launch_two("-m", "sfv.train", *args, f"train.run_dir={tmp_path / run_dir}", "train.total_videos=4", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    launch("A")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # resharding: the 2-process checkpoint at 2 resumed on 1 process
+        run(tiny_recipe(tiny_dir, video_dir, tmp_path / "C1", parallel__mode="fsdp", train__batch_size=2, train__batch_per_device=1,
+                        train__checkpoint_every=2, train__total_videos=4, generator__lr=1e-2, discriminator__r1_interval=1,
+                        model__lora="{rank: 4, alpha: 8, targets: linear}"), resume=str(tmp_path / "A" / at2))
+    finally:
+        torch.set_num_threads(threads)
+    launch("B", "--resume", str(tmp_path / "A" / at2))
+    like = tmp_path / "C1" / at4  # written by one process: whole shapes
+    a, b = _sharded(tmp_path / "A" / at4, like), _sharded(tmp_path / "B" / at4, like)
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    state = json.loads((tmp_path / "A" / at4 / "state.json").read_text())
+    assert state["world_size"] == 2 and state["format"] == "sharded"
+    for name in ("generator", "generator_ema", "optim_g"):
+        keys = [k for k in a if k.startswith(f"{name}.")]
+        assert keys and all(".lora_A.default." in k or ".lora_B.default." in k for k in keys), name
+    n_adapters = sum(v.numel() for k, v in a.items() if k.startswith("generator."))
+    assert n_adapters < sum(q.numel() for q in load_teacher(tiny_dir).net.parameters()) / 10
+    c, a2 = _sharded(like), _sharded(tmp_path / "A" / at2, like)
+    moved = max((a[k] - a2[k]).abs().max().item() for k in a if k.startswith("generator."))
+    off = max((a[k] - c[k]).abs().max().item() for k in a if k.startswith("generator."))
+    print(f"2 → 1 process resume: adapters {off:.3g} from the 2-process run (moved {moved:.3g} in those 2 steps)")
+    assert moved > 1e-3 and off < 1e-3 * moved
