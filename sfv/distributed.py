@@ -25,6 +25,11 @@ so neither is used. `parallelize` lays the models out over the processes (recipe
         * Activation checkpointing (recipe `model.gradient_checkpointing`) recomputes each UNet block in
           the backward (diffusers' per-block checkpointing; FSDP2 re-gathers the block for it);
           `parallel.cpu_offload` keeps G's and the EMA's shards, gradients and optimiser state in CPU memory.
+        * A LoRA G (recipe `model.lora`, sfv/lora.py) has no copy of its own: its frozen base is the teacher's network,
+          which is also D's backbone. That base is left out of sharding (`ignored_params`: whole on every process, as
+          the frozen teacher is for a full G, and callable by D outside G's forward), and only the adapters become
+          shards; their EMA copies are made after sharding, so they are sharded alike, and checkpoints hold the
+          adapters, their EMA and their AdamW state, never the base.
   FSDP also runs on one process (a world of one), so a sharded checkpoint resumes anywhere.
 Sharded checkpoints themselves (torch.distributed.checkpoint) are written and read by sfv/checkpoint.py
 with the state dicts made here (`model_state`, `optimizer_state`).

@@ -71,7 +71,11 @@ COMMANDS = {
     "python tools/make_tiny_wan.py --out runs/tiny-wan": ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
     "sfv distill --recipe recipes/tiny_cpu.yaml model.teacher=runs/tiny-wan data.frames=5 data.height=32 data.width=48":
         ("test", "tests/test_wan.py::test_the_readme_wan_commands_run_as_written"),
-    # block 7: bench and eval
+    # block 7: LoRA students
+    "sfv distill --recipe recipes/toy_lora.yaml": ("here", "as written: the missing world is named with its command"),
+    "sfv export --checkpoint runs/NAME/checkpoints/videos-000032000 --lora --out DIR":
+        ("test", "tests/test_lora.py::test_svd_lora_export_is_a_merged_unet_and_a_peft_adapter_equal_to_the_student"),
+    # block 8: bench and eval
     "sfv bench --teacher SVD_DIR --student SFV_DIR [--steps 25,16,8,4,1] [--frames 14 --height 576 --width 1024]":
         ("test", "tests/test_bench.py::test_bench_cli_writes_every_field"),
     "sfv bench --arch svd|svd-xt --random-weights --device cuda --dtype fp16 --fast-paths --out runs/bench-svd":
@@ -133,6 +137,7 @@ def test_readme_commands_run_at_toy_size(fresh, capsys):
     # training commands as written on a fresh clone: one line that names the command making the missing input
     for argv, needed in ((["distill", "--recipe", "recipes/tiny_cpu.yaml"], "python tools/make_tiny_svd.py --out runs/tiny-svd"),
                          (["distill", "--recipe", "recipes/toy.yaml"], "python -m sfv.toy.world --preset v2 --count 500"),
+                         (["distill", "--recipe", "recipes/toy_lora.yaml"], "python -m sfv.toy.world --preset v2 --count 500"),
                          (["distill-decoder", "--recipe", "recipes/decoder_toy.yaml"], "python -m sfv.toy.world --preset v2 --count 300"),
                          (["distill-decoder", "--recipe", "recipes/decoder_toy_student.yaml"], "python -m sfv.toy.world")):
         code, _, err = _run(argv, capsys)
