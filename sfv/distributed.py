@@ -176,10 +176,10 @@ def full_value(t: torch.Tensor) -> torch.Tensor:
 def unsharded(module: torch.nn.Module, world: World, like: torch.nn.Module) -> torch.nn.Module | None:
     """An ordinary, unsharded copy of a sharded module on process 0 (None on the others) — for sampling and
     export, which run on process 0 alone; `like` is a plain module of the same architecture (its copy receives
-    the gathered fp32 weights). Collective. A module that is not sharded is returned as it is; a LoRA network
-    (sfv.lora.AdapterNet) makes its own merged copy."""
+    the gathered fp32 weights). Collective. A module that is not sharded is returned as it is; a sharded LoRA network
+    (sfv.lora.AdapterNet) makes its own copy, with the adapters merged in."""
     own = getattr(module, "unsharded_copy", None)
-    if own is not None:
+    if own is not None and is_sharded(module.net):
         return own(world)
     if not is_sharded(module):
         return module

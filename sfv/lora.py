@@ -281,9 +281,14 @@ def merged_copy(net: torch.nn.Module, values: dict[str, torch.Tensor], state: di
 
     if state is None:
         state = {k: v.detach() for k, v in net.state_dict().items() if ".lora_" not in k}
-    cls = getattr(diffusers, _network_class(net))
-    plain = cls.from_config(net.config)
-    plain.load_state_dict(merged_state(state, values, scalings(net)), strict=True)
+    with torch.device("meta"):  # no random initialisation of a full-size network: every tensor is assigned below
+        plain = getattr(diffusers, _network_class(net)).from_config(net.config)
+    plain.load_state_dict(merged_state(state, values, scalings(net)), strict=True, assign=True)
+    constants = {k.replace(".base_layer.", "."): b for k, b in net.named_buffers()}
+    for name, buffer in list(plain.named_buffers()):  # buffers outside the state dict (a DiT's RoPE tables)
+        if buffer.is_meta:
+            owner, _, leaf = name.rpartition(".")
+            plain.get_submodule(owner)._buffers[leaf] = constants[name].detach().clone()
     return plain.eval().requires_grad_(False)
 
 
@@ -303,12 +308,3 @@ def save_peft_adapter(out: str | Path, net: torch.nn.Module, values: dict[str, t
     save_file({f"base_model.model.{k}": v for k, v in file_state(values).items()}, out / "adapter_model.safetensors")
     return out
 
-
-def adapter_like(teacher_net: torch.nn.Module, cfg) -> dict[str, torch.Tensor]:
-    """The adapters' names and shapes for `cfg` on a network of this architecture, without touching it (meta device)."""
-    import diffusers
-
-    with torch.device("meta"):
-        probe = getattr(diffusers, _network_class(teacher_net)).from_config(teacher_net.config)
-    add_adapters(probe, cfg)
-    return {n: torch.empty(p.shape, dtype=torch.float32) for n, p in adapter_parameters(probe).items()}
