@@ -72,6 +72,27 @@ def matched_modules(net: torch.nn.Module, cfg) -> list[str]:
     return linear
 
 
+def check_folder(teacher: str | Path, cfg) -> None:
+    """`matched_modules` on the teacher folder's network built on the meta device from its config alone (no weights
+    read), so that targets matching nothing stop a run before the teacher loads. Hub ids and unknown layouts: skipped
+    (build checks again before peft runs)."""
+    import json
+
+    import diffusers
+
+    for sub in ("unet", "transformer"):
+        config = Path(teacher, sub, "config.json")
+        if config.is_file():
+            data = json.loads(config.read_text())
+            cls = getattr(diffusers, str(data.get("_class_name")), None)
+            if cls is None:
+                return
+            with torch.device("meta"):
+                net = cls.from_config(data)
+            matched_modules(net, cfg)
+            return
+
+
 def _example_linear(net: torch.nn.Module) -> str:
     return next((n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)), "?")
 

@@ -256,6 +256,8 @@ def export(recipe: Recipe, state: State, unet, teacher: Teacher, weights: str, a
 def check_options(recipe: Recipe, dataset) -> None:
     """The recipe options that need something of the teacher folder or the data, checked before any model loads."""
     gcfg, teacher = recipe.generator, recipe.model.teacher
+    if recipe.model.lora is not None:
+        lora.check_folder(teacher, recipe.model.lora)  # targets that match nothing: before the teacher loads
     if gcfg.rec_target == "teacher" and not getattr(dataset, "teacher_pairs", None):
         where = f"the latent cache '{recipe.data.cache}' has none" if recipe.data.cache else "data.videos are read as files"
         raise InputError(f"generator.rec_target=teacher needs teacher pairs, but {where}: write a cache with "
