@@ -57,8 +57,9 @@ def target_pattern(net: torch.nn.Module, targets: str) -> str:
 def matched_modules(net: torch.nn.Module, cfg) -> list[str]:
     """Names of the Linear layers `cfg.targets` adapts in `net`; none is an InputError naming what was searched."""
     pattern = re.compile(f"(?:{target_pattern(net, cfg.targets)})")
-    names = [n for n, m in net.named_modules() if n and pattern.fullmatch(n)]
-    linear = [n for n in names if isinstance(dict(net.named_modules())[n], torch.nn.Linear)]
+    modules = dict(net.named_modules())
+    names = [n for n in modules if n and pattern.fullmatch(n)]
+    linear = [n for n in names if isinstance(modules[n], torch.nn.Linear)]
     if not linear:
         family = _FAMILY_TARGETS.get(_network_class(net), (_network_class(net),))[0]
         known = ", ".join(presets(net)) or "none"
@@ -66,7 +67,7 @@ def matched_modules(net: torch.nn.Module, cfg) -> list[str]:
                 else f"the regular expression '{cfg.targets}'")
         other = f"; {len(names)} matched module(s) are not Linear layers (e.g. {names[0]})" if names else ""
         raise InputError(f"model.lora.targets: {what} matches no Linear layer of the {family} network "
-                         f"({_network_class(net)}, {sum(1 for _ in net.named_modules())} modules searched by full name{other}); "
+                         f"({_network_class(net)}, {len(modules)} modules searched by full name{other}); "
                          f"use a preset ({known}) or a regular expression matching module names such as "
                          f"{_example_linear(net)}")
     return linear
