@@ -1,7 +1,7 @@
 """`sfv` command line: thin — parse, call the library, turn user errors into one line and exit code 2.
 
     sfv sample --model DIR --image PATH --out out.mp4|out.gif [options]     (a student export, or a teacher)
-    sfv export --generator PATH --teacher DIR --out DIR      (or --checkpoint DIR [--weights ema|raw]) [--decoder DIR] [--comfyui]
+    sfv export --generator PATH --teacher DIR --out DIR      (or --checkpoint DIR [--weights ema|raw] [--lora]) [--decoder DIR] [--comfyui]
     sfv distill --recipe recipes/NAME.yaml [section.key=value ...] [--resume latest|DIR]
     sfv distill-decoder --recipe recipes/decoder_toy.yaml [section.key=value ...] [--resume latest|DIR]
     sfv cache --teacher DIR --videos DIR --out DIR [--frames F --height H --width W --fps N]
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--decoder", help="a fast decoder folder (`sfv distill-decoder` output) to ship as fast_decoder/")
     e.add_argument("--comfyui", action="store_true", help="also write the student as ComfyUI files, in the original key "
                    "names, under OUT/comfyui/ (SVD: checkpoints/NAME.safetensors; Wan: diffusion_models/NAME.safetensors)")
+    e.add_argument("--lora", action="store_true", help="with --checkpoint of a LoRA student (model.lora): also write its "
+                   "adapter into the folder's lora/ (Wan: diffusers' load_lora_weights layout and ComfyUI's; SVD: a peft adapter)")
     e.add_argument("--out", required=True, help="new folder to write")
     e.set_defaults(func=cmd_export)
 
@@ -180,8 +182,9 @@ def cmd_export(args) -> int:
 
     t0 = time.perf_counter()
     out = export_student(args.out, args.generator, args.teacher, args.checkpoint, args.weights, args.t_g, args.decoder,
-                         args.comfyui)
-    extra = (" + fast decoder" if args.decoder else "") + (" + ComfyUI files in comfyui/" if args.comfyui else "")
+                         lora=args.lora, comfyui=args.comfyui)
+    extra = ((" + fast decoder" if args.decoder else "") + (" + ComfyUI files in comfyui/" if args.comfyui else "")
+             + (" + the LoRA adapter in lora/" if args.lora else ""))
     print(f"sfv export: {out} (the student network + the teacher's other components{extra}) in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -20,10 +20,24 @@ from sfv.errors import InputError
 
 
 @dataclass
+class LoraConfig:
+    """G as a LoRA over the teacher's network (sfv/lora.py): the teacher's frozen weights are G's base and D's backbone
+    (one copy), only the adapters train. B starts at zero, so G starts as the teacher."""
+
+    rank: int = 16  # r
+    alpha: float | None = None  # scale alpha / r (None: alpha = r, scale 1)
+    # a preset of the teacher's family (SVD: attn, attn_ff, linear; Wan: attn, attn_ffn) or a regular expression that
+    # module names must match in full (e.g. 'blocks\.\d+\.attn1\.(to_q|to_v)')
+    targets: str = "attn"
+    dropout: float = 0.0
+
+
+@dataclass
 class ModelConfig:
     teacher: str = ""  # diffusers SVD folder (or hub id) that G is initialised from and D's backbone comes from
     t_g: int = 4  # T_g: G trains at the top T_g − 1 of T_g Karras levels
     gradient_checkpointing: bool = False  # activation checkpointing in G's UNet (memory for compute)
+    lora: LoraConfig | None = None  # None: G is a full copy of the teacher's network (SF-V); else a LoRA over it
 
 
 @dataclass
@@ -268,6 +282,24 @@ def _check_ranges(r: Recipe) -> None:
                          "set one above 0")
     if r.generator.rec_max_sigma is not None and r.generator.rec_max_sigma <= 0:
         raise InputError(f"generator.rec_max_sigma must be a noise level σ > 0 (one of G's levels), got {r.generator.rec_max_sigma}")
+    lora = r.model.lora
+    if lora is not None:
+        if lora.rank <= 0:
+            raise InputError(f"model.lora.rank must be a positive integer (the adapters' rank r, e.g. 16), got {lora.rank}")
+        if lora.alpha is not None and lora.alpha <= 0:
+            raise InputError(f"model.lora.alpha must be positive (the scale is alpha / rank), got {lora.alpha}; "
+                             "leave it out for alpha = rank")
+        if not 0 <= lora.dropout < 1:
+            raise InputError(f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
+        try:
+            re.compile(lora.targets)
+        except re.error as e:
+            raise InputError(f"model.lora.targets {lora.targets!r} is neither a preset nor a valid regular expression ({e})") from None
+        if lora.targets == "":
+            raise InputError("model.lora.targets is empty: name a preset (attn) or a regular expression of module names")
+        if r.dmd.weight:
+            raise InputError("dmd.weight > 0 needs the teacher's own score, which a LoRA student shares its network with; "
+                             "set dmd.weight=0 or model.lora=null")
     if r.generator.ema >= 1:
         raise InputError(f"recipe key 'generator.ema' must be below 1 (a decay per G step), got {r.generator.ema}")
 
@@ -302,11 +334,23 @@ def _build(cls, data, where: str):
         if key not in valid:
             raise InputError(f"unknown recipe key '{name}'; valid keys{' in ' + where[:-1] if where else ''}: {', '.join(valid)}")
         kind = hints[key]
-        if dataclasses.is_dataclass(kind):
+        section = _optional_section(kind)
+        if section is not None:  # an optional section (e.g. model.lora): null turns it off
+            kwargs[key] = None if value is None else _build(section, value, f"{name}.")
+        elif dataclasses.is_dataclass(kind):
             kwargs[key] = _build(kind, value, f"{name}.")
         else:
             kwargs[key] = _check(value, kind, name)
     return cls(**kwargs)
+
+
+def _optional_section(kind):
+    """The dataclass of an `X | None` field whose X is a dataclass (an optional section), else None."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
 
 
 def _check(value, kind, name: str):

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from sfv.lora import adapters_off
 from sfv.teachers import Condition
 
 HEAD_KINDS = ("spatial", "temporal")
@@ -113,6 +114,7 @@ class Discriminator(nn.Module):
     def forward(self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> dict[str, torch.Tensor]:
         """x_noisy = x0 + σ′·ε, [B, F, C, h, w]; sigma: [B] -> {head name: logits}."""
         frames = x_noisy.shape[1]
-        features = self.backbone(x_noisy, sigma, cond)
+        with adapters_off(self.backbone):  # a LoRA G's base is this backbone: D judges with the teacher's weights
+            features = self.backbone(x_noisy, sigma, cond)
         e = self.condition(sigma, cond, frames)
         return {name: head(features[head.block].float(), e, frames) for name, head in self.heads.items()}

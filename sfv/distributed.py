@@ -25,6 +25,11 @@ so neither is used. `parallelize` lays the models out over the processes (recipe
         * Activation checkpointing (recipe `model.gradient_checkpointing`) recomputes each UNet block in
           the backward (diffusers' per-block checkpointing; FSDP2 re-gathers the block for it);
           `parallel.cpu_offload` keeps G's and the EMA's shards, gradients and optimiser state in CPU memory.
+        * A LoRA G (recipe `model.lora`, sfv/lora.py) has no copy of its own: its frozen base is the teacher's network,
+          which is also D's backbone. That base is left out of sharding (`ignored_params`: whole on every process, as
+          the frozen teacher is for a full G, and callable by D outside G's forward), and only the adapters become
+          shards; their EMA copies are made after sharding, so they are sharded alike, and checkpoints hold the
+          adapters, their EMA and their AdamW state, never the base.
   FSDP also runs on one process (a world of one), so a sharded checkpoint resumes anywhere.
 Sharded checkpoints themselves (torch.distributed.checkpoint) are written and read by sfv/checkpoint.py
 with the state dicts made here (`model_state`, `optimizer_state`).
@@ -86,10 +91,13 @@ def init(cpu: bool = False, group: bool = False) -> World:
     return World(rank, size, local, device)
 
 
-def wrap(module: torch.nn.Module, world: World) -> torch.nn.Module:
-    """DDP over the parameters that need gradients (a frozen backbone inside is left alone)."""
+def wrap(module: torch.nn.Module, world: World, ignore: list[str] = ()) -> torch.nn.Module:
+    """DDP over the parameters that need gradients (a frozen backbone inside is left alone; so are the parameters
+    named in `ignore`, e.g. a LoRA G's adapters inside D's backbone, which D runs switched off)."""
     if world.size == 1:
         return module
+    if ignore:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(ignore))
     ids = [world.device.index] if world.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids)
 
@@ -109,15 +117,20 @@ def sync(module: torch.nn.Module, enabled: bool):
 
 def parallelize(world: World, mode: str, trained: list[tuple[torch.nn.Module, list[torch.nn.Module]]],
                 averaged: list[tuple[torch.nn.Module, list[torch.nn.Module]]], D: torch.nn.Module, frozen: list[torch.nn.Module],
-                *, bf16: bool = False, cpu_offload: bool = False) -> tuple[list[torch.nn.Module], torch.nn.Module]:
+                *, bf16: bool = False, cpu_offload: bool = False,
+                frozen_base: list[torch.nn.Parameter] | None = None) -> tuple[list[torch.nn.Module], torch.nn.Module]:
     """Lay out the models for `mode` (see the module docstring) -> (the trained networks as the loop calls them, D).
 
     trained: networks with gradients (G; DMD's fake score), each with its UNet's blocks (`teacher.sharding_units`);
     averaged: copies updated without gradients (G's EMA), sharded like the network they follow; D: the discriminator
     (trainable heads, frozen backbone); frozen: the teacher's modules. Parameters are replaced by their shards in
-    place, so optimisers are built after this."""
+    place, so optimisers are built after this.
+    frozen_base: a LoRA G's base (recipe model.lora; sfv/lora.py), the teacher's own weights, also D's backbone: under
+    FSDP it is left out of sharding (`ignored_params`: whole and replicated, as the frozen teacher is for a full G) and
+    only the adapters become shards; D's heads are wrapped without the backbone's parameters (the adapters in it)."""
+    backbone = [n for n, _ in D.named_parameters() if n.startswith("backbone.")] if frozen_base is not None else []
     if mode == "ddp":
-        return [wrap(m, world) for m, _ in trained], wrap(D, world)
+        return [wrap(m, world) for m, _ in trained], wrap(D, world, ignore=backbone)
     if not dist.is_initialized():
         raise RuntimeError("FSDP needs a process group: distributed.init(group=True)")
     mesh = init_device_mesh(world.device.type, (world.size,))
@@ -127,14 +140,17 @@ def parallelize(world: World, mode: str, trained: list[tuple[torch.nn.Module, li
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
           if cuda_bf16 else MixedPrecisionPolicy())
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    ignored = set(frozen_base) if frozen_base is not None else None
     for root, units in [*trained, *averaged]:
         for unit in units:  # one all-gather per block, freed again after its forward
-            fully_shard(unit, mesh=mesh, mp_policy=mp, offload_policy=offload)
-        fully_shard(root, mesh=mesh, mp_policy=mp, offload_policy=offload)  # the rest: embeddings, conv_in/out, samplers
+            fully_shard(unit, mesh=mesh, mp_policy=mp, offload_policy=offload, ignored_params=ignored)
+        fully_shard(root, mesh=mesh, mp_policy=mp, offload_policy=offload, ignored_params=ignored)  # the rest: embeddings, conv_in/out, samplers
     if cuda_bf16:
         for module in frozen:
             module.to(torch.bfloat16)
-    return [m for m, _ in trained], wrap(D, world)
+        for p in frozen_base or []:  # the shared base, cast where it lies (the adapters stay fp32 masters)
+            p.data = p.data.to(torch.bfloat16)
+    return [m for m, _ in trained], wrap(D, world, ignore=backbone)
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
@@ -160,7 +176,11 @@ def full_value(t: torch.Tensor) -> torch.Tensor:
 def unsharded(module: torch.nn.Module, world: World, like: torch.nn.Module) -> torch.nn.Module | None:
     """An ordinary, unsharded copy of a sharded module on process 0 (None on the others) — for sampling and
     export, which run on process 0 alone; `like` is a plain module of the same architecture (its copy receives
-    the gathered fp32 weights). Collective. A module that is not sharded is returned as it is."""
+    the gathered fp32 weights). Collective. A module that is not sharded is returned as it is; a sharded LoRA network
+    (sfv.lora.AdapterNet) makes its own copy, with the adapters merged in."""
+    own = getattr(module, "unsharded_copy", None)
+    if own is not None and is_sharded(module.net):
+        return own(world)
     if not is_sharded(module):
         return module
     state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -173,12 +193,18 @@ def unsharded(module: torch.nn.Module, world: World, like: torch.nn.Module) -> t
 
 def model_state(module: torch.nn.Module, skip: str) -> dict[str, torch.Tensor]:
     """The module's state dict (DTensor shards where sharded; DDP's `module.` prefix removed), without
-    parameters under `skip` (D's frozen backbone is the teacher's, saved with it)."""
+    parameters under `skip` (D's frozen backbone is the teacher's, saved with it). A LoRA G's adapters
+    (sfv.lora.AdapterState) are named tensors already: their shards as they are."""
+    if not isinstance(module, torch.nn.Module):
+        return module.state_dict()
     return {k: v for k, v in get_model_state_dict(module).items() if not k.startswith(skip)}
 
 
 def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     """Load `model_state` output back (resharding is the reader's job); -> (missing, unexpected) keys."""
+    if not isinstance(module, torch.nn.Module):
+        result = module.load_state_dict(state)
+        return list(result.missing_keys), list(result.unexpected_keys)
     result = set_model_state_dict(module, state, options=StateDictOptions(strict=False))
     return list(result.missing_keys), list(result.unexpected_keys)
 

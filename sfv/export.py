@@ -5,6 +5,7 @@ take (sfv.comfyui), in its comfyui/ subfolder. `sfv export` is this module."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from sfv import checkpoint
-from sfv.config import ModelConfig
+from sfv import lora as lora_
+from sfv.config import LoraConfig, ModelConfig
 from sfv.errors import InputError, ModelLoadError, first_line
 from sfv.model_dir import VideoRecord, read_video_record
 
@@ -39,13 +41,16 @@ def read_full_weights(path: Path, name: str, like: dict[str, torch.Tensor]) -> d
 
 
 def export_student(out_dir: str, generator: str | None = None, teacher_dir: str | None = None, ckpt: str | None = None,
-                   weights: str = "ema", t_g: int | None = None, decoder: str | None = None, comfyui: bool = False) -> Path:
+                   weights: str = "ema", t_g: int | None = None, decoder: str | None = None, lora: bool = False,
+                   comfyui: bool = False) -> Path:
     """Write the student (`generator` weights with `teacher_dir`, or a training checkpoint `ckpt`, whose recipe
     names the teacher, T_g and the video it trained on) as a drop-in diffusers folder, with a fast decoder folder
     `decoder` (sfv.decoders.tiny) as its fast_decoder/ if given. t_g: the student's T_g (None: the checkpoint's, or
-    the recipes' default); a checkpoint trained at another T_g is an InputError. comfyui: also write the student in
-    ComfyUI's original key names under comfyui/ (sfv.comfyui; a family without a key map is an InputError, before
-    anything is written). Everything cheap is checked before the teacher loads."""
+    the recipes' default); a checkpoint trained at another T_g is an InputError. A checkpoint of a LoRA student
+    (recipe model.lora) holds adapters: they are merged into the teacher's network for the folder, and `lora` also
+    writes the adapter in the family's loader layouts inside it, as lora/ (Teacher.export_lora). comfyui: also write
+    the student in ComfyUI's original key names under comfyui/ (sfv.comfyui; a family without a key map is an
+    InputError, before anything is written). Everything cheap is checked before the teacher loads."""
     from sfv.decoders import build_decoder
     from sfv.generator import SFVGenerator
     from sfv.files import check_export_target
@@ -57,6 +62,9 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
     if t_g is not None and t_g < 2:
         raise InputError(f"--t-g must be at least 2 (the student's σ levels include σ_max and one below it), got {t_g}")
     sharded, recipe = False, {}
+    if lora and ckpt is None:
+        raise InputError("--lora exports the adapter of a LoRA student's training checkpoint: pass --checkpoint DIR "
+                         "(a run with model.lora set)")
     if ckpt is not None:
         generator, teacher_dir, sharded = student_weights(Path(ckpt), weights, teacher_dir)
         recipe = json.loads((Path(ckpt) / "state.json").read_text()).get("recipe", {})
@@ -65,6 +73,7 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
             raise InputError(f"--t-g {t_g} disagrees with the checkpoint, trained at T_g = {trained} (its recipe's "
                              "model.t_g); leave --t-g out to export it as trained")
         t_g = trained
+    lora_cfg = _lora_config(recipe, ckpt, lora)
     if teacher_dir is None:
         raise InputError("--teacher is required with --generator")
     if comfyui:
@@ -72,14 +81,21 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
         from sfv.teachers import FAMILIES, family_of
 
         check_family(FAMILIES[family_of(teacher_dir)])
-    if not sharded:
+    if not sharded and lora_cfg is None:
         SFVGenerator.check_source(generator)  # before the (slow) teacher load
     if decoder is not None:
         build_decoder("tiny", None, decoder)  # a missing or corrupt folder is one line before the teacher loads
     video = VideoRecord.trained(recipe["data"], teacher_dir) if "data" in recipe else \
         read_video_record(teacher_dir) if Path(teacher_dir).is_dir() else None
     teacher = load_teacher(teacher_dir)
-    if sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
+    info = {"generator": str(generator), "teacher": str(teacher_dir)}
+    values = None
+    if lora_cfg is not None:
+        values = _lora_values(teacher, lora_cfg, Path(ckpt), checkpoint.STUDENT_WEIGHTS[weights])
+        unet = lora_.merged_copy(teacher.net, values)
+        if lora:
+            info["lora"] = {**dataclasses.asdict(lora_cfg), "adapter": lora_.ADAPTER_FOLDER}
+    elif sharded:  # an FSDP checkpoint: every process's shards consolidated here, on one process
         name = checkpoint.STUDENT_WEIGHTS[weights]
         try:
             state = read_full_weights(Path(ckpt), name, teacher.net.state_dict())
@@ -93,10 +109,35 @@ def export_student(out_dir: str, generator: str | None = None, teacher_dir: str 
         from sfv.comfyui import COMFYUI_DIR, comfyui_files, write_comfyui
 
         files = comfyui_files(teacher, unet, out.resolve().name)
-    info = {"generator": str(generator), "teacher": str(teacher_dir),
-            **({"comfyui": [f"{COMFYUI_DIR}/{rel}" for rel in files]} if comfyui else {})}
-    out = teacher.export(unet, out, info=info,
-                         t_g=ModelConfig.t_g if t_g is None else t_g, video=video, **extra)
+        info["comfyui"] = [f"{COMFYUI_DIR}/{rel}" for rel in files]
+    out = teacher.export(unet, out, info=info, t_g=ModelConfig.t_g if t_g is None else t_g, video=video, **extra)
     if comfyui:
         write_comfyui(files, out / COMFYUI_DIR)
+    if lora:
+        teacher.export_lora(values, lora_cfg, out / lora_.ADAPTER_FOLDER)
     return out
+
+
+def _lora_config(recipe: dict, ckpt, asked: bool) -> LoraConfig | None:
+    """The checkpoint's model.lora (None: a full student); `--lora` on a checkpoint without adapters is an InputError."""
+    section = recipe.get("model", {}).get("lora")
+    if section is None:
+        if asked:
+            raise InputError(f"--lora: checkpoint '{ckpt}' holds no LoRA adapters (its run's model.lora is null: a full "
+                             "student); export it without --lora")
+        return None
+    return LoraConfig(**section)
+
+
+def _lora_values(teacher, cfg: LoraConfig, ckpt: Path, name: str) -> dict[str, torch.Tensor]:
+    """A LoRA checkpoint's adapters (`name`: G's or their EMA), whole, by parameter name; the teacher's network gets
+    adapters of the recipe's shape (their values are not used: the export merges `values`)."""
+    like = {k: p.detach() for k, p in lora_.add_adapters(teacher.net, cfg).items()}
+    try:
+        values = read_full_weights(ckpt, name, like)
+    except (OSError, ValueError, KeyError, RuntimeError, AssertionError) as e:
+        raise ModelLoadError(f"cannot read {name} from checkpoint '{ckpt}': {first_line(e)[:300]}") from None
+    if values.keys() != like.keys() or any(values[k].shape != like[k].shape for k in like):
+        raise ModelLoadError(f"checkpoint '{ckpt}': {name} does not hold the adapters its recipe's model.lora describes "
+                             f"({len(values)} tensors, {len(like)} expected); export with the teacher it was trained from")
+    return values

@@ -1,4 +1,5 @@
-"""SF-V's one-step generator G (§3.2): the teacher's full network, copied and fully fine-tuned.
+"""SF-V's one-step generator G (§3.2): the teacher's full network, copied and fully fine-tuned (or, with model.lora, a
+LoRA over the teacher's network itself: sfv/lora.py).
 
     G(x_t, σ_t, c) = c_skip(σ_t)·x_t + c_out(σ_t)·F_θ(c_in(σ_t)·x_t, c_noise(σ_t), c)     (teacher's preconditioning)
 
@@ -39,6 +40,15 @@ class SFVGenerator(torch.nn.Module):
         net.requires_grad_(True)
         net.train()
         return cls(net, teacher.denoise_with, teacher.generator_levels(t_g))
+
+    @classmethod
+    def lora_on_teacher(cls, teacher: Teacher, lora, t_g: int = ModelConfig.t_g) -> "SFVGenerator":
+        """G as a LoRA over the teacher's own network (recipe model.lora; sfv.lora): adapters injected in place, so the
+        frozen base is the teacher's weights themselves (no copy) and the only trainable parameters are the adapters."""
+        from sfv import lora as lora_
+
+        lora_.add_adapters(teacher.net, lora)
+        return cls(teacher.net, teacher.denoise_with, teacher.generator_levels(t_g))
 
     def forward(self, x_t: torch.Tensor, level: torch.Tensor | float, cond: Condition) -> torch.Tensor:
         """x_t: [B, F, C, h, w] at `level` (scalar or [B]) -> predicted x0 [B, F, C, h, w] (float32)."""

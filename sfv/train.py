@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sfv import checkpoint, distributed, heldout, run_setup
+from sfv import checkpoint, distributed, heldout, lora, run_setup
 from sfv.cache import LatentCache
 from sfv.config import Recipe, add_train_arguments, load_recipe
 from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
@@ -87,24 +87,35 @@ def build(recipe: Recipe, world: distributed.World, teacher: Teacher | None = No
     if teacher is None:
         teacher = load_teacher(recipe.model.teacher, device=world.device)
     run_setup.freeze(teacher)
-    G = SFVGenerator.from_teacher(teacher, recipe.model.t_g)
+    lora_cfg = recipe.model.lora
+    backbone = teacher.encoder()  # with a LoRA G: the modules of G's base, adapters switched off in D's forward
+    if lora_cfg is None:
+        G = SFVGenerator.from_teacher(teacher, recipe.model.t_g)
+    else:
+        G = SFVGenerator.lora_on_teacher(teacher, lora_cfg, recipe.model.t_g)
     if recipe.model.gradient_checkpointing:  # per UNet block (recomputed in the backward)
         G.net.enable_gradient_checkpointing()
-    backbone = teacher.encoder()
     blocks = len(backbone.block_channels)
     if dcfg.blocks is not None and not all(0 <= k < blocks for k in dcfg.blocks):
         raise InputError(f"discriminator.blocks {dcfg.blocks} must index the teacher's {blocks} encoder blocks (0..{blocks - 1})")
     D = Discriminator(backbone, teacher.condition_dim, dcfg.heads, dcfg.head_channels, dcfg.blocks).to(world.device)
-    # parameters only: buffers (a DiT's RoPE tables) are constants, and under FSDP they stay plain tensors beside DTensors
-    ema = AveragedModel(G.net, multi_avg_fn=get_ema_multi_avg_fn(gcfg.ema), use_buffers=False)
     dmd = recipe.dmd
     fake = SFVGenerator.from_teacher(teacher, recipe.model.t_g) if dmd.weight else None  # DMD's fake score: a copy too
     bf16 = run_setup.use_bf16(recipe.train.precision, world.device)
     trained = [(net, teacher.sharding_units(net.net)) for net in (G, fake) if net is not None]
-    (G_ddp, *fake_ddp), D_ddp = distributed.parallelize(world, recipe.parallel.mode, trained,
-                                                        [(ema.module, teacher.sharding_units(ema.module))], D, [teacher.net],
-                                                        bf16=bf16, cpu_offload=recipe.parallel.cpu_offload)
-    opt_g, opt_d = build_optimizer(G.parameters(), gcfg), build_optimizer(D.trainable_parameters(), dcfg)  # after sharding
+    if lora_cfg is None:
+        # parameters only: buffers (a DiT's RoPE tables) are constants, and under FSDP they stay plain tensors beside DTensors
+        ema = AveragedModel(G.net, multi_avg_fn=get_ema_multi_avg_fn(gcfg.ema), use_buffers=False)
+        (G_ddp, *fake_ddp), D_ddp = distributed.parallelize(world, recipe.parallel.mode, trained,
+                                                            [(ema.module, teacher.sharding_units(ema.module))], D, [teacher.net],
+                                                            bf16=bf16, cpu_offload=recipe.parallel.cpu_offload)
+    else:  # the base is frozen and shared with D and the teacher: only the adapters are sharded (sfv/distributed.py)
+        (G_ddp, *fake_ddp), D_ddp = distributed.parallelize(world, recipe.parallel.mode, trained, [], D, [],
+                                                            bf16=bf16, cpu_offload=recipe.parallel.cpu_offload,
+                                                            frozen_base=lora.base_parameters(G.net))
+        ema = lora.AdapterEMA(G.net, gcfg.ema)  # after sharding: the EMA's copies are sharded as the adapters are
+    trainable = [q for q in G.parameters() if q.requires_grad]
+    opt_g, opt_d = build_optimizer(trainable, gcfg), build_optimizer(D.trainable_parameters(), dcfg)  # after sharding
     sigma_d = LogNormalSigmaSampler(teacher.level_grid(dcfg.t_d), dcfg.p_mean, dcfg.p_std, teacher.precond.log_sigma)
     amp = torch.autocast(world.device.type, torch.bfloat16) if bf16 else nullcontext()
     init_sigma = float(teacher.sigmas(1)[1])
@@ -119,7 +130,11 @@ def build(recipe: Recipe, world: distributed.World, teacher: Teacher | None = No
 def checkpointed(p: Parts) -> tuple[dict, dict]:
     """What a checkpoint holds: (models by file name, optimisers by file name with the module each steps)."""
     names = checkpoint.STUDENT_WEIGHTS
-    modules = {names["raw"]: p.G.net, names["ema"]: p.ema.module, "discriminator_heads": p.D}
+    if isinstance(p.ema, lora.AdapterEMA):  # a LoRA G: the adapters and their EMA, not the frozen base
+        modules = {names["raw"]: lora.AdapterState(lora.adapter_parameters(p.G.net)), names["ema"]: p.ema.state(),
+                   "discriminator_heads": p.D}
+    else:
+        modules = {names["raw"]: p.G.net, names["ema"]: p.ema.module, "discriminator_heads": p.D}
     optimizers = {"optim_g": (p.opt_g, p.G.net), "optim_d": (p.opt_d, p.D)}
     if p.fake is not None:
         modules["fake_score"], optimizers["optim_fake"] = p.fake.net, (p.opt_fake, p.fake.net)
@@ -204,16 +219,24 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
                             {"state": state.__dict__, "recipe": recipe.to_dict()}, cfg.keep_checkpoints,
                             sharded=recipe.parallel.mode == "fsdp")
     layout = {"parallel": recipe.parallel.mode, "processes": world.size, "generator_parameters": distributed.parameter_layout(p.G, world)}
-    unet = distributed.unsharded(p.ema.module if state.g_steps else p.G.net, world, like=p.teacher.net)  # None off process 0
+    final = p.ema.module if state.g_steps else lora.AdapterNet(p.G.net) if recipe.model.lora else p.G.net
+    adapters = final.gather(world) if isinstance(final, lora.AdapterNet) else None  # a LoRA G: base and adapters, whole
+    if adapters is not None:
+        unet = lora.merged_copy(p.G.net, adapters[1], adapters[0]).to(world.device)
+    else:
+        unet = None if isinstance(final, lora.AdapterNet) else distributed.unsharded(final, world, like=p.teacher.net)  # None off process 0
     monitor.finish(state, unet, layout)
     if cfg.export and world.is_main:
-        export(recipe, state, unet, p.teacher, "ema" if state.g_steps else "initial (no G step yet)")
+        export(recipe, state, unet, p.teacher, "ema" if state.g_steps else "initial (no G step yet)",
+               adapters[1] if adapters is not None else None)
     distributed.shutdown(world)
     return run_dir
 
 
-def export(recipe: Recipe, state: State, unet, teacher: Teacher, weights: str) -> Path:
-    """The student as the run folder's export/ (the family's Teacher.export), replacing an earlier one of this run."""
+def export(recipe: Recipe, state: State, unet, teacher: Teacher, weights: str, adapters: dict | None = None) -> Path:
+    """The student as the run folder's export/ (the family's Teacher.export), replacing an earlier one of this run.
+    A LoRA student (`adapters`: its adapter values; `unet` has them merged in) also gets its adapter in the family's
+    loader layout beside it, in export/lora/ (Teacher.export_lora)."""
     import shutil
 
     out = Path(recipe.train.run_dir) / "export"
@@ -221,7 +244,11 @@ def export(recipe: Recipe, state: State, unet, teacher: Teacher, weights: str) -
         shutil.rmtree(out)
     info = {"teacher": recipe.model.teacher, "videos": state.videos, "g_steps": state.g_steps, "weights": weights}
     video = VideoRecord.trained(recipe.to_dict()["data"], recipe.model.teacher)
+    if adapters is not None:
+        info["lora"] = {**dataclasses.asdict(recipe.model.lora), "adapter": lora.ADAPTER_FOLDER}
     teacher.export(unet, out, info=info, t_g=recipe.model.t_g, video=video)
+    if adapters is not None:
+        teacher.export_lora(adapters, recipe.model.lora, out / lora.ADAPTER_FOLDER)
     print(f"sfv distill: exported the one-step student to {out}")
     return out
 
@@ -229,6 +256,8 @@ def export(recipe: Recipe, state: State, unet, teacher: Teacher, weights: str) -
 def check_options(recipe: Recipe, dataset) -> None:
     """The recipe options that need something of the teacher folder or the data, checked before any model loads."""
     gcfg, teacher = recipe.generator, recipe.model.teacher
+    if recipe.model.lora is not None:
+        lora.check_folder(teacher, recipe.model.lora)  # targets that match nothing: before the teacher loads
     if gcfg.rec_target == "teacher" and not getattr(dataset, "teacher_pairs", None):
         where = f"the latent cache '{recipe.data.cache}' has none" if recipe.data.cache else "data.videos are read as files"
         raise InputError(f"generator.rec_target=teacher needs teacher pairs, but {where}: write a cache with "

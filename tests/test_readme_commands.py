@@ -77,7 +77,11 @@ COMMANDS = {
     "sfv export --generator STUDENT --teacher TEACHER_DIR --out sfv-student --comfyui":
         ("test", "SVD: tests/test_comfyui.py::test_svd_export_writes_one_checkpoint_that_maps_back_to_the_student_and_the_teacher; "
                  "Wan: tests/test_comfyui.py::test_wan_export_writes_a_diffusion_model_that_from_single_file_loads_tensor_for_tensor"),
-    # block 8: bench and eval
+    # block 8: LoRA students
+    "sfv distill --recipe recipes/toy_lora.yaml": ("here", "as written: the missing world is named with its command"),
+    "sfv export --checkpoint runs/NAME/checkpoints/videos-000032000 --lora --out DIR":
+        ("test", "tests/test_lora.py::test_svd_lora_export_is_a_merged_unet_and_a_peft_adapter_equal_to_the_student"),
+    # block 9: bench and eval
     "sfv bench --teacher SVD_DIR --student SFV_DIR [--steps 25,16,8,4,1] [--frames 14 --height 576 --width 1024]":
         ("test", "tests/test_bench.py::test_bench_cli_writes_every_field"),
     "sfv bench --arch svd|svd-xt --random-weights --device cuda --dtype fp16 --fast-paths --out runs/bench-svd":
@@ -139,6 +143,7 @@ def test_readme_commands_run_at_toy_size(fresh, capsys):
     # training commands as written on a fresh clone: one line that names the command making the missing input
     for argv, needed in ((["distill", "--recipe", "recipes/tiny_cpu.yaml"], "python tools/make_tiny_svd.py --out runs/tiny-svd"),
                          (["distill", "--recipe", "recipes/toy.yaml"], "python -m sfv.toy.world --preset v2 --count 500"),
+                         (["distill", "--recipe", "recipes/toy_lora.yaml"], "python -m sfv.toy.world --preset v2 --count 500"),
                          (["distill-decoder", "--recipe", "recipes/decoder_toy.yaml"], "python -m sfv.toy.world --preset v2 --count 300"),
                          (["distill-decoder", "--recipe", "recipes/decoder_toy_student.yaml"], "python -m sfv.toy.world")):
         code, _, err = _run(argv, capsys)

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 import re
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -160,6 +160,15 @@ class SVDTeacher(SVDConditioning):
         from sfv.teachers.svd_export import export_pipeline
 
         return export_pipeline(net, self, out, **kwargs)
+
+    def export_lora(self, values: dict, lora, out) -> Path:
+        """A LoRA student's adapter (sfv.lora; `values` by parameter name, `lora` the recipe's model.lora) as a peft
+        adapter folder: `PeftModel.from_pretrained(teacher_unet, out)`. diffusers has no LoRA loader for SVD's UNet
+        (no PeftAdapterMixin, `load_attn_procs` takes Custom Diffusion weights only): its stock path is the merged UNet
+        of the export itself."""
+        from sfv.lora import save_peft_adapter
+
+        return save_peft_adapter(out, self.unet, values, lora)
 
     def load_student(self, source, path=None) -> UNetSpatioTemporalConditionModel:
         """A student's UNet (a checked folder or .safetensors file; svd_unet.load_student) in this architecture."""

@@ -19,6 +19,22 @@ from sfv.teachers.svd_condition import SVDCondition
 PRECOND = EDMPrecond(sigma_data=1.0, out_sign=-1.0)
 
 
+# LoRA target presets (sfv.lora; regular expressions matched in full against the UNet's module names). Linear layers only:
+#   attn     to_q/to_k/to_v/to_out.0 of the spatial and temporal attention (attn1 and attn2)
+#   attn_ff  + the feed-forwards (ff.net.0.proj, ff.net.2; the temporal blocks' ff_in)
+#   linear   + proj_in/proj_out of each TransformerSpatioTemporalModel and the resnets' time_emb_proj (where σ enters)
+_LORA_BLOCKS = r"(?:(?:down_blocks|up_blocks)\.\d+|mid_block)"
+_LORA_TRANSFORMER = rf"{_LORA_BLOCKS}\.attentions\.\d+"
+_LORA_ATTN = rf"{_LORA_TRANSFORMER}\.(?:transformer_blocks|temporal_transformer_blocks)\.\d+\.attn[12]\.(?:to_q|to_k|to_v|to_out\.0)"
+_LORA_FF = rf"{_LORA_TRANSFORMER}\.(?:transformer_blocks|temporal_transformer_blocks)\.\d+\.(?:ff|ff_in)\.net\.(?:0\.proj|2)"
+_LORA_LINEAR = rf"{_LORA_TRANSFORMER}\.(?:proj_in|proj_out)|{_LORA_BLOCKS}\.resnets\.\d+\.(?:spatial_res_block|temporal_res_block)\.time_emb_proj"
+LORA_TARGETS = {
+    "attn": _LORA_ATTN,
+    "attn_ff": f"{_LORA_ATTN}|{_LORA_FF}",
+    "linear": f"{_LORA_ATTN}|{_LORA_FF}|{_LORA_LINEAR}",
+}
+
+
 def sharding_units(unet: UNetSpatioTemporalConditionModel) -> list[torch.nn.Module]:
     """The UNet's repeated blocks (every SpatioTemporalResBlock and TransformerSpatioTemporalModel, in order):
     the units FSDP shards and gathers one at a time. What is left (conv_in/out, embeddings, up/down samplers)

@@ -343,6 +343,21 @@ class WanTeacher(WanConditioning):
                 write_video_record(tmp, video)
         return out
 
+    def export_lora(self, values: dict, lora, out) -> Path:
+        """A LoRA student's adapter (sfv.lora; `values` by parameter name, `lora` the recipe's model.lora) in diffusers'
+        Wan LoRA layout (pytorch_lora_weights.safetensors, `transformer.*` keys, the adapter's config as metadata, without
+        which the loader takes alpha = r): stock `WanImageToVideoPipeline.load_lora_weights(out)` on the teacher's folder
+        gives the student."""
+        from sfv.lora import file_state, peft_config
+
+        out = Path(out)
+        state = file_state(values)
+        config = peft_config(self.transformer, lora)
+        WanImageToVideoPipeline.save_lora_weights(out, transformer_lora_layers=state, safe_serialization=True,
+                                                  transformer_lora_adapter_metadata=config.to_dict())
+        write_comfyui_lora(out, state, config)
+        return out
+
     # -- decoding --------------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
@@ -364,6 +379,21 @@ class WanTeacher(WanConditioning):
         return self
 
     decoder_name = "vae"
+
+
+COMFYUI_LORA = "comfyui_lora.safetensors"  # in the adapter folder; goes in ComfyUI's models/loras/
+
+
+def write_comfyui_lora(out: Path, state: dict, config) -> None:
+    """A Wan LoRA student's adapter also in ComfyUI's LoRA layout, beside the diffusers file (out/COMFYUI_LORA):
+    `state` holds the adapter tensors under diffusers' module names (`blocks.N.attn1.to_q.lora_A.weight`), `config`
+    peft's LoraConfig (rank, alpha). sfv.comfyui.wan_lora_to_comfyui writes the names and alpha."""
+    from safetensors.torch import save_file
+
+    from sfv.comfyui import wan_lora_to_comfyui
+
+    tensors = wan_lora_to_comfyui(state, alpha=float(config.lora_alpha), rank=int(config.r))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(Path(out) / COMFYUI_LORA))
 
 
 def check_wan_dir(path) -> None:

@@ -19,6 +19,17 @@ from sfv.teachers.wan_condition import WanCondition
 _INTERFACE = ("in_channels", "out_channels", "text_dim", "image_dim", "added_kv_proj_dim", "patch_size")
 
 
+# LoRA target presets (sfv.lora; regular expressions matched in full against the transformer's module names):
+#   attn      self- and cross-attention projections, including the image branch's add_k_proj / add_v_proj (without them
+#             diffusers' Wan LoRA loader fills those with zeros and warns)
+#   attn_ffn  + the feed-forward (ffn.net.0.proj, ffn.net.2)
+_LORA_ATTN = r"blocks\.\d+\.attn[12]\.(?:to_q|to_k|to_v|to_out\.0|add_k_proj|add_v_proj)"
+LORA_TARGETS = {
+    "attn": _LORA_ATTN,
+    "attn_ffn": rf"{_LORA_ATTN}|blocks\.\d+\.ffn\.net\.(?:0\.proj|2)",
+}
+
+
 def wan_velocity(net: WanTransformer3DModel, x: torch.Tensor, t, cond: WanCondition, guidance=None,
                  expand_timesteps: bool = False, timescale: float = 1000.0, batched_cfg: bool = False) -> torch.Tensor:
     """v = F(x_t, T·t, cond) for latents x [B, F, C, h, w] at level t (scalar or [B]); float32, [B, F, C, h, w].
