@@ -22,6 +22,7 @@ rows that read teacher pairs cache-pairs/, the same clips and conditioning with 
     dmd        distribution matching alone (dmd.weight, no adversarial or reconstruction term)
     dmd-gan    distribution matching + the adversarial term (DMD2's pair), no reconstruction
     gated-rel  gated and relativistic together (a combination)
+    lora       gated, with G a LoRA adapter (rank 16 on the linear layers) over the frozen teacher UNet
     best       the combination chosen from the rows above (recipes/toy.yaml)
 
 Finished runs are kept and skipped on a rerun (a run folder with an export), and an interrupted one continues from its
@@ -54,6 +55,7 @@ ROWS = {
     "dmd": [*DMD, "generator.adv_weight=0", "generator.huber_weight=0"],
     "dmd-gan": [*DMD, "generator.huber_weight=0"],
     "gated-rel": ["generator.rec_max_sigma=3.0", "discriminator.loss=relativistic"],  # a candidate combination
+    "lora": ["generator.rec_max_sigma=3.0", "model.lora={rank: 16, alpha: 16, targets: linear}"],  # gated, G a LoRA
     "best": [],  # filled from recipes/toy.yaml by --best-recipe (see main)
 }
 LABELS = {"sfv": "SF-V (both terms)", "recon": "reconstruction only", "adv": "adversarial only",
@@ -61,7 +63,7 @@ LABELS = {"sfv": "SF-V (both terms)", "recon": "reconstruction only", "adv": "ad
           "paper-d": "SF-V with the paper's D noise (P_mean −1, fakes at G's levels)", "lambda-0.03": "SF-V, λ = 0.03",
           "rel": "relativistic + R1 + R2", "gated": "gated reconstruction (lowest level only)",
           "pair": "gated + teacher-pair regression at σ_max", "dmd": "DMD alone", "dmd-gan": "DMD + GAN",
-          "gated-rel": "gated + relativistic + R1 + R2",
+          "gated-rel": "gated + relativistic + R1 + R2", "lora": "gated, G a LoRA (rank 16, linear layers; recipes/toy_lora.yaml)",
           "best": "the new default (recipes/toy.yaml)"}
 PAIR_ROWS = {r for r, o in ROWS.items() if "generator.rec_target=teacher" in o}
 KEYS = ("toy_error", "precision", "motion", "diversity", "coverage", "frechet", "energy", "kl", "edge")
