@@ -98,6 +98,10 @@ class Discriminator(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith(BACKBONE_PREFIX)]
 
+    def backbone_parameter_names(self) -> list[str]:
+        """The frozen backbone's parameter names (the teacher's weights, or a LoRA G's shared base)."""
+        return [name for name, _ in self.named_parameters() if name.startswith(BACKBONE_PREFIX)]
+
     def heads_requires_grad_(self, flag: bool) -> None:
         for p in self.trainable_parameters():
             p.requires_grad_(flag)

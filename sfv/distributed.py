@@ -128,7 +128,7 @@ def parallelize(world: World, mode: str, trained: list[tuple[torch.nn.Module, li
     frozen_base: a LoRA G's base (recipe model.lora; sfv/lora.py), the teacher's own weights, also D's backbone: under
     FSDP it is left out of sharding (`ignored_params`: whole and replicated, as the frozen teacher is for a full G) and
     only the adapters become shards; D's heads are wrapped without the backbone's parameters (the adapters in it)."""
-    backbone = [n for n, _ in D.named_parameters() if n.startswith("backbone.")] if frozen_base is not None else []
+    backbone = D.backbone_parameter_names() if frozen_base is not None else []
     if mode == "ddp":
         return [wrap(m, world) for m, _ in trained], wrap(D, world, ignore=backbone)
     if not dist.is_initialized():

@@ -22,7 +22,6 @@ on channels, added time ids, CFG) stays in its file. Adding a family = one new f
     sharding_units(net)                 -> the blocks FSDP shards
     load_student(source) / student_from_state(state, path) -> a student network in the teacher's architecture
     export(net, out, info, t_g, video)  -> the student as the family's folder
-    load_pipeline(folder, device, dtype) -> the family's pipeline over a folder (classmethod; sfv.load_pipeline)
 """
 
 from __future__ import annotations
@@ -119,6 +118,10 @@ class Teacher(Protocol):
 # model_index.json's pipeline class -> "module:class" of the family that loads it
 FAMILIES = {"StableVideoDiffusionPipeline": "sfv.teachers.svd:SVDTeacher",
             "WanImageToVideoPipeline": "sfv.teachers.wan:WanTeacher"}
+# and -> "module:function" that loads the family's pipeline over a folder (sfv.load_pipeline); kept apart from the
+# teacher classes because the pipelines import them
+PIPELINES = {"StableVideoDiffusionPipeline": "sfv.pipeline:load_pipeline",
+             "WanImageToVideoPipeline": "sfv.teachers.wan_pipeline:load_wan_pipeline"}
 DEFAULT_FAMILY = "StableVideoDiffusionPipeline"  # for hub ids, whose model_index.json is not on disk
 
 
@@ -158,4 +161,6 @@ def load_pipeline(folder: str | os.PathLike, device: str | torch.device = "cpu",
     """The family's pipeline over a local folder (sfv.load_pipeline): a teacher folder (no sfv.json) samples as the
     teacher on its stock schedule, an `sfv export` folder as its student (1 step, no CFG, unless told otherwise).
     SVD: sfv.SFVPipeline; Wan: sfv.teachers.wan_pipeline.WanSFVPipeline."""
-    return family_class(folder).load_pipeline(folder, torch.device(device), dtype, decoder)
+    module, name = PIPELINES[family_of(folder)].split(":")
+    load = getattr(import_module(module), name)
+    return load(folder, torch.device(device), dtype or torch.float32, decoder=decoder)

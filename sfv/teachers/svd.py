@@ -102,13 +102,6 @@ class SVDTeacher(SVDConditioning):
         return generator_sigma_levels(t_g, float(data.get("sigma_min", 0.002)), float(data.get("sigma_max", 700.0))).tolist()
 
     @staticmethod
-    def load_pipeline(folder, device: torch.device, dtype: torch.dtype | None = None, decoder: str = "vae"):
-        """sfv.SFVPipeline over an SVD folder (a teacher or an export; sfv.load_pipeline)."""
-        from sfv.pipeline import load_pipeline
-
-        return load_pipeline(folder, device, dtype or torch.float32, decoder=decoder)
-
-    @staticmethod
     def check_scheduler(scheduler) -> None:
         """The scheduler config must describe the preconditioning that `denoise_with` implements."""
         cfg = scheduler.config

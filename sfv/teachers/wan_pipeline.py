@@ -22,6 +22,10 @@ from sfv.teachers.wan import STOCK_GUIDANCE, STOCK_STEPS, WanTeacher
 STOCK_HEIGHT, STOCK_WIDTH, STOCK_FPS = 480, 832, 16  # WanImageToVideoPipeline's defaults; its examples write 16 fps
 
 
+def load_wan_pipeline(folder, device, dtype=None, decoder: str = "vae") -> "WanSFVPipeline":
+    return WanSFVPipeline.from_pretrained(folder, device, dtype, decoder)
+
+
 class WanSFVPipeline:
     """A Wan teacher or student folder, sampled by sfv (see the module doc)."""
 
