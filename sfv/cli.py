@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_eval)
 
     w = sub.add_parser("serve", help="a local web page: upload a first frame, get the video and its generation time")
-    w.add_argument("--model", default=None, help="diffusers SVD folder: an `sfv export` output or a teacher "
-                   "(default: the committed one-step toy student, models/toy-sfv-v2, with models/toy-decoder-v2)")
+    w.add_argument("--model", default=None, help="diffusers SVD or Wan image-to-video folder: an `sfv export` output or a "
+                   "teacher (default: the committed one-step toy student, models/toy-sfv-v2, with models/toy-decoder-v2)")
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     w.add_argument("--port", type=int, default=7860)
     w.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")

@@ -97,8 +97,10 @@ def write_video_record(folder: str | os.PathLike, record: VideoRecord) -> None:
     (Path(folder) / VIDEO_RECORD).write_text(json.dumps(data, indent=2) + "\n")
 
 
-# families that `sfv distill` trains and `sfv sample` runs, but that serve, bench and cache do not run yet: where to run them
-SAMPLED_ELSEWHERE = {"WanImageToVideoPipeline": "sample it with `sfv sample --model DIR --prompt ...`, sfv.load_pipeline(folder) or "
+# families that `sfv distill` trains and `sfv sample` and `sfv serve` run, but that the commands reading SVD folders
+# through check_model_dir (bench --teacher/--student, cache) do not run yet: where to run them
+SAMPLED_ELSEWHERE = {"WanImageToVideoPipeline": "sample it with `sfv sample --model DIR --prompt ...`, `sfv serve --model DIR`, "
+                                                "sfv.load_pipeline(folder) or "
                                                 "diffusers' WanImageToVideoPipeline.from_pretrained(folder) "
                                                 "(README, \"A second family: Wan 2.x\")"}
 

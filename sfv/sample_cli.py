@@ -43,11 +43,12 @@ SVD_ONLY = {"motion_bucket_id": "--motion-bucket-id", "noise_aug_strength": "--n
             "min_guidance_scale": "--min-guidance-scale", "decode_chunk_size": "--decode-chunk-size", "long": "--long",
             "window": "--window", "overlap": "--overlap"}
 TEXT_ONLY = {"prompt": "--prompt", "negative_prompt": "--negative-prompt"}
-SVD = "StableVideoDiffusionPipeline"
 
 
 def _check_family_flags(args, family: str) -> None:
     """A flag of another family's conditioning: one line naming it, before anything loads."""
+    from sfv.teachers import SVD
+
     if family == SVD:
         given = [flag for name, flag in TEXT_ONLY.items() if getattr(args, name) is not None]
         if given:
@@ -90,7 +91,7 @@ def sample_cli(args) -> int:
     if not 0 <= args.seed < 2**63:
         raise InputError(f"--seed must be in [0, 2**63) (got {args.seed})")
 
-    from sfv.teachers import family_of
+    from sfv.teachers import SVD, family_of
 
     family = family_of(args.model)
     _check_family_flags(args, family)
@@ -159,21 +160,16 @@ def _sample_family(args, out: Path, dtype, device, family: str) -> int:
     from sfv.images import load_image
     from sfv.model_dir import read_video_record
     from sfv.teachers import check_teacher_folder, load_pipeline
+    from sfv.teachers.wan_pipeline import video_defaults
     from sfv.video import write_video
 
     image = load_image(args.image)
-    record = read_video_record(args.model)
-    if record is not None:
-        frames, height, width, fps = record.frames, record.height, record.width, record.fps
-    else:
-        from sfv.teachers.wan_pipeline import STOCK_FPS, STOCK_HEIGHT, STOCK_WIDTH
-
-        frames, height, width, fps = 81, STOCK_HEIGHT, STOCK_WIDTH, STOCK_FPS
+    frames, height, width, fps = video_defaults(read_video_record(args.model))
     num_frames, height, width, fps = args.frames or frames, args.height or height, args.width or width, args.fps or fps
     check_teacher_folder(args.model, num_frames, height, width)
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, device, dtype)
-    steps, guidance = pipe.sampling_defaults
+    steps, guidance = pipe.sampling_defaults()
     steps = args.steps or steps
     guidance = guidance if args.max_guidance_scale is None else args.max_guidance_scale
     what = f"{'student' if pipe.is_student else 'teacher'}, {steps} step{'s' if steps != 1 else ''}" + \

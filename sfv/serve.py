@@ -5,9 +5,12 @@ How it serves (the page, its styling and the launch are sfv/serve_page.py; this 
     one at a time, and a lock around the pipeline call keeps any other caller off the model as well;
   * every upload and setting is checked (load_frame, check_request) before the model runs: a bad one is an
     InputError, shown on the page as one line, and the server goes on serving;
-  * the video has the first frame's size (both sides multiples of the VAE's scale factor). A student export
-    (sfv.json) samples on its own σ levels, 1..T_g − 1 steps; any other SVD folder is a teacher, sampled on its stock
-    schedule (SFVPipeline's teacher mode) — so teacher-25 with CFG is the same page with --model TEACHER.
+  * the video has the first frame's size (both sides multiples of the model's cell: SVD's VAE factor, Wan's VAE factor
+    × patch). A student export (sfv.json) samples on its own σ levels, 1..T_g − 1 steps; any other folder is a teacher,
+    sampled on its stock schedule (the pipeline's teacher mode) — so teacher-25 with CFG is the same page with
+    --model TEACHER;
+  * the family is the folder's (model_index.json): SVD through SFVPipeline (motion bucket, fps, long video, fast
+    decoders), Wan through sfv.load_pipeline's WanSFVPipeline (a prompt and a negative prompt, its own VAE, 4k+1 frames).
 
 The ranges below are the checks' and the page's sliders' alike (tests/test_serve.py holds them to it).
 """
@@ -39,7 +42,8 @@ MOTION_BUCKETS = (0, 255)  # SVD's motion buckets
 FPS = (1, 30)
 SEEDS = (0, 2**63 - 1)
 FRAMES = (1, 128)
-GUIDANCE = (1.0, 20.0)  # max_guidance_scale: 1 is off
+GUIDANCE = (1.0, 20.0)  # SVD: max_guidance_scale (a ramp from 1); Wan: guidance_scale; 1 is off
+MAX_PROMPT = 2000  # characters of a prompt (Wan's text encoder reads 512 tokens)
 EXAMPLE_SEEDS = (3, 7, 11, 20)  # toy-world v2 scenes offered as example first frames
 
 
@@ -56,7 +60,7 @@ class ModelSpec:
     """What the page needs to know about the served model (read before and at loading)."""
 
     path: str
-    vae_scale_factor: int
+    size_multiple: int  # both sides of the first frame: SVD's VAE factor, Wan's VAE factor × patch size
     num_frames: int  # the model's window
     student: bool  # an sfv export (sfv.json): steps on its own σ levels; otherwise a teacher on its stock schedule
     max_steps: int  # T_g − 1 for a student
@@ -64,6 +68,8 @@ class ModelSpec:
     default_steps: int = 1  # what the model samples with unless told otherwise (SFVPipeline.sampling_defaults)
     default_guidance: float = 1.0
     video: VideoRecord | None = None  # what the model was trained on (video.json)
+    text: bool = False  # a text-and-image family (Wan): a prompt per request; SVD's motion bucket and long video are off
+    fps: int = 7  # the page's default fps (SVD: the stock pipeline's 7; Wan: video.json's, else the stock 16)
 
     @property
     def toy_world(self) -> str | None:
@@ -85,6 +91,8 @@ class Request:
     long: str | None = None  # None, "chain" or "multidiffusion"
     window: float | None = None  # with long: None for the model's window
     overlap: float | None = None  # with long: None for 1 (chain) or window // 2 (multidiffusion)
+    prompt: str = ""  # Wan only
+    negative_prompt: str = ""  # Wan only: what CFG steers away from
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,8 @@ class Settings:
     long: str | None
     window: int | None
     overlap: int | None
+    prompt: str = ""
+    negative_prompt: str = ""
 
 
 def _whole(value, name: str, low: int, high: int, hint: str = "") -> int:
@@ -110,6 +120,15 @@ def _whole(value, name: str, low: int, high: int, hint: str = "") -> int:
     if not low <= int(value) <= high:
         raise InputError(f"{name} must be from {low} to {high} (got {int(value)}){hint}")
     return int(value)
+
+
+def _text(value, name: str) -> str:
+    value = "" if value is None else value
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be text (got {value!r})")
+    if len(value) > MAX_PROMPT:
+        raise InputError(f"{name} must be at most {MAX_PROMPT} characters (got {len(value)})")
+    return value.strip()
 
 
 def check_request(request: Request, spec: ModelSpec) -> Settings:
@@ -123,6 +142,11 @@ def check_request(request: Request, spec: ModelSpec) -> Settings:
         raise InputError(f"decoder must be one of {', '.join(spec.decoders)} for this model (got {request.decoder!r}); "
                          "the tiny decoder needs an export with fast_decoder/ or `sfv serve --decoder DIR`")
     long = None if request.long in (None, "", "off") else request.long
+    prompt, negative = _text(request.prompt, "prompt"), _text(request.negative_prompt, "negative prompt")
+    if not spec.text and (prompt or negative):
+        raise InputError("this SVD model is conditioned on the first frame only (it has no text encoder): clear the prompt")
+    if spec.text and long is not None:
+        raise InputError("long video (chain, multidiffusion) is SVD-only so far: turn it off for this Wan model")
     window = None if request.window in (None, 0) else _whole(request.window, "window", *FRAMES)
     overlap = None if request.overlap is None else _whole(request.overlap, "overlap", 0, FRAMES[1])
     if long is None and (window is not None or overlap is not None):
@@ -137,6 +161,7 @@ def check_request(request: Request, spec: ModelSpec) -> Settings:
         seed=_whole(request.seed, "seed", *SEEDS),
         steps=_whole(request.steps, "steps", 1, spec.max_steps, steps_hint),
         guidance=float(guidance), decoder=request.decoder, frames=frames, long=long, window=window, overlap=overlap,
+        prompt=prompt, negative_prompt=negative,
     )
 
 
@@ -149,13 +174,20 @@ class Generated:
     height: int
     width: int
 
+    text: bool = False
+
     def summary(self) -> str:
         s = self.settings
-        cfg = f"CFG ramp 1 → {s.guidance:g}" if s.guidance > 1 else "no CFG"
+        if self.text:
+            cfg = f"CFG {s.guidance:g}" if s.guidance > 1 else "no CFG"
+            labels = f"prompt “{s.prompt}”" if s.prompt else "empty prompt"
+        else:
+            cfg = f"CFG ramp 1 → {s.guidance:g}" if s.guidance > 1 else "no CFG"
+            labels = f"motion bucket {s.motion_bucket_id}"
         long = f", {s.long} windows of {s.window} overlapping by {s.overlap}" if s.long else ""
         return (f"**{self.seconds:.3f} s** to generate {s.frames} frames of {self.width}×{self.height} "
                 f"({s.steps} step{'s' if s.steps > 1 else ''}, {cfg}, {s.decoder} decoder{long}; "
-                f"motion bucket {s.motion_bucket_id}, {s.fps} fps, seed {s.seed}). Writing the mp4 took {self.write_seconds:.3f} s.")
+                f"{labels}, {s.fps} fps, seed {s.seed}). Writing the mp4 took {self.write_seconds:.3f} s.")
 
 
 class Server:
@@ -176,7 +208,10 @@ class Server:
         from sfv.decoders import build_decoder, resolve_decoder
         from sfv.model_dir import check_model_dir, shipped_decoders
         from sfv.pipeline import load_pipeline
+        from sfv.teachers import SVD, family_of
 
+        if family_of(model) != SVD:
+            return cls._load_text_family(model, device, dtype, out_dir, decoder, max_pixels)
         info = check_model_dir(model)
         name, folder = resolve_decoder(decoder, model) if decoder is not None else ("tiny", shipped_decoders(model).get("tiny"))
         t0 = time.perf_counter()
@@ -197,6 +232,25 @@ class Server:
                          info.video)
         return cls(pipe, spec, decoders, out_dir, max_pixels, load_seconds)
 
+    @classmethod
+    def _load_text_family(cls, model, device, dtype, out_dir, decoder, max_pixels) -> "Server":
+        """A text-and-image family (Wan): its pipeline from sfv.load_pipeline, decoded by its own VAE."""
+        from sfv.model_dir import student_steps
+        from sfv.teachers import load_pipeline
+
+        t0 = time.perf_counter()
+        try:
+            pipe = load_pipeline(model, device, dtype, decoder=decoder or "vae")
+        except SFVError:
+            raise
+        except Exception as e:  # corrupt weights, mismatched configs: one line
+            raise ModelLoadError(f"could not load '{model}': {first_line(e)}") from None
+        steps, guidance = pipe.sampling_defaults()
+        spec = ModelSpec(str(model), pipe.teacher.size_multiple, pipe.video_defaults[0], pipe.is_student,
+                         student_steps(pipe.info) if pipe.is_student else MAX_TEACHER_STEPS, ("vae",), steps, guidance,
+                         pipe.video, text=True, fps=pipe.video_defaults[3])
+        return cls(pipe, spec, {"vae": "vae"}, out_dir, max_pixels, time.perf_counter() - t0)
+
     def generate(self, frame_path: str | os.PathLike, request: Request) -> Generated:
         """Check the upload and the settings, run the pipeline (timed, under the lock), write the mp4."""
         import torch
@@ -205,25 +259,31 @@ class Server:
         from sfv.pipeline import generate_frames
         from sfv.video import write_video
 
-        image = load_frame(frame_path, self.spec.vae_scale_factor, self.max_pixels)
+        image = load_frame(frame_path, self.spec.size_multiple, self.max_pixels)
         s = check_request(request, self.spec)
         width, height = image.size
-        check_video_size(height, width, s.frames, self.spec.vae_scale_factor)
+        if self.spec.text:  # the family's own labels and size rule (Wan: 4k+1 frames)
+            self.pipe.teacher.check_video_size(s.frames, height, width)
+            labels = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, guidance_scale=s.guidance)
+        else:
+            check_video_size(height, width, s.frames, self.spec.size_multiple)
+            labels = dict(min_guidance_scale=1.0, max_guidance_scale=s.guidance, fps=s.fps,
+                          motion_bucket_id=s.motion_bucket_id, long_video=s.long, window=s.window, overlap=s.overlap)
         with self._lock:
-            self.pipe.decoder = self.decoders[s.decoder]
+            if not self.spec.text:
+                self.pipe.decoder = self.decoders[s.decoder]
             t0 = time.perf_counter()
             frames = generate_frames(
                 self.pipe, image, "try fewer frames or a smaller first frame", height=height, width=width,
-                num_frames=s.frames, num_inference_steps=s.steps, min_guidance_scale=1.0, max_guidance_scale=s.guidance,
-                fps=s.fps, motion_bucket_id=s.motion_bucket_id, generator=torch.Generator("cpu").manual_seed(s.seed),
-                long_video=s.long, window=s.window, overlap=s.overlap,
+                num_frames=s.frames, num_inference_steps=s.steps, generator=torch.Generator("cpu").manual_seed(s.seed),
+                **labels,
             )
             seconds = time.perf_counter() - t0
         path = self.out_dir / f"video-{next(self._numbers):05d}.mp4"
         t1 = time.perf_counter()
         write_video(path, frames, fps=s.fps)
         self._keep(path)
-        return Generated(path, seconds, time.perf_counter() - t1, s, height, width)
+        return Generated(path, seconds, time.perf_counter() - t1, s, height, width, self.spec.text)
 
     def wait_idle(self) -> None:
         """Return once no pipeline call is running (a server that stops lets the request in flight finish)."""

@@ -12,8 +12,8 @@ import pytest
 from sfv.errors import InputError
 from sfv.serve import ModelSpec, Request, check_request, load_frame, toy_examples
 
-STUDENT = ModelSpec("student", vae_scale_factor=2, num_frames=8, student=True, max_steps=3)
-TEACHER = ModelSpec("teacher", vae_scale_factor=2, num_frames=8, student=False, max_steps=100)
+STUDENT = ModelSpec("student", size_multiple=2, num_frames=8, student=True, max_steps=3)
+TEACHER = ModelSpec("teacher", size_multiple=2, num_frames=8, student=False, max_steps=100)
 
 
 def png_header_only(path, width, height):
@@ -94,6 +94,7 @@ def test_a_request_is_checked_against_the_model():
         "window and overlap go with a long video": Request(window=4),
         "long-video mode must be one of": Request(frames=20, long="loop"),
         "frames must be from 1 to 128": Request(frames=1000),
+        "no text encoder": Request(prompt="a ball rolls"),
     }
     for message, request in bad.items():
         with pytest.raises(InputError, match=message):
@@ -157,7 +158,7 @@ def test_the_server_module_imports_without_gradio():
 
     code = ("import sys; sys.modules['gradio'] = None\n"  # `import gradio` now raises ImportError
             "import sfv.serve as s\n"
-            "spec = s.ModelSpec('m', vae_scale_factor=2, num_frames=8, student=True, max_steps=3)\n"
+            "spec = s.ModelSpec('m', size_multiple=2, num_frames=8, student=True, max_steps=3)\n"
             "assert s.check_request(s.Request(steps=3), spec).steps == 3\n"
             "assert not [m for m in sys.modules if m.split('.')[0] == 'gradio' and sys.modules[m] is not None]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

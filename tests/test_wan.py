@@ -64,7 +64,7 @@ def test_teacher_sampler_equals_stock_pipeline_bit_for_bit(wan_dirs, layout):
         assert torch.equal(ours.permute(0, 2, 1, 3, 4), ref), (steps, guidance)
     # sfv.load_pipeline(teacher folder): the same sampler behind the stock call's arguments
     loaded = sfv.load_pipeline(wan_dirs[layout])
-    assert not loaded.is_student and loaded.sampling_defaults == (50, 5.0)
+    assert not loaded.is_student and loaded.sampling_defaults() == (50, 5.0)
     ours = loaded(image, PROMPT, num_inference_steps=2, guidance_scale=5.0, output_type="latent",
                   generator=torch.Generator().manual_seed(0), **sizes).frames
     assert torch.equal(ours, _stock(pipe, image, 2, 5.0, sizes)), "load_pipeline"
@@ -98,7 +98,7 @@ def test_export_runs_in_stock_diffusers_in_one_call_bit_for_bit(wan_dirs, layout
     ours = loaded.sample(cond, num_inference_steps=1, max_guidance_scale=1.0, generator=torch.Generator().manual_seed(0), **sizes)
     assert torch.equal(ours.permute(0, 2, 1, 3, 4), ref)
     pipe = sfv.load_pipeline(out)  # the export samples as its student by default: 1 step, no CFG
-    assert pipe.is_student and pipe.sampling_defaults == (1, 1.0)
+    assert pipe.is_student and pipe.sampling_defaults() == (1, 1.0)
     assert torch.equal(pipe(image, PROMPT, output_type="latent", generator=torch.Generator().manual_seed(0), **sizes).frames, ref)
     two = pipe(image, PROMPT, num_inference_steps=2, output_type="latent", generator=torch.Generator().manual_seed(0), **sizes)
     assert two.frames.shape == ref.shape and not torch.equal(two.frames, ref)  # 2 steps on its levels: another video
@@ -346,3 +346,55 @@ def test_the_wan_bench_refuses_svd_options_and_bad_sizes_before_building(tmp_pat
         code, err = sfv(argv), capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and (says or "--random-weights") in err, err
         assert not (tmp_path / "b").exists()
+
+
+def test_sfv_serve_runs_a_wan_folder_with_a_prompt(wan_dirs, tmp_path, monkeypatch, capsys):
+    """`sfv serve --model WAN_DIR`'s server: a prompt per request, the first frame's size, 4k+1 frames; the frames it
+    writes are sfv.load_pipeline(folder)'s for the same settings, bit for bit. SVD's motion bucket and long video are
+    not offered, and what Wan cannot take is one line."""
+    import numpy as np
+
+    import sfv.video
+    from sfv.cli import main as sfv_cli
+    from sfv.serve import Request, Server
+
+    sizes = SIZES["wan21"]
+    frame = tmp_path / "frame.png"
+    _image(sizes["height"], sizes["width"]).save(frame)
+    server = Server.load(wan_dirs["wan21"], torch.device("cpu"), torch.float32, tmp_path)
+    spec = server.spec
+    assert spec.text and not spec.student and (spec.default_steps, spec.default_guidance) == (50, 5.0)
+    assert spec.size_multiple == 16 and spec.decoders == ("vae",) and spec.fps == 16
+    written, write = [], sfv.video.write_video
+    monkeypatch.setattr(sfv.video, "write_video", lambda path, frames, fps: (written.append(frames), write(path, frames, fps=fps)))
+    request = Request(prompt=PROMPT, negative_prompt="blurry", steps=2, guidance=3.0, frames=5, seed=4, fps=16)
+    out = server.generate(frame, request)
+    assert out.path.stat().st_size > 0 and f"prompt “{PROMPT}”" in out.summary() and "CFG 3" in out.summary()
+    ref = sfv.load_pipeline(wan_dirs["wan21"])(
+        _image(sizes["height"], sizes["width"]), prompt=PROMPT, negative_prompt="blurry", num_frames=5,
+        height=sizes["height"], width=sizes["width"], num_inference_steps=2, guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(4), output_type="np").frames[0]
+    assert written[0].shape == (5, sizes["height"], sizes["width"], 3) and np.array_equal(written[0], ref)
+
+    for bad, says in ((Request(prompt=PROMPT, frames=4), r"4k\+1 frames"), (Request(frames=5, long="chain"), "SVD-only"),
+                      (Request(frames=5, decoder="tiny"), "decoder must be one of vae"),
+                      (Request(prompt="x" * 2001), "at most 2000")):
+        with pytest.raises(InputError, match=says):
+            server.generate(frame, bad)
+    assert len(written) == 1
+
+    if __import__("importlib").util.find_spec("gradio") is not None:
+        from sfv.serve_page import build_page
+
+        page = build_page(server, [])
+        ids = {b.elem_id for b in page.blocks.values() if getattr(b, "elem_id", None)}
+        assert {"sfv-prompt", "sfv-negative-prompt", "sfv-fps", "sfv-frames"} <= ids and "sfv-bucket" not in ids
+    import socket
+
+    with socket.socket() as sock:  # a port free now: the command checks it before the folder
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    capsys.readouterr()
+    code = sfv_cli(["serve", "--model", str(wan_dirs["wan21"]), "--decoder", "tiny", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "own VAE only" in err, err

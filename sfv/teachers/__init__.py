@@ -122,7 +122,8 @@ FAMILIES = {"StableVideoDiffusionPipeline": "sfv.teachers.svd:SVDTeacher",
 # teacher classes because the pipelines import them
 PIPELINES = {"StableVideoDiffusionPipeline": "sfv.pipeline:load_pipeline",
              "WanImageToVideoPipeline": "sfv.teachers.wan_pipeline:load_wan_pipeline"}
-DEFAULT_FAMILY = "StableVideoDiffusionPipeline"  # for hub ids, whose model_index.json is not on disk
+SVD = "StableVideoDiffusionPipeline"
+DEFAULT_FAMILY = SVD  # for hub ids, whose model_index.json is not on disk
 
 
 def family_of(path_or_id: str | os.PathLike) -> str:

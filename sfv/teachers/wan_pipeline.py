@@ -22,6 +22,13 @@ from sfv.teachers.wan import STOCK_GUIDANCE, STOCK_STEPS, WanTeacher
 STOCK_HEIGHT, STOCK_WIDTH, STOCK_FPS = 480, 832, 16  # WanImageToVideoPipeline's defaults; its examples write 16 fps
 
 
+def video_defaults(record) -> tuple[int, int, int, int]:
+    """(frames, height, width, fps) of a folder's video record (sfv.model_dir.read_video_record), else the stock's."""
+    if record is not None:
+        return record.frames, record.height, record.width, record.fps
+    return WanTeacher.default_num_frames, STOCK_HEIGHT, STOCK_WIDTH, STOCK_FPS
+
+
 def load_wan_pipeline(folder, device, dtype=None, decoder: str = "vae") -> "WanSFVPipeline":
     return WanSFVPipeline.from_pretrained(folder, device, dtype, decoder)
 
@@ -50,6 +57,12 @@ class WanSFVPipeline:
         return self.teacher.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.teacher.dtype
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """Accepted for a stock pipeline's call sites; sfv's sampler draws no bar (pass `progress=` to the call)."""
+
     def sampling_defaults(self) -> tuple[int, float]:
         """(steps, guidance scale) unless told otherwise: a student 1 step without CFG, a teacher the stock 50 at 5."""
         return (1, 1.0) if self.is_student else (STOCK_STEPS, STOCK_GUIDANCE)
@@ -57,10 +70,7 @@ class WanSFVPipeline:
     @property
     def video_defaults(self) -> tuple[int, int, int, int]:
         """(frames, height, width, fps): what the folder records it was trained at (video.json), else the stock's."""
-        v = self.video
-        if v is not None:
-            return v.frames, v.height, v.width, v.fps
-        return self.teacher.default_num_frames, STOCK_HEIGHT, STOCK_WIDTH, STOCK_FPS
+        return video_defaults(self.video)
 
     def _levels(self, steps: int) -> list[float] | None:
         """The student's first `steps` levels + 0 for few-step sampling; None = the scheduler's own grid."""
@@ -80,7 +90,7 @@ class WanSFVPipeline:
         pipeline's latent layout [B, C, F', h, w]; otherwise frames as the stock pipeline decodes them."""
         frames, h, w, _ = self.video_defaults
         num_frames, height, width = num_frames or frames, height or h, width or w
-        steps, guidance = self.sampling_defaults
+        steps, guidance = self.sampling_defaults()
         steps = num_inference_steps or steps
         guidance = guidance if guidance_scale is None else guidance_scale
         levels = self._levels(steps)
