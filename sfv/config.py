@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from sfv.errors import InputError
+from sfv.sections import load_sections, plain
 
 
 @dataclass
@@ -173,13 +170,7 @@ class Recipe:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
-
-
-def _plain(x):
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    return list(x) if isinstance(x, tuple) else x
+        return plain(dataclasses.asdict(self))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -187,7 +178,7 @@ def _plain(x):
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     """Read a YAML recipe (or start from defaults if path is None) and apply `section.key=value` overrides."""
-    recipe = load_sections(Recipe, path, overrides)
+    recipe = load_sections(Recipe, path, overrides, MOVED)
     for key, value, choices in (("discriminator.r1", recipe.discriminator.r1, ("approx", "exact", "none")),
                                 ("discriminator.heads", recipe.discriminator.heads, ("spatial", "temporal", "both")),
                                 ("discriminator.fake_sigma", recipe.discriminator.fake_sigma, ("levels", "max")),
@@ -220,38 +211,6 @@ def check_header_inputs(path: str | Path | None, recipe) -> None:
         if made_by:
             raise InputError(f"{key} '{value}' does not exist: make it first with `{made_by}` (from the header of "
                              f"{path}), or set {key}=... to your own")
-
-
-def load_sections(cls, path: str | Path | None, overrides: list[str] = ()):
-    """The typed recipe `cls` (a dataclass of section dataclasses) from YAML at `path` (defaults if None) with
-    `section.key=value` overrides; unknown keys and wrong types are one InputError each."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"recipe '{path}' does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"recipe '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"recipe '{path}' must be a mapping of sections ({', '.join(_fields(cls))})")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"override '{item}' must look like section.key=value (e.g. train.total_videos=64)")
-        *parents, leaf = key.split(".")
-        node = data
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise InputError(f"override '{item}': '{p}' is not a section")
-        node[leaf] = yaml.safe_load(value) if value else None
-    for old, new in MOVED.items():
-        section, key = old.split(".")
-        if isinstance(data.get(section), dict) and key in data[section]:
-            raise InputError(f"recipe key '{old}' moved to '{new}' (SVD's own section): write it as {new}")
-    return _build(cls, data, "")
 
 
 def _check_ranges(r: Recipe) -> None:
@@ -312,68 +271,3 @@ def add_train_arguments(p) -> None:
                    "and logs are deleted first (without it, or --resume, such a folder is refused)")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is visible")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.total_videos=64 data.videos=/data")
-
-
-def save_recipe(recipe, path: str | Path) -> None:
-    """A typed recipe (Recipe, or another dataclass of sections with `to_dict`) as YAML, every default filled in."""
-    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-
-
-def _fields(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _build(cls, data, where: str):
-    if not isinstance(data, dict):
-        raise InputError(f"recipe section '{where.rstrip('.') or 'top level'}' must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    valid = _fields(cls)
-    kwargs = {}
-    for key, value in data.items():
-        name = f"{where}{key}"
-        if key not in valid:
-            raise InputError(f"unknown recipe key '{name}'; valid keys{' in ' + where[:-1] if where else ''}: {', '.join(valid)}")
-        kind = hints[key]
-        section = _optional_section(kind)
-        if section is not None:  # an optional section (e.g. model.lora): null turns it off
-            kwargs[key] = None if value is None else _build(section, value, f"{name}.")
-        elif dataclasses.is_dataclass(kind):
-            kwargs[key] = _build(kind, value, f"{name}.")
-        else:
-            kwargs[key] = _check(value, kind, name)
-    return cls(**kwargs)
-
-
-def _optional_section(kind):
-    """The dataclass of an `X | None` field whose X is a dataclass (an optional section), else None."""
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(kind) if a is not type(None)]
-        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
-            return inner[0]
-    return None
-
-
-def _check(value, kind, name: str):
-    """`value` as type `kind` (int, float, str, bool, X | None, list[int], tuple[float, float]) or an InputError."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check(value, inner, name)
-    if origin in (list, tuple) and isinstance(value, (list, tuple)):
-        if origin is tuple and len(value) != len(args):
-            raise InputError(f"recipe key '{name}' needs {len(args)} values, got {len(value)}")
-        items = [_check(v, args[0] if origin is list else a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args * len(value)))]
-        return origin(items)
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if kind in (int, str, bool) and type(value) is kind:
-        return value
-    want = getattr(kind, "__name__", str(kind))
-    raise InputError(f"recipe key '{name}' must be {want}, got {type(value).__name__} {value!r}")

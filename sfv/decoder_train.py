@@ -35,7 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sfv import checkpoint, distributed, run_setup
-from sfv.config import DataConfig, SVDConfig, load_sections
+from sfv.config import MOVED, DataConfig, SVDConfig
+from sfv.sections import load_sections
 from sfv.cache import LatentCache
 from sfv.data import ClipSpec, ResumableSampler, VideoFolder, collate
 from sfv.decoders.tiny import TinyDecoderConfig, TinyTemporalDecoder
@@ -86,11 +87,11 @@ class DecoderRecipe:
     train: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists (what sfv.config.save_recipe writes)
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists (what sfv.sections.save_recipe writes)
 
 
 def load_decoder_recipe(path, overrides: list[str] = ()) -> DecoderRecipe:
-    r = load_sections(DecoderRecipe, path, overrides)
+    r = load_sections(DecoderRecipe, path, overrides, MOVED)
     if not r.model.teacher:
         raise InputError("the recipe has no model.teacher; set it to an SVD diffusers folder (model.teacher=/path)")
     if r.data.cache and r.loss.real_weight > 0:

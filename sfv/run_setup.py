@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from sfv import distributed
-from sfv.config import save_recipe
+from sfv.sections import save_recipe
 from sfv.console import bf16_cpu_hint
 from sfv.errors import InputError
 

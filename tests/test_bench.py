@@ -192,11 +192,13 @@ def test_random_init_materialises_meta_modules_with_bounded_values():
 
 
 def test_cached_sigma_schedule_equals_a_fresh_scheduler_and_hands_out_copies(tiny_pipe):
+    from sfv.teachers.svd_folder import _fresh_sigmas
+
     teacher = SVDTeacher.from_pipeline(tiny_pipe)
-    fresh_sigmas, fresh_init = teacher._fresh_sigmas(7, None)  # a new EulerDiscreteScheduler, as before the cache
+    fresh_sigmas, fresh_init = _fresh_sigmas(teacher.scheduler.config, 7, None)  # a new EulerDiscreteScheduler, no cache
     first, init = teacher.sigmas(7)
     assert torch.equal(first, fresh_sigmas) and torch.equal(init, fresh_init)
     first.zero_()  # a caller scribbling on its copy must not reach the cache
     assert torch.equal(teacher.sigmas(7)[0], fresh_sigmas)
     tiny_pipe.scheduler.register_to_config(sigma_max=80.0)  # another config is another cache entry
-    assert teacher.sigmas(7)[0][0] == pytest.approx(80.0) and teacher.sigmas(7)[0][0] == teacher._fresh_sigmas(7, None)[0][0]
+    assert teacher.sigmas(7)[0][0] == pytest.approx(80.0) and teacher.sigmas(7)[0][0] == _fresh_sigmas(teacher.scheduler.config, 7, None)[0][0]

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sfv.config import Recipe, load_recipe, save_recipe
+from sfv.config import Recipe, load_recipe
+from sfv.sections import save_recipe
 from sfv.errors import InputError
 
 

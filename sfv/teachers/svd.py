@@ -25,9 +25,7 @@ at the rounding level — by design: precision is decided in svd_denoise and ini
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -43,17 +41,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from sfv.decoders import build_decoder
-from sfv.errors import InputError, ModelLoadError, first_line
+from sfv.errors import InputError
 from sfv.images import check_output_type
-from sfv.model_dir import check_model_dir, check_video_size
+from sfv.model_dir import check_video_size
 from sfv.noise import generator_sigma_levels, karras_sigmas
 from sfv.sampling import check_sampler, solve
 from sfv.teachers.svd_condition import SVDCondition, SVDConditioning
+from sfv.teachers.svd_folder import (check_scheduler, check_svd_folder, folder_generator_sigmas, load_svd_pipeline,
+                                     scheduler_sigmas)
 from sfv.teachers.svd_unet import PRECOND, SVDEncoder, load_student, sharding_units, student_from_state, svd_denoise
 
 STOCK_STEPS, STOCK_GUIDANCE = 25, 3.0  # the stock pipeline's sampling: 25 Euler steps, CFG ramp 1 → 3
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
-_SIGMAS_CACHE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (scheduler config, steps) -> levels
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,28 +87,10 @@ class SVDTeacher(SVDConditioning):
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
         self.check_scheduler(scheduler)
 
-    @staticmethod
-    def check_folder(path, num_frames: int, height: int, width: int) -> None:
-        """The folder and the training size, checked before any weights load (configs only)."""
-        check_video_size(height, width, num_frames, check_model_dir(path).vae_scale_factor)
-
-    @staticmethod
-    def folder_generator_sigmas(path, t_g: int) -> list[float]:
-        """G's levels as noise levels σ (descending), from the folder's scheduler config alone (hub ids: SVD's)."""
-        config = Path(path, "scheduler", "scheduler_config.json")
-        data = json.loads(config.read_text()) if config.is_file() else {}
-        return generator_sigma_levels(t_g, float(data.get("sigma_min", 0.002)), float(data.get("sigma_max", 700.0))).tolist()
-
-    @staticmethod
-    def check_scheduler(scheduler) -> None:
-        """The scheduler config must describe the preconditioning that `denoise_with` implements."""
-        cfg = scheduler.config
-        if not isinstance(scheduler, EulerDiscreteScheduler) or cfg.prediction_type != "v_prediction" or cfg.timestep_type != "continuous":
-            raise ModelLoadError(
-                f"scheduler is {type(scheduler).__name__} ({cfg.prediction_type}, {cfg.timestep_type}); SVD's "
-                "preconditioning needs EulerDiscreteScheduler with prediction_type='v_prediction' and "
-                "timestep_type='continuous' (the scheduler config SVD ships)"
-            )
+    # the folder's checks before any weights load, and loading (sfv/teachers/svd_folder.py)
+    check_folder = staticmethod(check_svd_folder)
+    folder_generator_sigmas = staticmethod(folder_generator_sigmas)
+    check_scheduler = staticmethod(check_scheduler)
 
     # -- loading ---------------------------------------------------------------------------------------
     @classmethod
@@ -118,20 +98,7 @@ class SVDTeacher(SVDConditioning):
         cls, path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None
     ) -> "SVDTeacher":
         """Load from a local diffusers folder or a hub id (e.g. stabilityai/stable-video-diffusion-img2vid)."""
-        name = str(path_or_id)
-        local = os.path.exists(name) or not _HUB_ID.match(name)
-        if local:
-            check_model_dir(name)
-        try:
-            pipe = StableVideoDiffusionPipeline.from_pretrained(name, dtype=torch_dtype, use_safetensors=True)
-        except Exception as e:  # diffusers/huggingface_hub raise a zoo of types for "not there" / "broken"
-            first = first_line(e)
-            where = "" if local else (
-                f" (there is no local folder '{name}'; as a hub id it could not be fetched — download it once "
-                "with network access and pass the local folder)"
-            )
-            raise ModelLoadError(f"could not load SVD model '{name}': {first}{where}") from e
-        teacher = cls.from_pipeline(pipe)
+        teacher = cls.from_pipeline(load_svd_pipeline(path_or_id, torch_dtype))
         return teacher.to(device) if device is not None else teacher
 
     @classmethod
@@ -253,35 +220,9 @@ class SVDTeacher(SVDConditioning):
         return float(self.scheduler.config.sigma_max)
 
     def sigmas(self, num_steps: int | None = None, custom: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(σ levels with the final one appended, initial-noise scale), float32 on CPU.
-
-        Taken from the scheduler config itself (a fresh EulerDiscreteScheduler, so every flag — Karras,
-        σ range, final σ type, spacing — is honoured exactly as the stock pipeline honours it). `custom`
-        lists the levels including the final one (usually 0). For SVD: Karras ρ = 7 on [0.002, 700]
-        (sfv.noise.karras_sigmas, tested equal), and init noise √(σ_max² + 1) for "leading" spacing.
-        Step-count schedules are cached per scheduler config (building the scheduler costs ~8 ms per call,
-        a visible share of a one-step run on small models); callers get fresh copies.
-        """
-        if custom is None and num_steps is not None and num_steps >= 1:
-            key = (json.dumps(dict(self.scheduler.config), sort_keys=True, default=repr), num_steps)
-            if key not in _SIGMAS_CACHE:
-                _SIGMAS_CACHE[key] = self._fresh_sigmas(num_steps, None)
-            sigmas, init_sigma = _SIGMAS_CACHE[key]
-            return sigmas.clone(), init_sigma.clone()
-        return self._fresh_sigmas(num_steps, custom)
-
-    def _fresh_sigmas(self, num_steps: int | None, custom: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        scheduler = EulerDiscreteScheduler.from_config(self.scheduler.config)
-        if custom is not None:
-            custom = [float(v) for v in custom]
-            if len(custom) < 2 or any(a <= b for a, b in zip(custom, custom[1:])):
-                raise InputError("custom sigmas must be at least two strictly decreasing levels, ending in the final one (usually 0)")
-            scheduler.set_timesteps(sigmas=custom)
-        else:
-            if num_steps is None or num_steps < 1:
-                raise InputError(f"num_inference_steps must be at least 1 (got {num_steps})")
-            scheduler.set_timesteps(num_steps)
-        return scheduler.sigmas, torch.as_tensor(scheduler.init_noise_sigma, dtype=torch.float32)
+        """(σ levels with the final one appended, initial-noise scale), float32 on CPU: the scheduler config's own
+        schedule, exactly as the stock pipeline builds it (svd_folder.scheduler_sigmas; `custom` ends in the final σ)."""
+        return scheduler_sigmas(self.scheduler.config, num_steps, custom)
 
     # -- denoising and sampling ------------------------------------------------------------------------
     def guidance(self, num_frames: int, max_scale: float, min_scale: float = 1.0) -> torch.Tensor | None:
