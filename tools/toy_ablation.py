@@ -22,6 +22,7 @@ rows that read teacher pairs cache-pairs/, the same clips and conditioning with 
     dmd        distribution matching alone (dmd.weight, no adversarial or reconstruction term)
     dmd-gan    distribution matching + the adversarial term (DMD2's pair), no reconstruction
     gated-rel  gated and relativistic together (a combination)
+    gated-d2   gated, with two D steps (two batches) per G step: the same G steps, twice the D steps (a stronger D)
     lora       gated, with G a LoRA adapter (rank 16 on the linear layers) over the frozen teacher UNet
     best       the combination chosen from the rows above (recipes/toy.yaml)
 
@@ -55,6 +56,7 @@ ROWS = {
     "dmd": [*DMD, "generator.adv_weight=0", "generator.huber_weight=0"],
     "dmd-gan": [*DMD, "generator.huber_weight=0"],
     "gated-rel": ["generator.rec_max_sigma=3.0", "discriminator.loss=relativistic"],  # a candidate combination
+    "gated-d2": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2"],
     "lora": ["generator.rec_max_sigma=3.0", "model.lora={rank: 16, alpha: 16, targets: linear}"],  # gated, G a LoRA
     "best": [],  # filled from recipes/toy.yaml by --best-recipe (see main)
 }
@@ -63,7 +65,7 @@ LABELS = {"sfv": "SF-V (both terms)", "recon": "reconstruction only", "adv": "ad
           "paper-d": "SF-V with the paper's D noise (P_mean −1, fakes at G's levels)", "lambda-0.03": "SF-V, λ = 0.03",
           "rel": "relativistic + R1 + R2", "gated": "gated reconstruction (lowest level only)",
           "pair": "gated + teacher-pair regression at σ_max", "dmd": "DMD alone", "dmd-gan": "DMD + GAN",
-          "gated-rel": "gated + relativistic + R1 + R2", "lora": "gated, G a LoRA (rank 16, linear layers; recipes/toy_lora.yaml)",
+          "gated-rel": "gated + relativistic + R1 + R2", "gated-d2": "gated, 2 D steps per G step", "lora": "gated, G a LoRA (rank 16, linear layers; recipes/toy_lora.yaml)",
           "best": "the new default (recipes/toy.yaml)"}
 PAIR_ROWS = {r for r, o in ROWS.items() if "generator.rec_target=teacher" in o}
 KEYS = ("toy_error", "precision", "motion", "diversity", "coverage", "frechet", "energy", "kl", "edge")
@@ -129,6 +131,8 @@ def ablation(args) -> int:
         base, extra = (args.best_recipe, []) if r == "best" else (args.recipe, ROWS[r])
         recipe = load_recipe(base, [*common, f"train.run_dir={out / f'{r}-s{s}'}", f"train.seed={s}", *args.overrides, *extra])
         recipe.data.cache = str(caches[recipe.generator.rec_target == "teacher"])
+        # each D step reads its own batch: k D steps per G step see k× the videos for the same G steps (the rows' budget)
+        recipe.train.total_videos *= recipe.discriminator.steps_per_g
         return recipe
 
     recipes = {(r, s): recipe_of(r, s) for r in rows for s in seeds}  # every recipe is checked before anything is written
