@@ -173,8 +173,7 @@ class Generated:
     settings: Settings
     height: int
     width: int
-
-    text: bool = False
+    text: bool = False  # the served model is a text-and-image family's (Wan)
 
     def summary(self) -> str:
         s = self.settings
