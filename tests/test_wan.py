@@ -348,6 +348,22 @@ def test_the_wan_bench_refuses_svd_options_and_bad_sizes_before_building(tmp_pat
         assert not (tmp_path / "b").exists()
 
 
+def test_the_full_size_wan_vaes_have_latent_statistics_for_every_channel():
+    """The bench's full-size VAEs (built on the meta device: no weights) normalise every latent channel; the class's
+    default statistics list Wan 2.1's 16 channels, which broke the 48-channel TI2V-5B bench on a GPU."""
+    from diffusers import AutoencoderKLWan
+
+    from sfv.teachers.wan_bench import FULL, vae_config
+
+    for arch, spec in FULL.items():
+        with torch.device("meta"):
+            vae = AutoencoderKLWan(**vae_config(arch))
+        z = vae.config.z_dim
+        assert len(vae.config.latents_mean) == len(vae.config.latents_std) == z, arch
+        # the transformer reads the noisy latents (+ the image latents and their mask for 2.1 I2V)
+        assert spec["transformer"]["in_channels"] == (2 * z + 4 if spec["clip"] else z), arch
+
+
 def test_sfv_serve_runs_a_wan_folder_with_a_prompt(wan_dirs, tmp_path, monkeypatch, capsys):
     """`sfv serve --model WAN_DIR`'s server: a prompt per request, the first frame's size, 4k+1 frames; the frames it
     writes are sfv.load_pipeline(folder)'s for the same settings, bit for bit. SVD's motion bucket and long video are

@@ -48,6 +48,14 @@ TEACHER_STEPS = 50
 PROMPT = "a red ball moves left"
 
 
+def vae_config(arch: str) -> dict:
+    """The full-size VAE's config, with one latents_mean / latents_std entry per latent channel (the class defaults list
+    Wan 2.1's 16; the values do not change the speed)."""
+    z = FULL[arch]["vae"]["z_dim"]
+    return dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True],
+                latents_mean=[0.0] * z, latents_std=[1.0] * z, **FULL[arch]["vae"])
+
+
 def build_random_wan(arch: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
     """A WanImageToVideoPipeline of `arch` (full size: random weights made on `device` in `dtype`)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
@@ -64,8 +72,7 @@ def build_random_wan(arch: str, device: torch.device, dtype: torch.dtype, seed: 
     try:
         with torch.device(device):
             transformer = WanTransformer3DModel(**spec["transformer"]).eval()
-            vae = AutoencoderKLWan(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                                   temperal_downsample=[False, True, True], **spec["vae"]).eval()
+            vae = AutoencoderKLWan(**vae_config(arch)).eval()
             text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).eval()
             clip = CLIPVisionModel(CLIPVisionConfig(**VIT_H)).eval() if spec["clip"] else None
     finally:
