@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""`make gpu-check`: the GPU figures in one call (CUDA only; never part of the tests) — about 10 minutes on one
-H100/H200 (not measured on a GPU yet with the Wan step).
+"""`make gpu-check`: the GPU figures in one call (CUDA only; never part of the tests) — about 6 minutes on one
+H200 (2026-12-04: SVD bench 2 min, memory 1 min, each Wan bench 1 to 1.5 min).
 
     python tools/gpu_check.py                 # on a CUDA machine: measure, write runs/gpu-check/gpu-check.json,
                                               # fill docs/benchmarks.md's GPU section (GPU name and date)
