@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from copy import deepcopy
 from dataclasses import dataclass
 
@@ -251,5 +252,16 @@ def gather_objects(obj, world: World) -> list:
 
 
 def shutdown(world: World) -> None:
+    """End the process group without a deadlock at exit.
+
+    gloo's worker threads free each finished collective just after it completes. A collective's tensors made in
+    Python need the GIL to be freed. The group's destructor joins those threads while holding the GIL (it runs when
+    DDP's reducer drops the last reference, after this function). If a thread is still freeing a collective then,
+    each waits on the other forever. This was seen once, at the end of a two-process decoder run. So every process
+    meets at a barrier, then sleeps a moment with the GIL released so the threads can finish, before the group is
+    destroyed."""
     if dist.is_initialized():
+        if world.size > 1:
+            dist.barrier()
+            time.sleep(0.2)
         dist.destroy_process_group()
