@@ -255,8 +255,7 @@ def run(recipe: DecoderRecipe, resume: str | None = None, cpu: bool = False, ove
                   "seconds": time.perf_counter() - t0, "skipped_files": sorted(skipped), "decoder": str(out)}
         (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"distill-decoder: wrote {out}")
-    distributed.barrier(world)
-    distributed.shutdown(world)
+    distributed.shutdown(world)  # every process meets there first
     return out
 
 
