@@ -461,11 +461,11 @@ def test_demo_distils_and_scores_on_world_v2_by_default(tmp_path):
     out = tmp_path / "demo-v2"
     rc = main(["--out", str(out), "--teacher", str(TOY_TEACHER), "--full-student", "", "--paper-student", "", "--recon-student", "",
                "--train-videos", "8", "--eval", "2", "--seeds", "2", "--references", "2", "--steps", "1",
-               "train.total_videos=8", "train.log_every=4", "train.sample_every=8", "train.d_eval_every=4", "train.d_eval_count=2"])
+               "train.total_videos=16", "train.log_every=8", "train.sample_every=16", "train.d_eval_every=8", "train.d_eval_count=2"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["world"] == {"preset": "v2", "directions": 4} and report["recipe"] == "recipes/toy.yaml"
-    assert report["distill"]["g_steps"] == 2
+    assert report["distill"]["g_steps"] == 2  # 16 videos: 2 G steps of 2 D steps each (recipes/toy.yaml), batch 4
     assert report["distill"]["data"] == "latent cache" and (out / "cache" / "index.json").is_file()  # encoded once
     assert [r["name"] for r in report["rows"]] == ["teacher-1", "teacher-1-nocfg", "student-1", "real→VAE", "real"]
     for r in report["rows"]:
@@ -474,7 +474,7 @@ def test_demo_distils_and_scores_on_world_v2_by_default(tmp_path):
     assert read_world(out / "world-eval")[0] == {"preset": "v2", "count": 2, "seed": 2, "frames": 8, "size": 64, "fps": 8,
                                                  "samples": 2, "directions": 4}
     heldout = [json.loads(line) for line in (out / "distill" / "heldout.jsonl").read_text().splitlines()]
-    assert [h["videos"] for h in heldout] == [0, 4, 8] and all(0 <= h["heldout/pair_win"] <= 1 for h in heldout)
+    assert [h["videos"] for h in heldout] == [0, 8, 16] and all(0 <= h["heldout/pair_win"] <= 1 for h in heldout)
     assert report["d_heldout_plot"]
     with Image.open(out / "d-heldout.png") as plot:  # drawn (not a blank canvas)
         assert len(plot.convert("RGB").getcolors(1 << 20)) > 20

@@ -42,6 +42,15 @@ WORLD_DEFAULTS = {
 }
 
 
+def _g_steps(student: Path, recipe) -> int:
+    """The G steps the scored student trained for: its export's record (sfv.json), else what the recipe implies (each
+    G step follows `discriminator.steps_per_g` D steps, each on its own batch)."""
+    meta = student / "sfv.json"
+    if meta.is_file() and "g_steps" in (record := json.loads(meta.read_text())):
+        return int(record["g_steps"])
+    return recipe.train.total_videos // (recipe.train.batch_size * recipe.discriminator.steps_per_g)
+
+
 def _default_help(key: str) -> str:
     return "default: the world's own, " + ", ".join(f"{w}: {d[key] or 'none'}" for w, d in WORLD_DEFAULTS.items())
 
@@ -162,7 +171,7 @@ def demo(args) -> int:
         "teacher": args.teacher, "recipe": args.recipe, "overrides": list(args.overrides), "world": world,
         "distill": {"total_videos": recipe.train.total_videos, "batch_size": recipe.train.batch_size,
                     "data": "latent cache" if recipe.data.cache else "video files",
-                    "g_steps": 0 if args.teacher_only else recipe.train.total_videos // recipe.train.batch_size,
+                    "g_steps": 0 if student is None else _g_steps(student, recipe),
                     "last_log": log[-1] if log else None},
         "eval": {"conditionings": args.eval, "seeds": args.seeds, "frames": real.shape[-4], "size": real.shape[-3],
                  **({"references": args.references} if args.world == "v2" else {})},
