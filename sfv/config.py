@@ -150,6 +150,11 @@ class TrainConfig:
     d_eval_count: int = 16  # held-out pairs
     keep_checkpoints: int = 3
     export: bool = True  # write the drop-in pipeline folder at the end
+    # Learning-rate decay of every optimiser (G, D and DMD's fake score): `none` (SF-V: constant) or `cosine`, full
+    # until v0 = lr_decay_from·total_videos, then lr·½(1 + cos(π·(v − v0)/(total_videos − v0))) at v videos read, 0 at the
+    # end. A function of the videos read, so a resumed run follows the same curve (keep total_videos when resuming)
+    lr_decay: str = "none"
+    lr_decay_from: float = 0.0
 
 
 @dataclass
@@ -185,6 +190,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
                                 ("discriminator.loss", recipe.discriminator.loss, ("hinge", "relativistic")),
                                 ("generator.rec_target", recipe.generator.rec_target, ("real", "teacher")),
                                 ("train.precision", recipe.train.precision, ("auto", "fp32", "bf16")),
+                                ("train.lr_decay", recipe.train.lr_decay, ("none", "cosine")),
                                 ("parallel.mode", recipe.parallel.mode, ("ddp", "fsdp"))):
         if value not in choices:
             raise InputError(f"recipe key '{key}' must be one of {', '.join(choices)}, not {value!r}")
@@ -239,6 +245,9 @@ def _check_ranges(r: Recipe) -> None:
     if r.generator.adv_weight == 0 and r.generator.huber_weight == 0 and r.dmd.weight == 0:
         raise InputError("generator.adv_weight, generator.huber_weight and dmd.weight are all 0: G would get no gradient; "
                          "set one above 0")
+    if not 0 <= r.train.lr_decay_from < 1:
+        raise InputError(f"train.lr_decay_from is the fraction of train.total_videos where the decay starts: at least 0 and "
+                         f"below 1, got {r.train.lr_decay_from}")
     if r.generator.rec_max_sigma is not None and r.generator.rec_max_sigma <= 0:
         raise InputError(f"generator.rec_max_sigma must be a noise level σ > 0 (one of G's levels), got {r.generator.rec_max_sigma}")
     lora = r.model.lora

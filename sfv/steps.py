@@ -276,6 +276,23 @@ def accumulate(stats: dict, values: dict, n: int) -> None:
         stats[k] = stats.get(k, 0.0) + v / n
 
 
+def lr_scale(cfg, videos: int) -> float:
+    """The learning rates' factor after `videos` videos (train.lr_decay; 1 throughout with `none`)."""
+    start = cfg.lr_decay_from * cfg.total_videos
+    if cfg.lr_decay == "none" or videos <= start:
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (videos - start) / (cfg.total_videos - start))))
+
+
+def set_learning_rates(p: Parts, videos: int) -> float:
+    """Every optimiser's rate for the iteration that starts after `videos` videos: the recipe's rate × lr_scale (returned)."""
+    r, scale = p.recipe, lr_scale(p.recipe.train, videos)
+    for opt, lr in ((p.opt_g, r.generator.lr), (p.opt_d, r.discriminator.lr), (p.opt_fake, r.dmd.fake_lr)):
+        for group in opt.param_groups if opt is not None else ():
+            group["lr"] = lr * scale
+    return scale
+
+
 def apply_update(opt, params, clip: float, loss, world, state: State) -> float:
     """Clip and step — unless the loss or gradients are non-finite on any process: then skip and count."""
     grads = [p.grad for p in params if p.grad is not None]

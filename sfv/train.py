@@ -15,6 +15,7 @@ That is SF-V (recipes/toy_sfv_paper.yaml on the toy world). Recipe options beyon
   generator.rec_target: teacher      at σ_max, G(ε·σ_init) regresses onto the teacher's sample from ε (cached pairs)
   dmd.weight                         + w·L_DMD on G(ε·σ_init), with a fake-score network trained by denoising G's
                                      samples dmd.fake_steps_per_g times per G step (fake phase, before the G phase)
+  train.lr_decay: cosine             every optimiser's rate decays to 0 at the end of the run (from train.lr_decay_from)
 Lengths and cadences are counted in videos drawn from the data, over all processes. Every random draw of a
 micro-batch (σ_t, σ′, ε, noise augmentation) comes from a generator seeded by its global data position, so a
 run gives the same numbers on any number of processes (for the same global batch and batch_per_device).
@@ -52,6 +53,7 @@ from sfv.steps import (
     g_step,
     prepare,
     round_generator,
+    set_learning_rates,
 )
 from sfv.teachers import Teacher, check_teacher_folder, load_teacher
 
@@ -191,6 +193,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
     monitor.start(state)
     while state.videos < cfg.total_videos:
         before, stats, times = state.videos, {}, {"time/data_s": 0.0, "time/load_s": 0.0, "time/d_s": 0.0, "time/g_s": 0.0}
+        lr_scale = set_learning_rates(p, state.videos)  # train.lr_decay (1 throughout with `none`)
         for _ in range(dcfg.steps_per_g):
             t0 = time.perf_counter()
             batches = [next_round(times) for _ in range(rounds)]  # decode + VAE/CLIP encode (or read the cache)
@@ -207,7 +210,7 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
                 t2 = time.perf_counter()
             stats.update(g_step(p, batches, state))  # G trains on the last D batch
             times["time/g_s"] = time.perf_counter() - t2
-        stats.update({**times, "train/skipped_steps": state.skipped_steps})
+        stats.update({**times, "train/skipped_steps": state.skipped_steps, **({"train/lr_scale": lr_scale} if cfg.lr_decay != "none" else {})})
         monitor.step(state, stats, p.ema.module)
         if pairs and (crossed(before, state.videos, cfg.d_eval_every) or state.videos >= cfg.total_videos):
             monitor.heldout(state, heldout.judge(pairs, p.G, p.D, p.amp, p.teacher.precond.add_noise))

@@ -67,6 +67,8 @@ def test_every_option_beyond_the_paper_is_off_by_default():
     ("discriminator.r2_gamma=-1", "recipe key 'discriminator.r2_gamma' must be at least 0, got -1.0"),
     ("generator.rec_max_sigma=0", "generator.rec_max_sigma must be a noise level σ > 0"),
     ("dmd.fake_lr=fast", "recipe key 'dmd.fake_lr' must be float, got str 'fast'"),
+    ("train.lr_decay=linear", "recipe key 'train.lr_decay' must be one of none, cosine, not 'linear'"),
+    ("train.lr_decay_from=1", "train.lr_decay_from is the fraction of train.total_videos where the decay starts"),
 ])
 def test_bad_keys_and_types_are_clear_errors(override, message):
     with pytest.raises(InputError) as e:

@@ -22,13 +22,14 @@ from sfv.steps import (
     g_step,
     prepare,
     round_generator,
+    set_learning_rates,
 )
 from sfv.train import build, build_data, run
 
 CPU = distributed.World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
 EVERY_OPTION = dict(discriminator__loss="relativistic", discriminator__r2_gamma=0.1, discriminator__r1_interval=1,
                     generator__rec_max_sigma=3.0, generator__rec_target="teacher", dmd__weight=1.0, dmd__fake_steps_per_g=2,
-                    dmd__fake_lr=1e-3)
+                    dmd__fake_lr=1e-3, train__lr_decay="cosine", train__lr_decay_from=0.25)
 
 
 @pytest.fixture(scope="module")
@@ -174,21 +175,36 @@ def _weights(run_dir, name=None):
             for k, v in load_file(f).items()}
 
 
+def test_cosine_decay_sets_every_optimisers_rate_from_the_videos_read(tiny_dir, video_dir, tmp_path, pair_cache):
+    """train.lr_decay=cosine: full rate until lr_decay_from·total, then lr·½(1 + cos(π·progress)), 0 at the end, on G's,
+    D's and the fake score's optimiser alike; `none` leaves every rate at the recipe's."""
+    p, recipe, _ = _parts(tiny_dir, video_dir, tmp_path, pair_cache, train__total_videos=100, **EVERY_OPTION)
+    rates = lambda: [g["lr"] for opt in (p.opt_g, p.opt_d, p.opt_fake) for g in opt.param_groups]  # noqa: E731
+    base = [recipe.generator.lr, recipe.discriminator.lr, recipe.dmd.fake_lr]
+    for videos, expected in ((0, 1.0), (25, 1.0), (50, 0.5 * (1 + math.cos(math.pi / 3))), (100, 0.0), (120, 0.0)):
+        assert set_learning_rates(p, videos) == pytest.approx(expected, abs=1e-12)
+        assert rates() == pytest.approx([b * expected for b in base], abs=1e-15)
+    p.recipe.train.lr_decay = "none"
+    assert set_learning_rates(p, 50) == 1.0 and rates() == base
+
+
 def test_stop_and_resume_with_every_option_on_is_bitwise_identical(tiny_dir, video_dir, tmp_path, pair_cache):
-    """DMD's fake-score network and its optimiser are checkpointed with G, D and theirs; a stopped run resumes to
-    the same bits as the uninterrupted one (relativistic D with R2, gated and teacher-pair reconstruction too)."""
-    common = dict(data__cache=str(pair_cache), train__batch_size=2, train__checkpoint_every=4, **EVERY_OPTION)
-    run(tiny_recipe(tiny_dir, video_dir, tmp_path / "straight", train__total_videos=8, **common))
-    run(tiny_recipe(tiny_dir, video_dir, tmp_path / "resumed", train__total_videos=4, **common))
-    run(tiny_recipe(tiny_dir, video_dir, tmp_path / "resumed", train__total_videos=8, **common), resume="latest")
+    """DMD's fake-score network and its optimiser are checkpointed with G, D and theirs; a run resumed from the
+    halfway checkpoint (as after a crash there) ends on the same bits as the uninterrupted one (relativistic D with R2,
+    gated and teacher-pair reconstruction, and the cosine learning-rate decay, whose curve needs the same total_videos)."""
+    common = dict(data__cache=str(pair_cache), train__batch_size=2, train__checkpoint_every=4, train__total_videos=8, **EVERY_OPTION)
+    run(tiny_recipe(tiny_dir, video_dir, tmp_path / "straight", **common))
+    halfway = tmp_path / "straight" / "checkpoints" / "videos-000000004"
+    run(tiny_recipe(tiny_dir, video_dir, tmp_path / "resumed", **common), resume=str(halfway))
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert {k.split("/")[0] for k in a} == {"generator", "generator_ema", "discriminator_heads", "fake_score", "optim_g",
                                             "optim_d", "optim_fake"}
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
     log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
-    assert all("loss/fake" in e and "loss/g_dmd" in e for e in log)
+    assert log and all("loss/fake" in e and "loss/g_dmd" in e for e in log)
+    assert 0 < log[-1]["train/lr_scale"] < 1  # the resumed half ran on decayed rates
     # the comparison can fail: the fake score moved between the two checkpoints
-    c = _weights(tmp_path / "resumed", "videos-000000004")
+    c = _weights(tmp_path / "straight", "videos-000000004")
     assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("fake_score/"))
 
 

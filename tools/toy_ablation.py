@@ -23,6 +23,8 @@ rows that read teacher pairs cache-pairs/, the same clips and conditioning with 
     dmd-gan    distribution matching + the adversarial term (DMD2's pair), no reconstruction
     gated-rel  gated and relativistic together (a combination)
     gated-d2   gated, with two D steps (two batches) per G step: the same G steps, twice the D steps (a stronger D)
+    gated-d2-cos  gated-d2, every learning rate decayed to 0 over the run's second half (train.lr_decay=cosine,
+               lr_decay_from=0.5)
     gated-ema  gated, with G's EMA decay 0.99 per G step (a ~100-step average) against the paper's 0.95 (~20 steps):
                training is unchanged (the raw G's steps are the gated row's), only the exported average differs
     gated-dwide  gated, with D's heads 128 channels wide (the package default) against the toy recipes' 32
@@ -60,6 +62,7 @@ ROWS = {
     "dmd-gan": [*DMD, "generator.huber_weight=0"],
     "gated-rel": ["generator.rec_max_sigma=3.0", "discriminator.loss=relativistic"],  # a candidate combination
     "gated-d2": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2"],
+    "gated-d2-cos": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2", "train.lr_decay=cosine", "train.lr_decay_from=0.5"],
     "gated-ema": ["generator.rec_max_sigma=3.0", "generator.ema=0.99"],
     "gated-dwide": ["generator.rec_max_sigma=3.0", "discriminator.head_channels=128"],
     "lora": ["generator.rec_max_sigma=3.0", "model.lora={rank: 16, alpha: 16, targets: linear}"],  # gated, G a LoRA
@@ -71,6 +74,7 @@ LABELS = {"sfv": "SF-V (both terms)", "recon": "reconstruction only", "adv": "ad
           "rel": "relativistic + R1 + R2", "gated": "gated reconstruction (lowest level only)",
           "pair": "gated + teacher-pair regression at σ_max", "dmd": "DMD alone", "dmd-gan": "DMD + GAN",
           "gated-rel": "gated + relativistic + R1 + R2", "gated-d2": "gated, 2 D steps per G step",
+          "gated-d2-cos": "gated, 2 D steps per G step, cosine decay over the second half",
           "gated-ema": "gated, G's EMA decay 0.99",
           "gated-dwide": "gated, D's heads 128 wide", "lora": "gated, G a LoRA (rank 16, linear layers; recipes/toy_lora.yaml)",
           "best": "the new default (recipes/toy.yaml)"}
