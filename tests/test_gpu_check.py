@@ -40,6 +40,7 @@ def test_dry_run_measures_every_step_and_fills_the_gpu_section(tmp_path, tiny_di
     # timed and reported for both decoders (how much faster is the bench's to measure, not a unit test's to assert)
     assert f["decode"] > 0 and 0 < f["decode_share_fast"] < 1 and 0 < f["decode_share_stock"] < 1
     assert [r["activation_checkpointing"] for r in report["memory"]["runs"]] == [False, True]
+    assert {r["d_steps"] for r in report["memory"]["runs"]} == {2}  # as the real-size recipes' discriminator.steps_per_g
     [wan] = report["wan"]  # the tiny Wan 2.1 layout: every component timed, the student end to end measured
     assert wan["config"]["arch"] == "tiny-wan21" and set(wan["components"]) >= {"text_encoder", "clip", "vae_encode",
                                                                               "transformer_call", "cfg_step", "vae_decode"}
@@ -50,6 +51,7 @@ def test_dry_run_measures_every_step_and_fills_the_gpu_section(tmp_path, tiny_di
     text = docs.read_text()
     assert "not measured on a GPU yet" not in text and "*to be measured*" not in text
     assert "| student-1-fast-decoder |" in text and "| activation checkpointing | peak, 1 GPU |" in text
+    assert "(2 D steps with R1, as discriminator.steps_per_g: 2, then a G step)" in text
     assert "| **student, 1 step, end to end (measured)** |" in text
     assert "## Tiny SVD on CPU (measured)" in text and "What can be said without a GPU" in text
     tool.fill_docs(docs, {**report, "date": "2000-01-01"})  # refilling replaces both sections, nothing else

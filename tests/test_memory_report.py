@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_memory_report_runs_one_fsdp_training_step_and_writes_its_fields(tmp_path):
     out = tmp_path / "memory.json"
     proc = subprocess.run([sys.executable, str(REPO / "tools/memory_report.py"), "--arch", "tiny", "--device", "cpu",
-                           "--frames", "4", "--height", "32", "--width", "32", "--out", str(out)],
+                           "--frames", "4", "--height", "32", "--width", "32", "--d-steps", "2", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -23,7 +23,7 @@ def test_memory_report_runs_one_fsdp_training_step_and_writes_its_fields(tmp_pat
     for r in report["runs"]:
         n = r["parameters"]["generator"]
         assert n == r["parameters"]["teacher_unet"] > 0 and r["parameters"]["discriminator_heads"] > 0
-        assert r["peak_bytes"] > 0 and r["d_step_s"] > 0 and r["g_step_s"] > 0
+        assert r["peak_bytes"] > 0 and r["d_step_s"] > 0 and r["g_step_s"] > 0 and r["d_steps"] == 2
         est = r["estimate_per_gpu_gib"]
         assert est["1"] == r["peak_gib"]
         assert abs((est["1"] - est["8"]) * 2**30 - 7 / 8 * report["sharded_bytes_per_param"] * n) < 1

@@ -56,7 +56,8 @@ def measure(out: Path, dry_run: bool) -> dict:
                   "--repeats", "3", "--warmup", "1"]
         memory = ["--arch", "svd", "--device", "cuda", "--frames", "14", "--height", "448", "--width", "768"]
     run([py, "-m", "sfv.cli", "bench", *models, "--decoder", "random", "--out", str(out / "bench")], 300)
-    run([py, "tools/memory_report.py", *memory, "--out", str(out / "memory.json")], 240)
+    # two D steps per G step, as the real-size recipes (discriminator.steps_per_g: 2)
+    run([py, "tools/memory_report.py", *memory, "--d-steps", "2", "--out", str(out / "memory.json")], 240)
     wan = []
     for arch in (["tiny-wan21"] if dry_run else ["wan2.1-i2v-14b", "wan2.2-ti2v-5b"]):
         device = ["--device", "cpu", "--dtype", "fp32"] if dry_run else ["--device", "cuda", "--dtype", "bf16"]
@@ -107,7 +108,9 @@ def gpu_section(report: dict) -> str:
 def memory_section(report: dict) -> str:
     """The docs' training-memory table from one gpu-check report."""
     m = report["memory"]
-    lines = [f"Measured by `make gpu-check` ({report['gpu']}, {report['date']}): one SF-V training step (a D step with R1, "
+    d_steps = m["runs"][0].get("d_steps", 1)
+    d_text = "a D step with R1" if d_steps == 1 else f"{d_steps} D steps with R1, as discriminator.steps_per_g: {d_steps}"
+    lines = [f"Measured by `make gpu-check` ({report['gpu']}, {report['date']}): one SF-V training step ({d_text}, "
              f"then a G step) of the full-size SVD, {m['frames']} frames at {m['width']}×{m['height']}, batch "
              f"{m['batch_per_gpu']} per GPU, {m['precision']}, FSDP2 in a world of one. The 8-GPU column is an estimate from "
              "the 1-GPU peak: FSDP divides G's sharded state (fp32 weights, fp32 gradients, AdamW's two moments and the fp32 "

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Peak memory of one SF-V training step (a D step with R1, then a G step) under FSDP2, as the trainer runs it.
+"""Peak memory of one SF-V training step (a D step with R1, then a G step; `--d-steps 2`: two D steps first, as the
+real-size recipes' discriminator.steps_per_g) under FSDP2, as the trainer runs it.
 
     python tools/memory_report.py --arch svd --device cuda --out runs/memory/svd.json     (on a GPU: the table)
     python tools/memory_report.py --arch tiny --device cpu --out runs/memory/tiny.json    (CI: the plumbing)
@@ -297,13 +298,14 @@ def measure(args, world, checkpointing: bool) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else _peak(device)
     state, times = State(), {}
-    steps = [("d_step_s", d_step), *([("fake_step_s", fake_step)] if args.dmd else []), ("g_step_s", g_step)]
+    # discriminator.steps_per_g D steps, then the fake-score step (DMD) and the G step; a time is the step's first
+    steps = [*[("d_step_s", d_step)] * args.d_steps, *([("fake_step_s", fake_step)] if args.dmd else []), ("g_step_s", g_step)]
     for name, step in steps:  # the optimiser state appears in the first steps
         t0 = time.perf_counter()
         step(p, [Round(x0, cond, gen)], state)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times[name] = time.perf_counter() - t0
+        times.setdefault(name, time.perf_counter() - t0)
     peak = _peak(device)
     sharded = SHARDED_BYTES_PER_PARAM * params["generator"] + TRAINED_BYTES_PER_PARAM * params["fake_score"]
     estimate = {str(n): peak - (1 - 1 / n) * sharded for n in (1, 8)}
@@ -311,7 +313,7 @@ def measure(args, world, checkpointing: bool) -> dict:
     _reset(device)
     return {"activation_checkpointing": checkpointing, "peak_bytes": peak, "peak_gib": peak / 2**30,
             "allocated_before_step_bytes": before, "estimate_per_gpu_gib": {k: v / 2**30 for k, v in estimate.items()},
-            "parameters": params, **times}
+            "d_steps": args.d_steps, "parameters": params, **times}
 
 
 def main(argv=None) -> int:
@@ -328,6 +330,8 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=768)
     ap.add_argument("--batch", type=int, default=1, help="videos per GPU per micro-batch (the paper: 1 × 4 accumulation × 8 GPUs)")
     ap.add_argument("--checkpointing", default="both", choices=["off", "on", "both"], help="activation checkpointing")
+    ap.add_argument("--d-steps", type=int, default=1, choices=range(1, 9), metavar="N",
+                    help="D steps before the G step (discriminator.steps_per_g; the real-size recipes take 2)")
     ap.add_argument("--dmd", action="store_true", help="with distribution matching: the fake-score network and its update")
     ap.add_argument("--state", action="store_true", help="print the weight/optimiser-state table at full size (no step is run)")
     ap.add_argument("--recipe", default="recipes/svd_14f_768x448.yaml", help="--state: the recipe whose D heads are counted")
