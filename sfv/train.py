@@ -163,6 +163,8 @@ def run(recipe: Recipe, resume: str | None = None, cpu: bool = False, overwrite:
         check_teacher_folder(recipe.model.teacher, d.frames, d.height, d.width)
     check_options(recipe, dataset)
     p = build(recipe, world)
+    if world.is_main:
+        run_setup.checkpointing_hint(recipe.model.gradient_checkpointing, sum(q.numel() for q in p.G.parameters()), world.device)
     state = State()
     modules, optimizers = checkpointed(p)
     if ckpt:

@@ -129,6 +129,18 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_dir, video_dir, 
     assert worst <= 1e-5 * scale, (worst, scale)
 
 
+def test_a_full_size_g_on_a_gpu_without_activation_checkpointing_gets_one_line(capsys):
+    """The hint is about memory on a GPU at full size: not on a CPU, not for a small G, not with checkpointing on."""
+    from sfv.run_setup import LARGE_G, checkpointing_hint
+
+    gpu, cpu, svd = torch.device("cuda"), torch.device("cpu"), 1_524_623_082  # the SVD UNet's parameters
+    assert checkpointing_hint(False, svd, gpu)
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and "model.gradient_checkpointing=true" in line and "1.5 B parameters" in line
+    assert not any(checkpointing_hint(*args) for args in ((True, svd, gpu), (False, svd, cpu), (False, LARGE_G - 1, gpu)))
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("adv_weight", [1.0, 0.0])  # SF-V, and the reconstruction-only ablation
 def test_g_step_split_at_the_output_gives_the_gradient_of_the_summed_loss(tiny_dir, video_dir, tmp_path, adv_weight):
     """g_step takes each term's gradient at x̂0 apart (to log how hard each pulls) and sends their sum through G:
