@@ -188,6 +188,24 @@ def test_cosine_decay_sets_every_optimisers_rate_from_the_videos_read(tiny_dir, 
     assert set_learning_rates(p, 50) == 1.0 and rates() == base
 
 
+def test_d_only_warm_up_leaves_g_at_the_teacher_until_its_videos_are_read(tiny_dir, video_dir, tmp_path):
+    """discriminator.warmup_videos: D steps alone until that many videos are read, then G steps as usual."""
+    run(tiny_recipe(tiny_dir, video_dir, tmp_path / "run", train__batch_size=2, train__checkpoint_every=4, train__total_videos=8,
+                    discriminator__warmup_videos=4))
+    states = {n: json.loads((tmp_path / "run" / "checkpoints" / n / "state.json").read_text())["state"]
+              for n in ("videos-000000004", "videos-000000008")}
+    assert [(s["d_steps"], s["g_steps"]) for s in states.values()] == [(2, 0), (4, 2)]
+    warm, end = _weights(tmp_path / "run", "videos-000000004"), _weights(tmp_path / "run")
+    g = [k for k in warm if k.startswith("generator/")]
+    assert g and any(not torch.equal(warm[k], end[k]) for k in g)  # G moved after the warm-up...
+    from safetensors.torch import load_file
+
+    teacher = load_file(tiny_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(warm[f"generator/{k}"], v) for k, v in teacher.items() if f"generator/{k}" in warm)  # ...not before
+    assert sum(f"generator/{k}" in warm for k in teacher) > 100
+    assert any(not torch.equal(warm[k], end[k]) for k in warm if k.startswith("discriminator_heads/"))
+
+
 def test_stop_and_resume_with_every_option_on_is_bitwise_identical(tiny_dir, video_dir, tmp_path, pair_cache):
     """DMD's fake-score network and its optimiser are checkpointed with G, D and theirs; a run resumed from the
     halfway checkpoint (as after a crash there) ends on the same bits as the uninterrupted one (relativistic D with R2,
