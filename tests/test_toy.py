@@ -586,3 +586,20 @@ def test_demo_missing_fast_decoder_is_one_line_before_any_work(tmp_path, capsys)
     assert main(["--out", str(tmp_path / "d"), "--decoder", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a fast decoder folder" in err[0] and not (tmp_path / "d").exists()
+
+
+def test_the_reports_g_steps_come_from_the_export_else_from_the_recipes_arithmetic(tmp_path):
+    """demo report's distill.g_steps: the student's own count (sfv.json); without one, each G step follows
+    steps_per_g D steps of a batch each, and none comes before discriminator.warmup_videos are read."""
+    from sfv.config import load_recipe
+    from sfv.toy.demo import _g_steps
+
+    recipe = load_recipe(None, ["train.total_videos=2640", "train.batch_size=4", "discriminator.steps_per_g=2",
+                                "discriminator.warmup_videos=240"])
+    assert _g_steps(tmp_path, recipe) == 330 - 30
+    recipe.discriminator.warmup_videos = 0
+    assert _g_steps(tmp_path, recipe) == 330
+    recipe.discriminator.warmup_videos = 10_000  # longer than the run: D alone throughout
+    assert _g_steps(tmp_path, recipe) == 0
+    (tmp_path / "sfv.json").write_text(json.dumps({"g_steps": 7}))
+    assert _g_steps(tmp_path, recipe) == 7

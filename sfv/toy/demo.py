@@ -44,11 +44,13 @@ WORLD_DEFAULTS = {
 
 def _g_steps(student: Path, recipe) -> int:
     """The G steps the scored student trained for: its export's record (sfv.json), else what the recipe implies (each
-    G step follows `discriminator.steps_per_g` D steps, each on its own batch)."""
+    G step follows `discriminator.steps_per_g` D steps, each on its own batch; none until `warmup_videos` are read)."""
     meta = student / "sfv.json"
     if meta.is_file() and "g_steps" in (record := json.loads(meta.read_text())):
         return int(record["g_steps"])
-    return recipe.train.total_videos // (recipe.train.batch_size * recipe.discriminator.steps_per_g)
+    per_iteration = recipe.train.batch_size * recipe.discriminator.steps_per_g
+    iterations = recipe.train.total_videos // per_iteration
+    return iterations - min(recipe.discriminator.warmup_videos // per_iteration, iterations)
 
 
 def _default_help(key: str) -> str:
