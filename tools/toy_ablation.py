@@ -27,6 +27,7 @@ rows that read teacher pairs cache-pairs/, the same clips and conditioning with 
                lr_decay_from=0.5)
     gated-d2-warm  gated-d2 after a D-only warm-up of a tenth of the run (discriminator.warmup_videos), the run
                longer by as much, so G takes the same number of steps
+    gated-d2-warm-cos  the two rows above together
     gated-ema  gated, with G's EMA decay 0.99 per G step (a ~100-step average) against the paper's 0.95 (~20 steps):
                training is unchanged (the raw G's steps are the gated row's), only the exported average differs
     gated-dwide  gated, with D's heads 128 channels wide (the package default) against the toy recipes' 32
@@ -66,6 +67,7 @@ ROWS = {
     "gated-d2": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2"],
     "gated-d2-cos": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2", "train.lr_decay=cosine", "train.lr_decay_from=0.5"],
     "gated-d2-warm": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2"],  # + the warm-up (WARM_ROWS)
+    "gated-d2-warm-cos": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2", "train.lr_decay=cosine", "train.lr_decay_from=0.5"],
     "gated-ema": ["generator.rec_max_sigma=3.0", "generator.ema=0.99"],
     "gated-dwide": ["generator.rec_max_sigma=3.0", "discriminator.head_channels=128"],
     "lora": ["generator.rec_max_sigma=3.0", "model.lora={rank: 16, alpha: 16, targets: linear}"],  # gated, G a LoRA
@@ -79,10 +81,11 @@ LABELS = {"sfv": "SF-V (both terms)", "recon": "reconstruction only", "adv": "ad
           "gated-rel": "gated + relativistic + R1 + R2", "gated-d2": "gated, 2 D steps per G step",
           "gated-d2-cos": "gated, 2 D steps per G step, cosine decay over the second half",
           "gated-d2-warm": "gated, 2 D steps per G step, after a D-only warm-up",
+          "gated-d2-warm-cos": "gated, 2 D steps per G step, D-only warm-up and cosine decay",
           "gated-ema": "gated, G's EMA decay 0.99",
           "gated-dwide": "gated, D's heads 128 wide", "lora": "gated, G a LoRA (rank 16, linear layers; recipes/toy_lora.yaml)",
           "best": "the new default (recipes/toy.yaml)"}
-WARM_ROWS = {"gated-d2-warm"}  # D alone for the first tenth of the budget, the budget longer by as much
+WARM_ROWS = {"gated-d2-warm", "gated-d2-warm-cos"}  # D alone for the first tenth of the budget, the budget longer by as much
 PAIR_ROWS = {r for r, o in ROWS.items() if "generator.rec_target=teacher" in o}
 KEYS = ("toy_error", "precision", "motion", "diversity", "coverage", "frechet", "energy", "kl", "edge")
 
