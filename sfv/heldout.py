@@ -49,9 +49,9 @@ def make_pairs(recipe, cfg, dataset, teacher, sigma_d) -> list[Pairs]:
 
 
 @torch.no_grad()
-def judge(pairs: list[Pairs], G, D, amp, add_noise) -> dict[str, float]:
-    """D's logits on every real clip and on G's one-step video of the same conditioning -> logit and video stats.
-    add_noise: the teacher's forward process (Teacher.precond.add_noise)."""
+def logits(pairs: list[Pairs], G, D, amp, add_noise) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """D's logits, per head, on every real clip and on G's one-step video of the same conditioning (pair i is row i of
+    both). add_noise: the teacher's forward process (Teacher.precond.add_noise)."""
     was = G.training
     G.eval()
     real: dict[str, list] = {}
@@ -67,5 +67,10 @@ def judge(pairs: list[Pairs], G, D, amp, add_noise) -> dict[str, float]:
                         store.setdefault(k, []).append(v.float())
     finally:
         G.train(was)
-    stats = losses.logit_stats({k: torch.cat(v) for k, v in real.items()}, {k: torch.cat(v) for k, v in fake.items()})
+    return {k: torch.cat(v) for k, v in real.items()}, {k: torch.cat(v) for k, v in fake.items()}
+
+
+def judge(pairs: list[Pairs], G, D, amp, add_noise) -> dict[str, float]:
+    """D's verdict on the held-out pairs -> logit and video stats (`losses.logit_stats`), as logged in heldout.jsonl."""
+    stats = losses.logit_stats(*logits(pairs, G, D, amp, add_noise))
     return {"heldout/" + k.split("/", 1)[1]: v for k, v in stats.items()}

@@ -206,3 +206,27 @@ def test_held_out_pairs_are_judged_on_cadence_and_leave_training_untouched(tiny_
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
     with pytest.raises(InputError, match="data.eval_videos .* does not exist"):  # before any model is loaded
         run(tiny_recipe(tiny_dir, video_dir, tmp_path / "missing", train__d_eval_every=4, data__eval_videos=str(tmp_path / "nope"), **common))
+
+
+def test_the_held_out_pair_tool_rejudges_the_logged_pairs_and_more(tiny_dir, video_dir, tmp_path, capsys):
+    """tools/heldout_pairs.py: from a run's config and checkpoint, the first d_eval_count pairs are the log's own (same
+    pair-win as its line at that checkpoint); --count judges more, each with its σ′; a bad run folder is one line."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("heldout_pairs", Path(__file__).resolve().parents[1] / "tools" / "heldout_pairs.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run(tiny_recipe(tiny_dir, video_dir, tmp_path / "r", train__batch_size=2, train__total_videos=4, train__checkpoint_every=4,
+                    train__d_eval_every=4, train__d_eval_count=2, data__eval_videos=video_dir))
+    logged = [json.loads(line) for line in (tmp_path / "r" / "heldout.jsonl").read_text().splitlines()][-1]
+    assert tool.main(["--run", str(tmp_path / "r"), "--count", "6", "--cpu", "--out", str(tmp_path / "p.json")]) == 0
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["pairs"] == 6 and sum(b["pairs"] for b in result["bands"]) == 6
+    assert result["logged"] == {"pairs": 2, "pair_win": logged["heldout/pair_win"], "same_pairs_now": logged["heldout/pair_win"]}
+    assert len(result["wrong_sigma"]) == round(6 * (1 - result["pair_win"]))
+    capsys.readouterr()
+    assert tool.main(["--run", str(tmp_path / "nope")]) == 2
+    assert tool.main(["--run", str(tmp_path / "r"), "--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("sfv: error: ") for line in err), err
