@@ -214,6 +214,8 @@ def test_the_held_out_pair_tool_rejudges_the_logged_pairs_and_more(tiny_dir, vid
     import importlib.util
     from pathlib import Path
 
+    from sfv.data import find_videos
+
     spec = importlib.util.spec_from_file_location("heldout_pairs", Path(__file__).resolve().parents[1] / "tools" / "heldout_pairs.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
@@ -224,7 +226,9 @@ def test_the_held_out_pair_tool_rejudges_the_logged_pairs_and_more(tiny_dir, vid
     result = json.loads((tmp_path / "p.json").read_text())
     assert result["pairs"] == 6 and sum(b["pairs"] for b in result["bands"]) == 6
     assert result["logged"] == {"pairs": 2, "pair_win": logged["heldout/pair_win"], "same_pairs_now": logged["heldout/pair_win"]}
-    assert len(result["wrong_sigma"]) == round(6 * (1 - result["pair_win"]))
+    assert len(result["wrong_sigma"]) == len(result["wrong"]) == round(6 * (1 - result["pair_win"]))
+    videos = [p.name for p in find_videos(Path(video_dir))]
+    assert all(w["video"] == videos[w["pair"]] for w in result["wrong"])  # pair i is the i-th held-out video
     capsys.readouterr()
     assert tool.main(["--run", str(tmp_path / "nope")]) == 2
     assert tool.main(["--run", str(tmp_path / "r"), "--checkpoint", str(tmp_path)]) == 2

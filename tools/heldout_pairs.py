@@ -9,7 +9,7 @@ means 16 of 16. This loads the run's recipe (config.yaml) and a checkpoint (G an
 way training does (the first `d_eval_count` of them are the log's own, with the same noise; the tool checks that their
 pair-win equals the log's line for that checkpoint when there is one), and judges `--count` of them. It prints the
 pair-win over all of them and per band of D's noise level σ′ (each pair's σ′ is drawn from D's training distribution),
-with the σ′ of every pair that D gets wrong, and writes the same as JSON with --out.
+with the σ′ and video of every pair that D gets wrong, and writes the same as JSON with --out.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def judge_run(args) -> int:
 
     from sfv import checkpoint, distributed, heldout, losses
     from sfv.config import load_recipe
+    from sfv.data import ClipSpec, VideoFolder
     from sfv.errors import InputError
     from sfv.train import build, checkpointed
 
@@ -70,8 +71,10 @@ def judge_run(args) -> int:
     wins = (losses.video_score(real) > losses.video_score(fake)).tolist()
     sigmas = torch.cat([p.sigma for p in pairs]).tolist()
     n = len(wins)
+    files = VideoFolder(recipe.data.eval_videos, ClipSpec.of(recipe), seed=recipe.train.seed).files  # pair i: files[i]
+    wrong = [{"pair": i, "video": files[i].name, "sigma": round(s, 4)} for i, (s, w) in enumerate(zip(sigmas, wins)) if not w]
     result = {"run": str(run_dir), "checkpoint": ckpt.name, "pairs": n, "pair_win": sum(wins) / n, "bands": [],
-              "wrong_sigma": sorted(round(s, 4) for s, w in zip(sigmas, wins) if not w)}
+              "wrong_sigma": sorted(w["sigma"] for w in wrong), "wrong": wrong}
     for lo, hi in zip(BANDS, BANDS[1:]):
         band = [w for s, w in zip(sigmas, wins) if lo <= s < hi]
         if band:
@@ -86,6 +89,7 @@ def judge_run(args) -> int:
     for b in result["bands"]:
         print(f"| {b['sigma'][0]:g} – {b['sigma'][1]:g} | {b['pairs']} | {b['pair_win']:.3f} |")
     print(f"  σ′ of the pairs D gets wrong: {result['wrong_sigma']}")
+    print("  the pairs D gets wrong (pair: video, σ′): " + (", ".join(f"{w['pair']}: {w['video']} {w['sigma']:g}" for w in wrong) or "none"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
