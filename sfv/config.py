@@ -113,6 +113,9 @@ class DiscriminatorConfig:
     # one-step generation D must judge at inference; the other levels' fakes are lightly denoised real clips)
     fake_sigma: str = "levels"
     warmup_videos: int = 0  # D-only training before G starts (videos)
+    # e(c) of the projection heads also embeds the family's scalar conditions (SVD: fps − 1, motion bucket, noise
+    # augmentation; `Condition.labels()`), so D can tell a clip that moves at the wrong speed for its bucket. Off: SF-V
+    labels: bool = False
 
 
 @dataclass

@@ -5,7 +5,9 @@
         temporal head k: φ_k as [(B·H·W), C, F], 1-D convs   -> one logit per position and frame
 
 Heads are projection discriminators (Miyato & Koyama 2018): logit = w·h + ⟨h, e(c)⟩ with e(c) an embedding
-of the CLIP image embedding, σ′ and the frame index. Which heads are on (spatial / temporal / both) is a
+of the CLIP image embedding, σ′ and the frame index (the paper's), and optionally of the family's scalar conditions
+(`labels`; SVD: fps, motion bucket, noise augmentation), so that the projection term can judge whether a clip's
+motion fits its motion bucket. Which heads are on (spatial / temporal / both) is a
 recipe choice — the paper's ablation: both 180.9 FVD, spatial only 514.7, temporal only 539.2.
 """
 
@@ -21,7 +23,7 @@ from sfv.teachers import Condition
 
 HEAD_KINDS = ("spatial", "temporal")
 EMBED_DIM = 64  # width of each part of e(c): the condition's pooled vector, σ′ and the frame index
-COND_DIM = 3 * EMBED_DIM  # the three parts side by side
+COND_DIM = 3 * EMBED_DIM  # the three parts side by side (a fourth with `labels`)
 BACKBONE_PREFIX = "backbone."  # D's frozen encoder (the teacher's weights): not trained, not in checkpoints
 NOISE_SPREAD = 10  # c_noise(σ′) = ¼·ln σ′ spans ≈ [−1.6, 1.6] on [0.002, 700]; ×10 reaches the faster Fourier frequencies
 
@@ -80,19 +82,24 @@ class Discriminator(nn.Module):
         heads: str = "both",
         head_channels: int = 128,
         blocks: list[int] | None = None,
+        labels: int = 0,
     ):
+        """labels: how many of the condition's scalar conditions (`Condition.labels()`) e(c) embeds; 0: none (SF-V)."""
         super().__init__()
         kinds = HEAD_KINDS if heads == "both" else (heads,)
         if any(k not in HEAD_KINDS for k in kinds):
             raise ValueError(f"heads must be 'spatial', 'temporal' or 'both', not {heads!r}")
         self.backbone = backbone
         self.blocks = list(range(len(backbone.block_channels))) if blocks is None else list(blocks)
-        self.cond_embed = nn.ModuleDict({
-            "image": nn.Linear(condition_dim, EMBED_DIM),  # the condition's pooled vector (SVD: CLIP image embedding)
-            "mix": nn.Sequential(nn.SiLU(), nn.Linear(COND_DIM, COND_DIM)),
-        })
+        self.labels = labels
+        cond_dim = COND_DIM + (EMBED_DIM if labels else 0)
+        embed = {"image": nn.Linear(condition_dim, EMBED_DIM)}  # the condition's pooled vector (SVD: CLIP image embedding)
+        if labels:  # each scalar condition as Fourier features (as SVD's add_time_proj), then one projection
+            embed["labels"] = nn.Linear(labels * EMBED_DIM, EMBED_DIM)
+        embed["mix"] = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+        self.cond_embed = nn.ModuleDict(embed)
         self.heads = nn.ModuleDict({
-            f"{kind}{k}": Head(kind, k, backbone.block_channels[k], head_channels, COND_DIM) for k in self.blocks for kind in kinds
+            f"{kind}{k}": Head(kind, k, backbone.block_channels[k], head_channels, cond_dim) for k in self.blocks for kind in kinds
         })
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -107,13 +114,17 @@ class Discriminator(nn.Module):
             p.requires_grad_(flag)
 
     def condition(self, sigma: torch.Tensor, cond: Condition, frames: int) -> torch.Tensor:
-        """e(c): pooled condition ‖ c_noise(σ′) ‖ frame index -> [B, F, E]."""
+        """e(c): pooled condition ‖ c_noise(σ′) ‖ frame index (‖ scalar conditions) -> [B, F, E]."""
         batch = sigma.shape[0]
         image = self.cond_embed["image"](cond.pooled().float())[:, None].expand(batch, frames, -1)
         c_noise = 0.25 * self.backbone.precond.log_sigma(sigma.float())  # ¼·ln σ′ in every family (SVD's c_noise)
         noise = _fourier(c_noise * NOISE_SPREAD, EMBED_DIM)[:, None].expand(batch, frames, -1)
         index = _fourier(torch.arange(frames, device=sigma.device), EMBED_DIM)
-        return self.cond_embed["mix"](torch.cat([image, noise, index[None].expand(batch, -1, -1)], dim=-1))
+        parts = [image, noise, index[None].expand(batch, -1, -1)]
+        if self.labels:
+            labels = _fourier(cond.labels().to(sigma.device), EMBED_DIM).flatten(1)  # [B, L·E]
+            parts.append(self.cond_embed["labels"](labels)[:, None].expand(batch, frames, -1))
+        return self.cond_embed["mix"](torch.cat(parts, dim=-1))
 
     def forward(self, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> dict[str, torch.Tensor]:
         """x_noisy = x0 + σ′·ε, [B, F, C, h, w]; sigma: [B] -> {head name: logits}."""

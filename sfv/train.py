@@ -100,7 +100,8 @@ def build(recipe: Recipe, world: distributed.World, teacher: Teacher | None = No
     blocks = len(backbone.block_channels)
     if dcfg.blocks is not None and not all(0 <= k < blocks for k in dcfg.blocks):
         raise InputError(f"discriminator.blocks {dcfg.blocks} must index the teacher's {blocks} encoder blocks (0..{blocks - 1})")
-    D = Discriminator(backbone, teacher.condition_dim, dcfg.heads, dcfg.head_channels, dcfg.blocks).to(world.device)
+    D = Discriminator(backbone, teacher.condition_dim, dcfg.heads, dcfg.head_channels, dcfg.blocks,
+                      teacher.label_count if dcfg.labels else 0).to(world.device)
     dmd = recipe.dmd
     fake = SFVGenerator.from_teacher(teacher, recipe.model.t_g) if dmd.weight else None  # DMD's fake score: a copy too
     bf16 = run_setup.use_bf16(recipe.train.precision, world.device)
@@ -270,7 +271,7 @@ def check_options(recipe: Recipe, dataset) -> None:
     if recipe.dmd.weight and Path(teacher, "sfv.json").is_file():
         raise InputError(f"dmd.weight > 0 needs the teacher's multi-step score, but model.teacher '{teacher}' is an sfv "
                          "one-step student (sfv.json); point model.teacher at the multi-step teacher folder")
-    from sfv.teachers import DEFAULT_FAMILY, family_of
+    from sfv.teachers import DEFAULT_FAMILY, family_class, family_of
 
     if family_of(teacher) != DEFAULT_FAMILY:
         changed = [f"svd.{f.name}" for f in dataclasses.fields(recipe.svd)
@@ -278,8 +279,11 @@ def check_options(recipe: Recipe, dataset) -> None:
         if changed:
             raise InputError(f"{changed[0]} is an SVD setting, but model.teacher '{teacher}' is a {family_of(teacher)} "
                              "folder, which does not read it: remove it from the recipe")
+    if recipe.discriminator.labels and not family_class(teacher).label_count:
+        raise InputError(f"discriminator.labels=true embeds the teacher's scalar conditions (SVD's fps and motion bucket) in "
+                         f"D, but model.teacher '{teacher}' is a {family_of(teacher)} folder, which has none: set "
+                         "discriminator.labels=false")
     if gcfg.rec_max_sigma is not None:
-        from sfv.teachers import family_class
 
         levels = family_class(teacher).folder_generator_sigmas(teacher, recipe.model.t_g)  # σ, descending
         if not levels[-1] <= gcfg.rec_max_sigma < levels[0]:

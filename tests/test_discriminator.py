@@ -65,3 +65,23 @@ def test_conditioning_changes_the_logits(teacher):
     assert not torch.allclose(base, D(x, sigma, cond)["spatial0"])  # image embedding
     with pytest.raises(ValueError, match="heads must be"):
         Discriminator(SVDEncoder(teacher.unet), 32, "spatio", 32)
+
+
+def test_labels_put_the_scalar_conditions_into_the_projection_and_off_is_the_papers_d(teacher):
+    x, sigma, cond = _inputs(teacher)
+    torch.manual_seed(0)
+    paper = Discriminator(SVDEncoder(teacher.unet), 32, "both", 32)
+    torch.manual_seed(0)
+    off = Discriminator(SVDEncoder(teacher.unet), 32, "both", 32, labels=0)
+    assert [n for n, _ in paper.named_parameters()] == [n for n, _ in off.named_parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(paper.trainable_parameters(), off.trainable_parameters()))
+    D = Discriminator(SVDEncoder(teacher.unet), 32, "both", 32, labels=teacher.label_count)
+    assert cond.labels().shape == (2, teacher.label_count) == (2, 3)
+    extra = {n for n, _ in D.named_parameters()} - {n for n, _ in paper.named_parameters()}
+    assert extra == {"cond_embed.labels.weight", "cond_embed.labels.bias"}
+    e = D.condition(sigma, cond, 4)
+    assert e.shape == (2, 4, 4 * 64)
+    other = type(cond)(cond.image_embeds, cond.image_latents, cond.added_time_ids.clone())
+    other.added_time_ids[:, 1] = 32.0  # another motion bucket: e(c) moves, D's frozen backbone sees it too
+    assert not torch.allclose(e, D.condition(sigma, other, 4))
+    assert torch.equal(paper.condition(sigma, cond, 4), paper.condition(sigma, other, 4))  # the paper's e(c) does not

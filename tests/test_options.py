@@ -29,7 +29,7 @@ from sfv.train import build, build_data, run
 CPU = distributed.World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
 EVERY_OPTION = dict(discriminator__loss="relativistic", discriminator__r2_gamma=0.1, discriminator__r1_interval=1,
                     generator__rec_max_sigma=3.0, generator__rec_target="teacher", dmd__weight=1.0, dmd__fake_steps_per_g=2,
-                    dmd__fake_lr=1e-3, train__lr_decay="cosine", train__lr_decay_from=0.25)
+                    dmd__fake_lr=1e-3, train__lr_decay="cosine", train__lr_decay_from=0.25, discriminator__labels=True)
 
 
 @pytest.fixture(scope="module")

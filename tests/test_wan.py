@@ -168,6 +168,17 @@ def test_rec_max_sigma_is_checked_against_the_familys_own_levels(wan_dirs, video
                 check_options(recipe, None)
 
 
+def test_d_labels_are_refused_for_a_family_without_scalar_conditions(wan_dirs, video_dir, tmp_path):
+    """discriminator.labels embeds SVD's fps and motion bucket in D; Wan has none: one line, before any model loads."""
+    from sfv.train import check_options
+
+    recipe = tiny_recipe(wan_dirs["wan21"], video_dir, tmp_path / "run", data__frames=5, data__height=32, data__width=48,
+                         discriminator__labels=True)
+    with pytest.raises(InputError, match="is a WanImageToVideoPipeline folder, which has none: set discriminator.labels=false"):
+        check_options(recipe, None)
+    assert WanTeacher.label_count == 0
+
+
 def test_the_sfv_loop_trains_a_wan_generator(wan_dirs, video_dir, tmp_path):
     recipe = tiny_recipe(wan_dirs["wan21"], video_dir, tmp_path / "run", data__frames=5, data__height=32, data__width=48,
                          discriminator__r1_interval=1)

@@ -56,11 +56,13 @@ def state_table(arch: str, recipe, gpus: int = 8) -> dict:
     GPUs (the frozen teacher in bf16 there, as sfv.distributed casts it), with and without DMD's fake score."""
     from sfv.arch import build_modules, parameter_count
     from sfv.discriminator import Discriminator
+    from sfv.teachers.svd import SVDTeacher
     from sfv.teachers.svd_unet import PRECOND, SVDEncoder
 
     unet, vae, image_encoder = build_modules(arch, "meta")
     dcfg = recipe.discriminator
-    D = Discriminator(SVDEncoder(unet, PRECOND), image_encoder.config.projection_dim, dcfg.heads, dcfg.head_channels, dcfg.blocks)
+    labels = SVDTeacher.label_count if dcfg.labels else 0
+    D = Discriminator(SVDEncoder(unet, PRECOND), image_encoder.config.projection_dim, dcfg.heads, dcfg.head_channels, dcfg.blocks, labels)
     n = {"unet": parameter_count(unet), "vae": parameter_count(vae), "image_encoder": parameter_count(image_encoder),
          "heads": sum(q.numel() for q in D.trainable_parameters())}
     rows = [  # (part, parameters, bytes without sharding, bytes per GPU under FSDP)

@@ -28,6 +28,8 @@ rows that read teacher pairs cache-pairs/, the same clips and conditioning with 
     gated-d2-warm  gated-d2 after a D-only warm-up of a tenth of the run (discriminator.warmup_videos), the run
                longer by as much, so G takes the same number of steps
     gated-d2-warm-cos  the two rows above together
+    gated-d2-labels  gated-d2, D's projection heads also embedding the motion bucket, fps and noise augmentation
+               (discriminator.labels=true)
     gated-ema  gated, with G's EMA decay 0.99 per G step (a ~100-step average) against the paper's 0.95 (~20 steps):
                training is unchanged (the raw G's steps are the gated row's), only the exported average differs
     gated-dwide  gated, with D's heads 128 channels wide (the package default) against the toy recipes' 32
@@ -68,6 +70,7 @@ ROWS = {
     "gated-d2-cos": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2", "train.lr_decay=cosine", "train.lr_decay_from=0.5"],
     "gated-d2-warm": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2"],  # + the warm-up (WARM_ROWS)
     "gated-d2-warm-cos": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2", "train.lr_decay=cosine", "train.lr_decay_from=0.5"],
+    "gated-d2-labels": ["generator.rec_max_sigma=3.0", "discriminator.steps_per_g=2", "discriminator.labels=true"],
     "gated-ema": ["generator.rec_max_sigma=3.0", "generator.ema=0.99"],
     "gated-dwide": ["generator.rec_max_sigma=3.0", "discriminator.head_channels=128"],
     "lora": ["generator.rec_max_sigma=3.0", "model.lora={rank: 16, alpha: 16, targets: linear}"],  # gated, G a LoRA
@@ -82,6 +85,7 @@ LABELS = {"sfv": "SF-V (both terms)", "recon": "reconstruction only", "adv": "ad
           "gated-d2-cos": "gated, 2 D steps per G step, cosine decay over the second half",
           "gated-d2-warm": "gated, 2 D steps per G step, after a D-only warm-up",
           "gated-d2-warm-cos": "gated, 2 D steps per G step, D-only warm-up and cosine decay",
+          "gated-d2-labels": "gated, 2 D steps per G step, D's heads see the motion bucket",
           "gated-ema": "gated, G's EMA decay 0.99",
           "gated-dwide": "gated, D's heads 128 wide", "lora": "gated, G a LoRA (rank 16, linear layers; recipes/toy_lora.yaml)",
           "best": "the new default (recipes/toy.yaml)"}

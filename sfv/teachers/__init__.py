@@ -51,6 +51,8 @@ class Condition(Protocol):
 
     def pooled(self) -> torch.Tensor: ...  # [B, E] one vector per video (D's projection heads)
 
+    def labels(self) -> torch.Tensor: ...  # [B, L] the scalar conditions (SVD: fps − 1, motion bucket, noise aug.; Wan: none)
+
     def cache_tensors(self) -> dict[str, torch.Tensor]: ...  # per-clip tensors a latent cache stores
 
 
@@ -62,6 +64,7 @@ class Teacher(Protocol):
     vae_scale_factor: int
     default_num_frames: int
     condition_dim: int  # width of Condition.pooled()
+    label_count: int  # width of Condition.labels()
     default_steps: int  # how the family samples unless told otherwise (SVD: 25 Euler steps, CFG ramp 1 → 3)
     default_guidance: float
     net: torch.nn.Module  # the denoising network G is copied from

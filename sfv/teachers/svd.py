@@ -181,6 +181,8 @@ class SVDTeacher(SVDConditioning):
         """Width of `SVDCondition.pooled()`: the CLIP projection."""
         return self.image_encoder.config.projection_dim
 
+    label_count = 3  # SVDCondition.labels(): fps − 1, motion_bucket_id, noise_aug_strength
+
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)

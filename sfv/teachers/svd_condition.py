@@ -60,6 +60,10 @@ class SVDCondition:
         """One vector per video for D's projection heads: the CLIP image embedding, [B, D]."""
         return self.image_embeds[:, 0]
 
+    def labels(self) -> torch.Tensor:
+        """The scalar conditions, [B, 3]: fps − 1, motion_bucket_id, noise_aug_strength (the added time ids)."""
+        return self.added_time_ids.float()
+
     def cache_tensors(self) -> dict[str, torch.Tensor]:
         """What a latent cache stores per clip (float32, CPU); the time ids come from the clip's labels."""
         return {"image_latents": self.image_latents.float().cpu(), "image_embeds": self.image_embeds.float().cpu()}

@@ -151,6 +151,8 @@ class WanTeacher(WanConditioning):
         """Width of WanCondition.pooled(): text width + image-latent channels (+ 4 mask channels for 2.1)."""
         return int(self.text_encoder.config.d_model) + self.latent_channels + (0 if self.expand_timesteps else self.vae_temporal_factor)
 
+    label_count = 0  # WanCondition.labels(): no scalar conditions
+
     @property
     def sigma_max(self) -> float:
         return float(self.scheduler.sigma_max)  # t = 1: pure noise, the one-step level

@@ -53,6 +53,10 @@ class WanCondition:
         text = (text * tokens[..., None]).sum(1) / tokens.sum(1, keepdim=True).clamp_min(1)
         return torch.cat([text, self.image_latents[:, 0].float().mean((-2, -1))], dim=1)
 
+    def labels(self) -> torch.Tensor:
+        """Wan has no scalar conditions (no fps or motion bucket): [B, 0]."""
+        return self.prompt_embeds.new_zeros(len(self), 0, dtype=torch.float32)
+
     def cache_tensors(self) -> dict[str, torch.Tensor]:
         out = {f.name: getattr(self, f.name).float().cpu() for f in fields(self) if getattr(self, f.name) is not None}
         out.pop("negative_prompt_embeds")  # one per teacher (the empty prompt), not per clip
