@@ -284,7 +284,6 @@ def check_options(recipe: Recipe, dataset) -> None:
                          f"D, but model.teacher '{teacher}' is a {family_of(teacher)} folder, which has none: set "
                          "discriminator.labels=false")
     if gcfg.rec_max_sigma is not None:
-
         levels = family_class(teacher).folder_generator_sigmas(teacher, recipe.model.t_g)  # σ, descending
         if not levels[-1] <= gcfg.rec_max_sigma < levels[0]:
             shown = ", ".join(f"{v:.3g}" for v in levels)
