@@ -538,6 +538,44 @@ def test_the_ablation_tool_distils_each_row_and_tabulates_them(tmp_path, capsys)
     assert not (tmp_path / "x").exists()
 
 
+def test_the_score_tool_repeats_the_demos_score_and_scores_independent_blocks(tmp_path, capsys):
+    """tools/score_exports.py: with the demo's settings its first block is evaluate_v2's score of the same model on the
+    same held-out world, to the last digit; more blocks draw fresh samples, each scored alone; a run folder stands
+    for its export; bad input is one line and exit 2."""
+    import importlib.util
+    from argparse import Namespace
+
+    from sfv.toy.evaluate import evaluate_v2
+
+    spec = importlib.util.spec_from_file_location("score_exports", Path(__file__).resolve().parents[1] / "tools" / "score_exports.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    teacher, student = (Path(__file__).resolve().parents[1] / "models" / name for name in ("toy-svd-v2", "toy-sfv-v2"))
+    world = write_world(tmp_path / "demo" / "world-eval", 3, seed=5, size=32, preset="v2", samples=2)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "export").symlink_to(student)
+    assert tool.main(["--world", str(world), "--students", str(tmp_path / "run"), "--student-steps", "1,2", "--teacher",
+                      str(teacher), "--teacher-steps", "2", "--samples", "2", "--blocks", "2", "--out", str(tmp_path / "s.json")]) == 0
+    rows = {r["name"]: r for r in json.loads((tmp_path / "s.json").read_text())["rows"]}
+    assert list(rows) == ["teacher-2", "run-1", "run-2"]
+    methods = [{"name": "teacher-2", "model": str(teacher), "steps": 2, "cfg": 3.0, "unet_evals": 4},
+               {"name": "run-1", "model": str(tmp_path / "run" / "export"), "steps": 1, "cfg": 1.0, "unet_evals": 1, "student_levels": True}]
+    _, demo = evaluate_v2(Namespace(seeds=2, references=2), methods, tmp_path / "demo")
+    for d in demo[:2]:
+        assert rows[d["name"]]["blocks"][0]["toy_error"] == d["toy_error"]
+        assert rows[d["name"]]["blocks"][0]["energy"] == d["parts"]["energy"]
+    for r in rows.values():
+        a, b = (blk["toy_error"] for blk in r["blocks"])
+        assert a != b and r["toy_error"] == pytest.approx((a + b) / 2)
+    capsys.readouterr()
+    assert tool.main(["--world", str(tmp_path / "nope"), "--teacher-steps", "2"]) == 2
+    assert tool.main(["--world", str(world), "--students", str(tmp_path)]) == 2
+    assert tool.main(["--world", str(world), "--teacher-steps", "0"]) == 2
+    assert tool.main(["--world", str(world), "--teacher-steps", "2", "--samples", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("sfv: error: ") for line in err), err
+
+
 def test_batched_demo_generation_matches_one_video_at_a_time(tmp_path):
     """The demo generates each seed's conditionings in one batch (after TIMED_VIDEOS single timed calls); each video
     draws from its own generator in the single-video order, so it equals the one-at-a-time video up to rounding."""

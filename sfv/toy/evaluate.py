@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfv.errors import InputError
 from sfv.toy.report import V2_COLUMNS, write_branch_grid, write_grids
 
 TIMED_VIDEOS = 3  # per method: single-video calls timed for the latency column (median)
@@ -69,16 +70,9 @@ def evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[
     from tqdm import tqdm
 
     from sfv.toy.metric import score_futures
-    from sfv.toy.teacher import load_world
-    from sfv.toy.world import read_world, scene_from_json
 
-    frames, buckets = load_world(out / "world-eval")  # conditioning-major: clip i·R + r
-    rows_json = read_world(out / "world-eval")[1]
-    scenes = [scene_from_json(r) for r in rows_json if r["sample"] == 0]
+    frames, scenes, real, buckets = load_heldout_v2(out / "world-eval", args.references)
     n, refs = len(scenes), args.references
-    real = (frames.float().permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)
-    real = real.reshape(n, refs, *real.shape[1:]).swapaxes(0, 1)  # [R, N, F, H, W, 3]
-    buckets = buckets.reshape(n, refs)[:, 0]
     num_frames, size = real.shape[2], real.shape[3]
     images = [Image.fromarray(real[0, i, 0]) for i in range(n)]
     models: dict = {}
@@ -106,6 +100,24 @@ def evaluate_v2(args, methods: list[dict], out: Path) -> tuple[np.ndarray, list[
                  "toy_error_std": 0.0, "parts": _v2_parts(s), "seconds_per_video": 0.0})
     write_branch_grid(out, real, videos)
     return real, rows
+
+
+def load_heldout_v2(folder: Path, references: int) -> tuple:
+    """A v2 held-out world folder of N conditionings × `references` true draws (conditioning-major: clip i·R + r):
+    its frames [N·R, F, C, H, W], scenes (N, the ground truth), real clips uint8 [R, N, F, H, W, 3] and each
+    conditioning's motion bucket [N]."""
+    from sfv.toy.teacher import load_world
+    from sfv.toy.world import read_world, scene_from_json
+
+    frames, buckets = load_world(folder)
+    scenes = [scene_from_json(r) for r in read_world(folder)[1] if r["sample"] == 0]
+    n = len(scenes)
+    if len(frames) != n * references:
+        raise InputError(f"'{folder}' holds {len(frames)} clips of {n} conditionings, not {references} true draws of each: "
+                         f"write it with `python -m sfv.toy.world --preset v2 --samples {references}`")
+    real = (frames.float().permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)
+    real = real.reshape(n, references, *real.shape[1:]).swapaxes(0, 1)
+    return frames, scenes, real, buckets.reshape(n, references)[:, 0]
 
 
 def _v2_parts(s: dict) -> dict:
