@@ -102,10 +102,10 @@ def score_exports(args) -> int:
     if args.samples < 2 or args.blocks < 1:
         raise InputError(f"--samples {args.samples} --blocks {args.blocks}: a score needs ≥ 2 samples, and ≥ 1 block")
     world = Path(args.world)
-    if not (world / "scenes.jsonl").is_file() or read_world(world)[0].get("preset") != "v2":
+    info, rows_json = read_world(world) if (world / "scenes.jsonl").is_file() else ({}, [])
+    if info.get("preset") != "v2":
         raise InputError(f"--world '{world}' is not a v2 toy world: write one with `python -m sfv.toy.world --preset v2 "
                          "--count 12 --samples 4 --out DIR`")
-    rows_json = read_world(world)[1]
     references = max(r["sample"] for r in rows_json) + 1
     methods = methods_of(args)
     _, scenes, real, buckets = load_heldout_v2(world, references)
